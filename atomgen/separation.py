@@ -1,0 +1,300 @@
+"""Atom separation, after atom modeling (Tuan, Chiu & Wang, arXiv 2210.03728): method.md §2–6.
+
+Every sample of a batch is an atom, each of its sub-components (a position of a feature map, a token) a
+particle with a learned role (electron, proton, neutron), and a softened Coulomb energy between the
+particles of *different* atoms is minimised, pushing samples apart in latent space. This is atomgen's own
+formulation, not an exact reproduction of the paper.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from . import distributed
+from .energy import KERNELS, pair_sums
+
+logger = logging.getLogger(__name__)
+
+GEOMETRIES = ("sphere", "euclidean")
+MODES = ("signed", "repulsive")
+
+
+@dataclass
+class AtomOutput:
+    """What one call of :class:`AtomSeparation` returns (shapes for a batch of B atoms of n particles).
+
+    Attributes:
+        loss: ``L_atom = L_sep + μ_n C_n + μ_p C_p + μ_s C_s`` (scalar; under data parallelism this
+            process's share, so that the shares sum to the loss of the whole batch).
+        separation: ``L_sep``, the mean interatomic energy over pairs of different atoms.
+        neutrality, participation, spacing: the soft constraints ``C_n``, ``C_p``, ``C_s`` (unweighted).
+        energy: per-atom energy ``e_A = mean_{B≠A} E_AB``, shape ``(B,)``.
+        importance: ``s = 1 − r^neutron``, the per-particle attribution, ``(B, n)``.
+        charge: ``q = r^proton − r^electron``, ``(B, n)``.
+        roles: role probabilities (electron, proton, neutron), ``(B, n, 3)``.
+        atom_distance: importance-weighted mean particle distance ``d̄_AB``, ``(B, B_all)``.
+        grid: the particle grid, ``(H', W')`` for feature maps and ``(n,)`` for tokens.
+    """
+
+    loss: torch.Tensor
+    separation: torch.Tensor
+    neutrality: torch.Tensor
+    participation: torch.Tensor
+    spacing: torch.Tensor
+    energy: torch.Tensor
+    importance: torch.Tensor
+    charge: torch.Tensor
+    roles: torch.Tensor
+    atom_distance: torch.Tensor
+    grid: tuple[int, ...]
+
+
+class AtomSeparation(ModelMixin, ConfigMixin):
+    r"""Separation loss between the samples of a batch, from site activations (method.md §2–5).
+
+    Args:
+        dim: feature width at the site — channels ``C`` of a ``(B, C, H, W)`` map, or ``d`` of
+            ``(B, n, d)`` tokens and ``(B, d)`` vectors.
+        patch_size: side ``p`` of the non-overlapping patches that become particles (feature maps only).
+        max_grid: feature maps larger than ``max_grid × max_grid`` are average-pooled down to it;
+            ``None`` keeps every position.
+        proj_dim: width ``k < d·p²`` of a fixed, seeded Gaussian random projection; ``None`` for none.
+        proj_seed: seed of that projection.
+        geometry: ``"sphere"`` (unit-normalised particles) or ``"euclidean"`` (divided by the batch's
+            mean norm, without gradient).
+        kernel: ``"coulomb"`` (Plummer-softened, ``(u + ε²)^-½``) or ``"gaussian"`` (``exp(−u/2σ²)``).
+        mode: ``"signed"`` (pair weight ``q_i q_j``) or ``"repulsive"`` (``s_i s_j``).
+        epsilon: softening ``ε`` of the Coulomb kernel and of the atom distance.
+        sigma: width ``σ`` of the Gaussian kernel.
+        temperature: softmax temperature ``τ`` of the role head.
+        learn_roles: if ``False`` every particle is a proton (``q = s = 1``): no parameters are used.
+        neutrality_weight, participation_weight, spacing_weight: ``μ_n``, ``μ_p``, ``μ_s``.
+        min_participation: ``κ``, the least mean importance an atom should keep.
+        min_distance: ``δ``, the least atom distance the spacing constraint asks for.
+        memory_budget_mb: memory for one block of the pair computation (method.md §5).
+
+    Example:
+        >>> import torch, atomgen
+        >>> sep = atomgen.AtomSeparation(dim=8)
+        >>> out = sep(torch.randn(4, 8, 6, 6))
+        >>> out.loss.shape, out.importance.shape, out.grid
+        (torch.Size([]), torch.Size([4, 36]), (6, 6))
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        dim: int,
+        patch_size: int = 1,
+        max_grid: int | None = 8,
+        proj_dim: int | None = None,
+        proj_seed: int = 0,
+        geometry: str = "sphere",
+        kernel: str = "coulomb",
+        mode: str = "signed",
+        epsilon: float = 0.1,
+        sigma: float = 0.5,
+        temperature: float = 1.0,
+        learn_roles: bool = True,
+        neutrality_weight: float = 1.0,
+        participation_weight: float = 1.0,
+        spacing_weight: float = 1.0,
+        min_participation: float = 0.5,
+        min_distance: float = 0.5,
+        memory_budget_mb: float = 256.0,
+    ):
+        super().__init__()
+        _check_choice("geometry", geometry, GEOMETRIES)
+        _check_choice("kernel", kernel, KERNELS)
+        _check_choice("mode", mode, MODES)
+        for name, value in (("dim", dim), ("patch_size", patch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if max_grid is not None and max_grid < 1:
+            raise ValueError(f"max_grid must be a positive integer or None, got {max_grid}")
+        for name, value in (("epsilon", epsilon), ("sigma", sigma), ("temperature", temperature)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        particle_dim = dim * patch_size**2
+        if proj_dim is not None and not 0 < proj_dim < particle_dim:
+            raise ValueError(
+                f"proj_dim must lie in [1, {particle_dim - 1}] (below the particle width dim·patch_size²"
+                f" = {particle_dim}), or be None for no projection; got {proj_dim}"
+            )
+        # §3: LayerNorm without affine, then linear d → 3. Zero bias and tiny weights: roles start
+        # (almost) uniform; exactly uniform would leave q ≡ 0, a stationary point of the signed energy.
+        self.role_norm = nn.LayerNorm(particle_dim, elementwise_affine=False)
+        self.role_head = nn.Linear(particle_dim, 3)
+        nn.init.normal_(self.role_head.weight, std=1e-2 / particle_dim**0.5)
+        nn.init.zeros_(self.role_head.bias)
+        self.role_head.requires_grad_(learn_roles)
+        if proj_dim is not None:  # §2.3: fixed, not learned, or the loss could be met by the projection
+            seeded = torch.Generator().manual_seed(proj_seed)
+            projection = torch.randn(particle_dim, proj_dim, generator=seeded) / proj_dim**0.5
+            self.register_buffer("projection", projection)
+        else:
+            self.projection = None
+        self._warned_single_atom = False
+
+    def tokenize(
+        self, features: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """Activations → particles ``(B, n, d·p²)``, mask ``(B, n)`` and particle grid (method.md §2.1–2)."""
+        cfg = self.config
+        if features.ndim == 4:
+            batch, channels, height, width = features.shape
+            self._check_width(channels, features)
+            if cfg.max_grid is not None and (height > cfg.max_grid or width > cfg.max_grid):
+                height, width = min(height, cfg.max_grid), min(width, cfg.max_grid)
+                features = F.adaptive_avg_pool2d(features, (height, width))
+            p = cfg.patch_size
+            if height % p or width % p:
+                raise ValueError(
+                    f"patch_size={p} must divide the (pooled) feature map {height}×{width}; choose a "
+                    f"divisor or change max_grid"
+                )
+            grid = (height // p, width // p)
+            # (B, C, H, W) → (B, H/p · W/p, C·p²): each non-overlapping patch is one particle.
+            particles = F.unfold(features, kernel_size=p, stride=p).transpose(1, 2)
+        elif features.ndim == 3:
+            self._check_width(features.shape[-1], features)
+            particles, grid = features, (features.shape[1],)
+        elif features.ndim == 2:
+            self._check_width(features.shape[-1], features)
+            particles, grid = features[:, None, :], (1,)
+        else:
+            raise ValueError(
+                f"features must have shape (B, C, H, W), (B, n, d) or (B, d); got {tuple(features.shape)}"
+            )
+        batch, n = particles.shape[:2]
+        if mask is None:
+            mask = particles.new_ones(batch, n)
+        else:
+            mask = mask.reshape(batch, -1) if mask.ndim == 1 and n == 1 else mask
+            if tuple(mask.shape) != (batch, n):
+                raise ValueError(f"mask must have shape (B, n) = {(batch, n)}, got {tuple(mask.shape)}")
+            mask = mask.to(particles.dtype)
+        return particles, mask, grid
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> AtomOutput:
+        """Separation loss of a batch of site activations; see :class:`AtomOutput`.
+
+        Args:
+            features: ``(B, C, H, W)``, ``(B, n, d)`` or ``(B, d)`` activations.
+            mask: optional ``(B, n)`` particle mask (1 keeps a particle, 0 drops it).
+        """
+        cfg = self.config
+        if not torch.isfinite(features).all():
+            raise FloatingPointError(
+                "AtomSeparation received non-finite activations (NaN or inf); check the model's "
+                "activations and learning rate"
+            )
+        # The energy needs float32 at least: half precision loses the small distances it acts on.
+        dtype = torch.promote_types(features.dtype, torch.float32)
+        particles, mask, grid = self.tokenize(features.to(dtype), mask)
+        roles = self._roles(particles)
+        charge = roles[..., 1] - roles[..., 0]
+        importance = 1.0 - roles[..., 2]
+        positions = self._positions(particles, mask)
+
+        weight = charge if cfg.mode == "signed" else importance
+        # Everything the pair sums need from the other atoms, gathered across processes with gradient.
+        local = (positions, mask * weight, mask * importance, mask)
+        positions_all, weight_all, importance_all, mask_all = (distributed.gather(t) for t in local)
+        offset = distributed.row_offset(positions.shape[0])
+        energy_sum, distance_sum = pair_sums(
+            positions,
+            local[1],
+            local[2],
+            positions_all,
+            weight_all,
+            importance_all,
+            kernel=cfg.kernel,
+            epsilon=cfg.epsilon,
+            sigma=cfg.sigma,
+            memory_budget_mb=cfg.memory_budget_mb,
+        )
+        # §4: E_AB = Σ m m w k / Σ m m, and d̄_AB = Σ m m s s g / Σ m m s s, over pairs A ≠ B.
+        count, count_all = mask.sum(1), mask_all.sum(1)
+        mass, mass_all = local[2].sum(1), importance_all.sum(1)
+        pair_energy = energy_sum / (count[:, None] * count_all[None, :]).clamp_min(1e-12)
+        atom_distance = distance_sum / (mass[:, None] * mass_all[None, :]).clamp_min(1e-12)
+        valid = (count > 0)[:, None] & (count_all > 0)[None, :]
+        rows = torch.arange(positions.shape[0], device=valid.device)
+        valid[rows, rows + offset] = False  # an atom does not repel itself
+        pairs = valid.to(dtype)
+        num_pairs = distributed.total(pairs.sum())
+        if positions_all.shape[0] < 2 and not self._warned_single_atom:
+            logger.warning("AtomSeparation got a batch of one atom: nothing to separate, the loss is 0")
+            self._warned_single_atom = True
+        separation = (pair_energy * pairs).sum() / num_pairs.clamp_min(1)
+        energy = (pair_energy * pairs).sum(1) / pairs.sum(1).clamp_min(1)
+        spacing = (F.relu(cfg.min_distance - atom_distance).square() * pairs).sum() / num_pairs.clamp_min(1)
+
+        atoms = (count > 0).to(dtype)
+        num_atoms = distributed.total(atoms.sum()).clamp_min(1)
+        fraction = (local[2].sum(1) / count.clamp_min(1e-12)) * atoms
+        participation = (F.relu(cfg.min_participation - fraction).square() * atoms).sum() / num_atoms
+        if cfg.mode == "signed" and cfg.learn_roles:
+            net_charge = (mask * charge).sum(1) / count.clamp_min(1e-12)
+            neutrality = (net_charge.square() * atoms).sum() / num_atoms
+        else:  # with fixed roles (or no charges) neutrality is a constant
+            neutrality = separation.new_zeros(())
+        loss = (
+            separation
+            + cfg.neutrality_weight * neutrality
+            + cfg.participation_weight * participation
+            + cfg.spacing_weight * spacing
+        )
+        return AtomOutput(
+            loss=loss,
+            separation=separation,
+            neutrality=neutrality,
+            participation=participation,
+            spacing=spacing,
+            energy=energy,
+            importance=importance,
+            charge=charge,
+            roles=roles,
+            atom_distance=atom_distance,
+            grid=grid,
+        )
+
+    def _roles(self, particles: torch.Tensor) -> torch.Tensor:
+        """Role probabilities ``softmax(g(h) / τ)`` (method.md §3); all protons without learned roles."""
+        if not self.config.learn_roles:
+            proton = particles.new_tensor([0.0, 1.0, 0.0])
+            return proton.expand(*particles.shape[:2], 3)
+        logits = self.role_head(self.role_norm(particles).to(self.role_head.weight.dtype))
+        return torch.softmax(logits.to(particles.dtype) / self.config.temperature, dim=-1)
+
+    def _positions(self, particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Particle positions for the distances: projection, then geometry (method.md §2.3–4)."""
+        z = particles if self.projection is None else particles @ self.projection.to(particles.dtype)
+        norms = z.norm(dim=-1)
+        if self.config.geometry == "sphere":
+            return z / norms.clamp_min(1e-12)[..., None]
+        # Euclidean: divide by ρ, the batch's mean particle norm, without gradient (scale cannot cheat).
+        with torch.no_grad():
+            total = distributed.total(torch.stack([(norms * mask).sum(), mask.sum()]))
+            rho = (total[0] / total[1].clamp_min(1)).clamp_min(1e-12)
+        return z / rho
+
+    def _check_width(self, width: int, features: torch.Tensor) -> None:
+        if width != self.config.dim:
+            raise ValueError(
+                f"AtomSeparation(dim={self.config.dim}) received features of width {width} "
+                f"(shape {tuple(features.shape)}); build it with dim={width}"
+            )
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
