@@ -18,9 +18,9 @@ def naive_atom_loss(sep, features, mask=None):
         x = z / norms[..., None]
     else:
         x = z / ((norms * mask).sum() / mask.sum()).detach()
-    B, n = q.shape
+    B = q.shape[0]
     diff = x[:, :, None, None, :] - x[None, None, :, :, :]  # (A, i, B, j, k)
-    u = diff.pow(2).sum(-1).permute(0, 1, 2, 3)  # (A, i, B, j)
+    u = diff.pow(2).sum(-1)  # (A, i, B, j)
     if cfg.kernel == "coulomb":
         k = (u + cfg.epsilon**2) ** -0.5
     else:

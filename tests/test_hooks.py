@@ -1,0 +1,198 @@
+"""attach(): the hook on real diffusers models, stock equivalence, and errors that teach."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
+
+import atomgen
+from atomgen import AtomSeparation, DispersiveLoss, attach
+
+
+def tiny_unet(**kwargs) -> UNet2DModel:
+    torch.manual_seed(0)
+    options = dict(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    return UNet2DModel(**(options | kwargs)).eval()
+
+
+def tiny_conditional_unet() -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ).eval()
+
+
+def tiny_vae() -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        latent_channels=2,
+        block_out_channels=(4, 8),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=4,
+        sample_size=8,
+    ).eval()
+
+
+def test_unet_mid_block_weight_zero_and_removed_are_stock():
+    unet, x, t = tiny_unet(), torch.randn(4, 1, 8, 8), torch.tensor([3, 50, 200, 900])
+    stock = unet(x, t).sample
+    with attach(unet, "mid_block", AtomSeparation(dim=8), weight=0.0) as handle:
+        hooked = unet(x, t).sample
+        assert torch.equal(hooked, stock)
+        assert float(handle.loss()) == 0.0
+        assert handle.output.grid == (4, 4)
+    assert torch.equal(unet(x, t).sample, stock)
+    handle = attach(unet, "mid_block", AtomSeparation(dim=8), weight=0.5)
+    assert torch.equal(unet(x, t).sample, stock)  # the hook observes, it never rewrites
+    handle.remove()
+    assert not unet.mid_block._forward_hooks
+
+
+def test_unet_training_step_gets_separation_gradients():
+    unet = tiny_unet().train()
+    sep = AtomSeparation(dim=8)
+    handle = attach(unet, "mid_block", sep, weight=0.1)
+    unet(torch.randn(4, 1, 8, 8), 10)
+    assert torch.isclose(handle.loss(), 0.1 * handle.output.loss)
+    handle.loss().backward()
+    # The separation term alone reaches both the role head and the layers before the site.
+    assert sep.role_head.weight.grad.abs().sum() > 0
+    assert unet.mid_block.resnets[0].conv1.weight.grad.abs().sum() > 0
+    assert unet.up_blocks[0].resnets[0].conv1.weight.grad is None  # nothing after the site
+    assert handle.step == 1
+
+
+def test_conditional_unet_mid_block():
+    unet = tiny_conditional_unet()
+    x, text = torch.randn(3, 4, 8, 8), torch.randn(3, 5, 8)
+    stock = unet(x, 5, encoder_hidden_states=text).sample
+    with attach(unet, "mid_block", AtomSeparation(dim=16), weight=0.0) as handle:
+        assert torch.equal(unet(x, 5, encoder_hidden_states=text).sample, stock)
+        assert handle.output.importance.shape == (3, 16)
+
+
+def test_transformer_block_tokens():
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=4,
+        in_channels=2,
+        out_channels=2,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+        norm_num_groups=2,
+    ).eval()
+    x, t, labels = torch.randn(3, 2, 8, 8), torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2])
+    stock = dit(x, timestep=t, class_labels=labels).sample
+    with attach(dit, "transformer_blocks.1", AtomSeparation(dim=8), weight=0.0) as handle:
+        assert torch.equal(dit(x, timestep=t, class_labels=labels).sample, stock)
+        out = handle.output
+    assert out.grid == (16,)  # 4×4 patches of the 8×8 latent, one token each
+    assert torch.isfinite(out.loss)
+
+
+def test_vae_encoder_acts_on_the_posterior_mean():
+    vae = tiny_vae()
+    x = torch.randn(3, 1, 8, 8)
+    posterior = vae.encode(x).latent_dist
+    sep = AtomSeparation(dim=2, learn_roles=False)
+    with attach(vae, "encoder", sep, weight=0.0) as handle:
+        assert torch.equal(vae(x, sample_posterior=False).sample, vae.decode(posterior.mean).sample)
+        from_hook = handle.output.loss
+    assert torch.equal(from_hook, sep(posterior.mean).loss)
+    assert not torch.equal(from_hook, sep(posterior.logvar).loss)
+
+
+def test_vae_slicing_or_tiling_is_refused():
+    vae = tiny_vae()
+    vae.enable_slicing()
+    with pytest.raises(RuntimeError, match="use_slicing=True"):
+        attach(vae, "encoder", AtomSeparation(dim=2))
+    vae.disable_slicing()
+    handle = attach(vae, "encoder", AtomSeparation(dim=2))
+    vae.enable_tiling()  # switched on after attach: caught at the next forward
+    with pytest.raises(RuntimeError, match="disable_tiling"):
+        vae.encode(torch.randn(2, 1, 8, 8))
+    handle.remove()
+
+
+def test_dispersive_loss_attaches_the_same_way():
+    unet = tiny_unet()
+    with attach(unet, "mid_block", DispersiveLoss(tau=0.5), weight=2.0) as handle:
+        unet(torch.randn(4, 1, 8, 8), 10)
+        z = handle._features.flatten(1)
+        expected = torch.log(torch.exp(-(torch.cdist(z, z) ** 2) / 0.5).mean())
+        assert torch.allclose(handle.loss(), 2.0 * expected, atol=1e-6)
+
+
+def test_unknown_site_lists_the_names_nearby():
+    with pytest.raises(ValueError, match=r"no module 'mid_blok'.*Close matches: \['mid_block'"):
+        attach(tiny_unet(), "mid_blok", AtomSeparation(dim=8))
+    with pytest.raises(ValueError, match=r"'down_blocks' has no child '7'.*children are \['0', '1'\]"):
+        attach(tiny_unet(), "down_blocks.7", AtomSeparation(dim=8))
+
+
+def test_missing_mid_block_is_explained():
+    unet = tiny_unet(mid_block_type=None)
+    with pytest.raises(ValueError, match=r"mid_block is None.*mid_block_type=None"):
+        attach(unet, "mid_block", AtomSeparation(dim=8))
+
+
+def test_width_mismatch_names_the_site():
+    unet = tiny_unet()
+    handle = attach(unet, "mid_block", AtomSeparation(dim=32))
+    unet(torch.randn(2, 1, 8, 8), 1)
+    with pytest.raises(ValueError, match=r"site 'mid_block'.*dim=32\) received features of width 8"):
+        handle.loss()
+
+
+def test_negative_weight_is_refused():
+    with pytest.raises(ValueError, match="weight must be a number ≥ 0"):
+        attach(tiny_unet(), "mid_block", AtomSeparation(dim=8), weight=-0.1)
+
+
+def test_non_finite_activations_name_site_and_step():
+    unet = tiny_unet()
+    handle = attach(unet, "mid_block", AtomSeparation(dim=8))
+    unet(torch.randn(2, 1, 8, 8), 1)
+    handle.loss()
+    with torch.no_grad():
+        unet.mid_block.resnets[0].conv1.weight.fill_(float("nan"))
+    unet(torch.randn(2, 1, 8, 8), 1)
+    with pytest.raises(FloatingPointError, match=r"site 'mid_block', forward pass 2: .*non-finite"):
+        handle.loss()
+
+
+def test_loss_before_any_forward_is_explained():
+    handle = attach(tiny_unet(), "mid_block", AtomSeparation(dim=8))
+    with pytest.raises(RuntimeError, match="no forward pass has gone through 'mid_block'"):
+        handle.loss()
+
+
+def test_public_api_names():
+    for name in ("AtomSeparation", "AtomOutput", "attach", "DispersiveLoss"):
+        assert hasattr(atomgen, name)
