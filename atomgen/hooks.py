@@ -32,7 +32,9 @@ class AttachHandle:
         step: how many forward passes have gone through the site since ``attach``.
     """
 
-    def __init__(self, model: nn.Module, site: str, module: nn.Module, weight: float, capture: nn.Module):
+    def __init__(
+        self, model: nn.Module, site: str, module: nn.Module | None, weight: float, capture: nn.Module
+    ):
         self.model, self.site, self.module, self.weight = model, site, module, weight
         self.step = 0
         self._split_moments = _is_vae_encoder(model, site)
@@ -49,15 +51,21 @@ class AttachHandle:
         self._features, self._output = features, None
 
     @property
+    def features(self) -> torch.Tensor:
+        """The site activations captured by the last forward pass (the posterior mean for a VAE encoder)."""
+        if self._features is None:
+            raise RuntimeError(
+                f"no forward pass has gone through {self.site!r} since attach; run the model first"
+            )
+        return self._features
+
+    @property
     def output(self) -> SeparationOutput:
         """The separation module's output for the last forward pass through the site (computed once)."""
         if self._output is None:
-            if self._features is None:
-                raise RuntimeError(
-                    f"no forward pass has gone through {self.site!r} since attach; run the model "
-                    "first, then ask for the loss"
-                )
-            self._output = self._run(self._features)
+            if self.module is None:
+                raise RuntimeError(f"the handle at {self.site!r} only captures features (module=None)")
+            self._output = self._run(self.features)
         return self._output
 
     def loss(self) -> torch.Tensor:
@@ -88,10 +96,11 @@ class AttachHandle:
             raise ValueError(f"site {self.site!r}: {error}") from None
 
     def __repr__(self) -> str:
-        return f"AttachHandle(site={self.site!r}, module={type(self.module).__name__}, weight={self.weight})"
+        name = type(self.module).__name__ if self.module is not None else None
+        return f"AttachHandle(site={self.site!r}, module={name}, weight={self.weight})"
 
 
-def attach(model: nn.Module, site: str, module: nn.Module, weight: float = 1.0) -> AttachHandle:
+def attach(model: nn.Module, site: str, module: nn.Module | None, weight: float = 1.0) -> AttachHandle:
     """Attach a separation loss to the output of ``model``'s submodule at ``site``.
 
     Args:
@@ -99,7 +108,8 @@ def attach(model: nn.Module, site: str, module: nn.Module, weight: float = 1.0) 
             ``AutoencoderKL``) or any ``nn.Module``.
         site: dotted module path, e.g. ``"mid_block"`` or ``"transformer_blocks.0"``. On an
             ``AutoencoderKL``, ``"encoder"`` means the posterior moments, and the loss acts on the mean.
-        module: the loss, e.g. ``AtomSeparation(dim=...)`` or ``DispersiveLoss()``.
+        module: the loss, e.g. ``AtomSeparation(dim=...)`` or ``DispersiveLoss()``; ``None`` only
+            captures the site's activations (``handle.features``).
         weight: ``λ ≥ 0``; :meth:`AttachHandle.loss` returns ``λ · L``.
 
     Returns:
@@ -118,7 +128,7 @@ def attach(model: nn.Module, site: str, module: nn.Module, weight: float = 1.0) 
     """
     if not isinstance(weight, (int, float)) or weight < 0:
         raise ValueError(f"weight must be a number ≥ 0, got {weight!r}")
-    if not callable(module):
+    if module is not None and not callable(module):
         raise TypeError(f"module must be a callable nn.Module returning an output with .loss, got {module!r}")
     capture = _resolve_site(model, site)
     if _is_vae_encoder(model, site):

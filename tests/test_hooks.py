@@ -144,7 +144,7 @@ def test_dispersive_loss_attaches_the_same_way():
     unet = tiny_unet()
     with attach(unet, "mid_block", DispersiveLoss(tau=0.5), weight=2.0) as handle:
         unet(torch.randn(4, 1, 8, 8), 10)
-        z = handle._features.flatten(1)
+        z = handle.features.flatten(1)
         expected = torch.log(torch.exp(-(torch.cdist(z, z) ** 2) / 0.5).mean())
         assert torch.allclose(handle.loss(), 2.0 * expected, atol=1e-6)
 
@@ -196,3 +196,14 @@ def test_loss_before_any_forward_is_explained():
 def test_public_api_names():
     for name in ("AtomSeparation", "AtomOutput", "attach", "DispersiveLoss"):
         assert hasattr(atomgen, name)
+
+
+def test_capture_only_handle_exposes_features():
+    unet = tiny_unet()
+    with attach(unet, "mid_block", None) as handle:
+        with pytest.raises(RuntimeError, match="no forward pass"):
+            _ = handle.features
+        unet(torch.randn(3, 1, 8, 8), 1)
+        assert handle.features.shape == (3, 8, 4, 4)
+        with pytest.raises(RuntimeError, match="only captures features"):
+            handle.loss()
