@@ -40,7 +40,7 @@ class DataConfig:
         channels: 1 (grey) or 3 (RGB).
         hflip: random horizontal flips.
         skip_bad_images: skip unreadable files of an ``imagefolder`` (named in a warning) instead of stopping.
-        limit: use only the first ``limit`` images (``None``: all).
+        limit: use a fixed random subset of ``limit`` images (``None``: all).
     """
 
     name: str = "digits"
