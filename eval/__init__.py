@@ -1,1 +1,79 @@
-"""atomgen.eval."""
+"""atomgen.eval: diversity and fidelity metrics, offline, exact, in three steps (method.md §9).
+
+1. **Features** (:mod:`.features`, :mod:`.inception`, :mod:`.classifier`, :mod:`.lpips`): images in
+   [0, 1] → vectors; FID Inception-v3, the small digit classifiers, LPIPS AlexNet, any ``nn.Module``.
+2. **Statistics** (:mod:`.statistics`): streamed float64 mean and covariance, ``.npz`` cache.
+3. **Scores** (:mod:`.scores`, :mod:`.modes`, :mod:`.attribution`): :func:`fid`, :func:`kid`, :func:`prdc`,
+   :func:`vendi`, :func:`lpips_diversity`, :func:`mode_coverage`, :func:`attribution_faithfulness`.
+
+:func:`run_eval` (:mod:`.run`) is the logic of ``atomgen eval``.
+
+Example:
+    >>> import numpy as np
+    >>> from atomgen.eval import fid, vendi
+    >>> rng = np.random.default_rng(0)
+    >>> real = rng.normal(size=(500, 4))
+    >>> round(fid(real, real + 1.0), 6)  # equal covariances: the squared mean difference
+    4.0
+    >>> round(vendi(np.eye(3)), 6), round(vendi(np.ones((5, 3))), 6)  # orthogonal: N; identical: 1
+    (3.0, 1.0)
+"""
+
+from .attribution import (
+    AttributionFaithfulness,
+    attribution_faithfulness,
+    attribution_maps,
+    save_attribution_grid,
+)
+from .classifier import DigitClassifier, DigitFeatures, classify, load_digit_classifier
+from .features import FeatureExtractor, ModuleFeatures, clean_resize, compute_features, load_extractor
+from .inception import InceptionFeatures, load_inception
+from .lpips import LPIPSDiversity, LPIPSFeatures, lpips_diversity, lpips_pairwise
+from .modes import ModeCoverage, mode_coverage
+from .run import METRICS, add_eval_arguments, eval_command, run_eval, write_reports
+from .scores import KID, PRDC, fid, frechet_distance, kid, prdc, vendi
+from .sources import FolderSource, ImageSource, TensorSource, open_source
+from .statistics import FeatureSet, FeatureStatistics, Statistics
+
+__all__ = [
+    "KID",
+    "METRICS",
+    "PRDC",
+    "AttributionFaithfulness",
+    "DigitClassifier",
+    "DigitFeatures",
+    "FeatureExtractor",
+    "FeatureSet",
+    "FeatureStatistics",
+    "FolderSource",
+    "ImageSource",
+    "InceptionFeatures",
+    "LPIPSDiversity",
+    "LPIPSFeatures",
+    "ModeCoverage",
+    "ModuleFeatures",
+    "Statistics",
+    "TensorSource",
+    "add_eval_arguments",
+    "attribution_faithfulness",
+    "attribution_maps",
+    "classify",
+    "clean_resize",
+    "compute_features",
+    "eval_command",
+    "fid",
+    "frechet_distance",
+    "kid",
+    "load_digit_classifier",
+    "load_extractor",
+    "load_inception",
+    "lpips_diversity",
+    "lpips_pairwise",
+    "mode_coverage",
+    "open_source",
+    "prdc",
+    "run_eval",
+    "save_attribution_grid",
+    "vendi",
+    "write_reports",
+]

@@ -80,7 +80,7 @@ def test_bad_values_are_rejected_with_the_key(values, message):
 
 
 def test_malformed_override_and_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         apply_overrides({}, ["train.steps"])
     with pytest.raises(ConfigError, match="does not exist"):
         ExperimentConfig.from_yaml(tmp_path / "nope.yaml")

