@@ -284,7 +284,8 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         # Euclidean: divide by ρ, the batch's mean particle norm, without gradient (scale cannot cheat).
         with torch.no_grad():
             total = distributed.total(torch.stack([(norms * mask).sum(), mask.sum()]))
-            rho = (total[0] / total[1].clamp_min(1)).clamp_min(1e-12)
+            mean_norm = total[0] / total[1].clamp_min(1)
+            rho = torch.where(total[1] > 0, mean_norm, 1.0).clamp_min(1e-12)  # all masked: any scale
         return z / rho
 
     def _check_width(self, width: int, features: torch.Tensor) -> None:

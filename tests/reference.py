@@ -17,7 +17,7 @@ def naive_atom_loss(sep, features, mask=None):
     if cfg.geometry == "sphere":
         x = z / norms[..., None]
     else:
-        x = z / ((norms * mask).sum() / mask.sum()).detach()
+        x = z / ((norms * mask).sum() / mask.sum().clamp_min(1)).clamp_min(1e-12).detach()
     B = q.shape[0]
     diff = x[:, :, None, None, :] - x[None, None, :, :, :]  # (A, i, B, j, k)
     u = diff.pow(2).sum(-1)  # (A, i, B, j)
