@@ -45,7 +45,7 @@ class AttachHandle:
     def _capture(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
         _check_vae_batching(self.model, self.site)
         self.step += 1
-        features = _pick_features(output, self.site)
+        features = pick_features(output, self.site)
         if self._split_moments:  # AutoencoderKL: (mean, log-variance) along channels; separate the mean
             features = features.chunk(2, dim=1)[0]
         self._features, self._output = features, None
@@ -130,7 +130,7 @@ def attach(model: nn.Module, site: str, module: nn.Module | None, weight: float 
         raise ValueError(f"weight must be a number ≥ 0, got {weight!r}")
     if module is not None and not callable(module):
         raise TypeError(f"module must be a callable nn.Module returning an output with .loss, got {module!r}")
-    capture = _resolve_site(model, site)
+    capture = resolve_site(model, site)
     if _is_vae_encoder(model, site):
         _check_vae_batching(model, site)
         # The posterior moments leave the encoder through quant_conv when the VAE has one.
@@ -139,7 +139,7 @@ def attach(model: nn.Module, site: str, module: nn.Module | None, weight: float 
     return AttachHandle(model, site, module, float(weight), capture)
 
 
-def _resolve_site(model: nn.Module, site: str) -> nn.Module:
+def resolve_site(model: nn.Module, site: str) -> nn.Module:
     """The submodule at a dotted path, with an error that lists the valid names nearby."""
     if not isinstance(site, str) or not site:
         raise ValueError(f"site must be a dotted module path such as 'mid_block', got {site!r}")
@@ -173,7 +173,7 @@ def _resolve_site(model: nn.Module, site: str) -> nn.Module:
     return target
 
 
-def _pick_features(output: Any, site: str) -> torch.Tensor:
+def pick_features(output: Any, site: str) -> torch.Tensor:
     """The activation tensor of a site's output: a tensor, the first tensor of a tuple, or ``.sample``."""
     if isinstance(output, torch.Tensor):
         return output

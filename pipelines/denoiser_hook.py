@@ -1,0 +1,426 @@
+"""The denoiser hook that every sampling-time method here is installed with (method.md §7–8).
+
+:class:`DenoiserHook` puts PyTorch forward hooks on a pipeline's denoiser (``pipe.unet``, or
+``pipe.transformer``) and reads each call: the latents ``z_t``, the timestep and its noise levels, and the
+``[uncond, cond]`` halves of classifier-free guidance. The denoiser stays the same object (its config,
+dtype and device are untouched) and ``remove()`` gives back the stock pipeline. :class:`EnergyGuidance`
+turns the gradient of an energy between the samples into a correction of the model output; atom guidance
+(``guide``) and ``ParticleGuidance`` differ only in their energy, and ``CADS`` anneals the conditioning
+instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+from torch import nn
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+DENOISER_NAMES = ("unet", "transformer")
+DEFAULT_INTERVAL = (0.4, 1.0)  # the noisier 60 % of the trajectory: diversity is decided early
+
+# Every hook installed on a denoiser, so that a second hook of the same kind is refused.
+_INSTALLED: weakref.WeakKeyDictionary[nn.Module, list[DenoiserHook]] = weakref.WeakKeyDictionary()
+
+
+# --- One denoiser call, as the hooks see it ---------------------------------------------------------
+
+
+@dataclass
+class DenoiserCall:
+    """One call of the denoiser (N rows; N = 2B under classifier-free guidance).
+
+    Attributes:
+        args, kwargs: the call's arguments as the caller passed them; :meth:`get` and :meth:`replace`
+            address them by parameter name, keeping each where the caller put it.
+        names: the parameter names of the denoiser's ``forward``, in order.
+        sample_name: the name of the latents argument (``"sample"`` for UNets, ``"hidden_states"``).
+        fraction: ``τ = t / (T − 1)`` per row, the position on the trajectory (1 = pure noise).
+        alpha, sigma: ``α_t`` and ``σ_t`` of ``z_t = α_t x_0 + σ_t ε`` per row (float64, on the CPU).
+        doubled: whether the batch is ``[uncond, cond]`` of classifier-free guidance.
+        guided: the rows a method acts on: the conditional half when doubled, else every row.
+        strength: ``γ(t)`` per guided row (energy guidance).
+        energy_grad: ``∇_{z_t} E`` for the guided rows, once computed (energy guidance).
+    """
+
+    args: list[Any]
+    kwargs: dict[str, Any]
+    names: list[str]
+    sample_name: str
+    fraction: torch.Tensor
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+    doubled: bool
+    guided: slice
+    strength: torch.Tensor | None = None
+    energy_grad: torch.Tensor | None = None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The argument ``name`` of this call, positional or keyword."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        position = self.names.index(name) if name in self.names else len(self.args)
+        return self.args[position] if position < len(self.args) else default
+
+    def replace(self, name: str, value: Any) -> None:
+        """Give the forward pass ``value`` for the argument ``name``, where the caller passed it."""
+        position = self.names.index(name) if name in self.names else len(self.args)
+        if name not in self.kwargs and position < len(self.args):
+            self.args[position] = value
+        else:
+            self.kwargs[name] = value
+
+    @property
+    def sample(self) -> torch.Tensor:
+        """The latents ``z_t`` as the denoiser receives them, ``(N, C, ...)``."""
+        return self.get(self.sample_name)
+
+    def per_row(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``values`` (one per row) shaped to broadcast against ``like`` (same device and dtype)."""
+        return values.to(like.device, like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+# --- The hook every method installs on the denoiser -------------------------------------------------
+
+
+class DenoiserHook:
+    """Forward hooks on a pipeline's denoiser that see every call; the base of guidance and CADS.
+
+    A subclass implements :meth:`_before_forward` (decide whether it acts at this call, and change the
+    call's arguments if it must) and, when it changes the model output, :meth:`_after_forward`. The
+    post-hook is registered with ``always_call=True``, so :meth:`_after_forward` also runs (with
+    ``output=None``) when the forward pass raises, and can clean up.
+
+    Args:
+        pipe: a diffusers pipeline with a ``unet`` or ``transformer`` and a scheduler with a
+            variance-preserving noise schedule (``alphas_cumprod``: DDPM, DDIM, PNDM, Euler, DPM-Solver…).
+    """
+
+    #: whether the method acts between the samples of a batch (and so needs two of them)
+    needs_batch: bool = True
+
+    def __init__(self, pipe: DiffusionPipeline):
+        self.pipe = pipe
+        self.denoiser = _find_denoiser(pipe)
+        self._names, self._sample_name = _forward_parameters(self.denoiser)
+        _check_scheduler(pipe.scheduler)
+        installed = _INSTALLED.setdefault(self.denoiser, [])
+        if any(type(hook) is type(self) for hook in installed):
+            raise RuntimeError(
+                f"{type(self).__name__} is already installed on this pipeline's denoiser; call .remove() "
+                "on the earlier handle first"
+            )
+        self._call: DenoiserCall | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._setup()
+        installed.append(self)
+        self._handles += [
+            self.denoiser.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
+            self.denoiser.register_forward_hook(self._post_hook, with_kwargs=True, always_call=True),
+        ]
+
+    def remove(self) -> None:
+        """Uninstall: the pipeline is exactly the stock pipeline again. Safe to call twice."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        installed = _INSTALLED.get(self.denoiser, [])
+        if self in installed:
+            installed.remove(self)
+
+    def __enter__(self) -> DenoiserHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    # Subclasses: set up, and act on one call.
+    def _setup(self) -> None:
+        """Validate and prepare what the method needs on ``self.denoiser``; extra hooks go in
+        ``self._handles``, so that :meth:`remove` takes them off too."""
+
+    def _enabled(self) -> bool:
+        """Whether the method can act at all; when not, the hooks return at once."""
+        return True
+
+    def _before_forward(self, call: DenoiserCall) -> bool:
+        """Return whether the method acts at this call; it may change the call's arguments
+        (:meth:`DenoiserCall.replace`)."""
+        raise NotImplementedError
+
+    def _after_forward(self, call: DenoiserCall, output: Any) -> Any:
+        """Clean up, and return a replacement for the denoiser's output (or ``None`` to keep it)."""
+        return None
+
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        self._call = None
+        if not self._enabled():
+            return None
+        call = self._read_call(args, kwargs)
+        if not self._before_forward(call):
+            return None
+        self._call = call
+        return tuple(call.args), call.kwargs
+
+    def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        call, self._call = self._call, None
+        if call is None:
+            return None
+        return self._after_forward(call, output)
+
+    def _read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
+        call = DenoiserCall(
+            args=list(args),
+            kwargs=dict(kwargs),
+            names=self._names,
+            sample_name=self._sample_name,
+            fraction=torch.empty(0),
+            alpha=torch.empty(0),
+            sigma=torch.empty(0),
+            doubled=False,
+            guided=slice(None),
+        )
+        sample, timestep = call.sample, call.get("timestep")
+        if not isinstance(sample, torch.Tensor) or timestep is None:
+            raise TypeError(
+                f"{type(self).__name__} expects the denoiser to be called with latents "
+                f"({self._sample_name!r}) and a timestep"
+            )
+        rows = sample.shape[0]
+        t = torch.as_tensor(timestep).detach().to("cpu", torch.float64).flatten()
+        if t.numel() not in (1, rows):
+            raise ValueError(f"timestep has {t.numel()} entries for a batch of {rows} latents")
+        call.fraction, call.alpha, call.sigma = noise_levels(self.pipe.scheduler, t.expand(rows))
+        call.doubled = _is_doubled(self.pipe, call)
+        call.guided = slice(rows // 2, None) if call.doubled else slice(None)
+        return call
+
+    def _check_batch(self, call: DenoiserCall) -> None:
+        guided = call.sample[call.guided].shape[0]
+        if self.needs_batch and guided < 2:
+            per = " per prompt (num_images_per_prompt)" if call.doubled else ""
+            raise ValueError(
+                f"{type(self).__name__} separates the samples of a batch, but the denoiser got {guided} "
+                f"sample{per}: there is nothing to separate. Sample at least 2 images{per}, e.g. "
+                "batch_size=4, or remove the guidance."
+            )
+
+
+# --- Energy guidance: ε̂ ← ε̂ + γ(t) σ_t ∇_{z_t} E ------------------------------------------------------
+
+
+class EnergyGuidance(DenoiserHook):
+    """Guidance by the gradient of an energy ``E`` between the samples of a batch (method.md §7–8).
+
+    At every denoiser call inside the interval the noise prediction is corrected,
+    ``ε̂ ← ε̂ + γ(t) · σ_t · ∇_{z_t} E``, and the correction is converted for v- and sample-prediction
+    models through ``scheduler.config.prediction_type`` (``Δv = Δε / α_t``, ``Δx̂_0 = −σ_t Δε / α_t``).
+    Lowering ``E`` pushes the samples apart. Under classifier-free guidance the energy is taken on the
+    conditional half and the same correction is added to both halves, so the guided output moves by
+    exactly that correction. A subclass implements :meth:`_prepare_energy`, which sets
+    ``call.energy_grad`` (the gradient for the guided rows) before or during the forward pass.
+
+    Args:
+        pipe: the pipeline (see :class:`DenoiserHook`).
+        strength: ``γ``; 0 leaves the pipeline's outputs bit-identical to the stock pipeline's, and a
+            negative value pulls the samples together instead.
+        interval: ``(t_lo, t_hi)``, the part of the trajectory where ``γ(t) = strength``, as fractions
+            ``τ = t / (T − 1)`` of the training timesteps (1 = pure noise); 0 outside. ``None``: on
+            everywhere, unless a subclass defines its own rule.
+    """
+
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        strength: float,
+        interval: tuple[float, float] | None = DEFAULT_INTERVAL,
+    ):
+        if not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+            raise ValueError(f"strength must be a finite number, got {strength!r}")
+        self.strength = float(strength)
+        self.interval = None if interval is None else _check_interval(interval)
+        super().__init__(pipe)
+
+    def _prepare_energy(self, call: DenoiserCall) -> None:
+        raise NotImplementedError
+
+    def _is_on(self, call: DenoiserCall) -> torch.Tensor:
+        """Where ``γ(t)`` is on, per row: inside the interval (everywhere without one)."""
+        if self.interval is None:
+            return torch.ones_like(call.fraction, dtype=torch.bool)
+        low, high = self.interval
+        return (call.fraction >= low) & (call.fraction <= high)
+
+    def _enabled(self) -> bool:
+        return self.strength != 0.0
+
+    def _before_forward(self, call: DenoiserCall) -> bool:
+        self._check_batch(call)
+        strength = self.strength * self._is_on(call)[call.guided].double()
+        if not strength.any():
+            return False
+        call.strength = strength
+        self._prepare_energy(call)
+        return True
+
+    def _after_forward(self, call: DenoiserCall, output: Any) -> Any:
+        if output is None:  # the forward pass raised; nothing to correct
+            return None
+        if call.energy_grad is None:
+            raise RuntimeError(f"{type(self).__name__} computed no energy gradient at this call")
+        guided = call.sample[call.guided]
+        grad = call.energy_grad.to(guided.dtype)
+        sigma, alpha = call.sigma[call.guided], call.alpha[call.guided].clamp_min(1e-8)
+        # §7: Δε = γ(t) σ_t ∇_{z_t} E, then to the model's parameterisation.
+        delta_eps = call.per_row(call.strength * sigma, grad) * grad
+        prediction_type = _prediction_type(self.pipe.scheduler)
+        if prediction_type == "epsilon":
+            delta = delta_eps
+        elif prediction_type == "v_prediction":  # v = α ε − σ x_0, ε = α v + σ z_t  ⇒  Δv = Δε / α
+            delta = delta_eps / call.per_row(alpha, grad)
+        else:  # x̂_0 = (z_t − σ ε̂) / α  ⇒  Δx̂_0 = −σ Δε / α
+            delta = -delta_eps * call.per_row(sigma / alpha, grad)
+        if call.doubled:  # the same correction for the unconditional and the conditional half
+            delta = torch.cat([delta, delta])
+        return _add_to_prediction(output, delta)
+
+
+# --- Helpers ------------------------------------------------------------------------------------
+
+
+def noise_levels(scheduler: Any, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(τ, α_t, σ_t)`` of the variance-preserving process ``z_t = α_t x_0 + σ_t ε`` at timesteps ``t``.
+
+    ``τ = t / (T − 1)`` (1 = pure noise). Fractional timesteps (Euler-type schedulers) interpolate
+    ``σ_t / α_t = √((1 − ᾱ_t) / ᾱ_t)`` linearly in ``t``, as those schedulers do. float64, on the CPU.
+    """
+    alphas_cumprod = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
+    last = alphas_cumprod.numel() - 1
+    ratios = ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()  # σ_t / α_t
+    t = timestep.to(torch.float64).clamp(0, last)
+    low = t.floor().long()
+    ratio = torch.lerp(ratios[low], ratios[(low + 1).clamp_max(last)], t - low)
+    alpha = (1.0 + ratio.square()).rsqrt()
+    return t / last, alpha, ratio * alpha
+
+
+def _find_denoiser(pipe: Any) -> nn.Module:
+    for name in DENOISER_NAMES:
+        denoiser = getattr(pipe, name, None)
+        if isinstance(denoiser, nn.Module):
+            return denoiser
+    components = sorted(getattr(pipe, "components", {}))
+    raise TypeError(
+        f"sampling-time guidance needs a pipeline with a denoiser named {' or '.join(DENOISER_NAMES)}; "
+        f"{type(pipe).__name__} has none (components: {components})"
+    )
+
+
+def _forward_parameters(denoiser: nn.Module) -> tuple[list[str], str]:
+    """The parameter names of the denoiser's ``forward`` and the name of its latents argument."""
+    parameters = list(inspect.signature(type(denoiser).forward).parameters.values())[1:]  # without self
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    sample_name = next((name for name in ("sample", "hidden_states") if name in names), None)
+    if sample_name is None or "timestep" not in names:
+        raise TypeError(
+            f"unsupported denoiser {type(denoiser).__name__}: its forward({', '.join(names)}) takes no "
+            "'sample'/'hidden_states' latents and 'timestep'. Supported: diffusers UNets (UNet2DModel, "
+            "UNet2DConditionModel) and transformer denoisers called with (hidden_states, timestep)"
+        )
+    return names, sample_name
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    if not isinstance(getattr(scheduler, "alphas_cumprod", None), torch.Tensor):
+        raise TypeError(
+            f"sampling-time guidance needs a scheduler with a variance-preserving noise schedule "
+            f"(alphas_cumprod), such as DDPMScheduler, DDIMScheduler or EulerDiscreteScheduler; got "
+            f"{type(scheduler).__name__}"
+        )
+    _prediction_type(scheduler)
+
+
+def _prediction_type(scheduler: Any) -> str:
+    prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"{type(scheduler).__name__} has prediction_type={prediction_type!r}; guidance supports "
+            f"{PREDICTION_TYPES}"
+        )
+    return prediction_type
+
+
+def _check_interval(interval: tuple[float, float]) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"interval must be a pair (t_lo, t_hi), got {interval!r}") from None
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(
+            f"interval must satisfy 0 ≤ t_lo < t_hi ≤ 1 (fractions of the trajectory, 1 = pure noise); "
+            f"got {interval!r}"
+        )
+    return low, high
+
+
+def _is_doubled(pipe: Any, call: DenoiserCall) -> bool:
+    """Whether this call is the ``[uncond, cond]`` batch of classifier-free guidance: the two halves of
+    the latents are equal, and the pipeline says it guides (Stable Diffusion pipelines have
+    ``do_classifier_free_guidance``) or, for pipelines that do not say, the halves' prompts differ."""
+    sample, rows = call.sample, call.sample.shape[0]
+    half = rows // 2
+    if rows < 2 or rows % 2 or not torch.equal(sample[:half], sample[half:]):
+        return False
+    try:
+        says = getattr(pipe, "do_classifier_free_guidance", None)
+    except AttributeError:  # the property reads state that __call__ sets
+        says = None
+    if says is not None:
+        return bool(says)
+    prompts = call.get("encoder_hidden_states")
+    return isinstance(prompts, torch.Tensor) and not torch.equal(prompts[:half], prompts[half:])
+
+
+def _add_to_prediction(output: Any, delta: torch.Tensor) -> Any:
+    """The denoiser output with ``delta`` added to its prediction (learned-variance channels kept)."""
+    if isinstance(output, torch.Tensor):
+        prediction = output
+    elif isinstance(output, tuple):
+        prediction = output[0]
+    else:
+        prediction = getattr(output, "sample", None)
+    if not isinstance(prediction, torch.Tensor):
+        raise TypeError(f"unsupported denoiser output {type(output).__name__}: no prediction tensor")
+    channels, delta = delta.shape[1], delta.to(prediction.dtype)
+    if prediction.shape == delta.shape:
+        corrected = prediction + delta
+    elif prediction.shape[1] == 2 * channels:  # learned variance: (prediction, variance) along channels
+        corrected = torch.cat([prediction[:, :channels] + delta, prediction[:, channels:]], dim=1)
+    else:
+        raise RuntimeError(
+            f"the denoiser's prediction {tuple(prediction.shape)} does not match its latents "
+            f"{tuple(delta.shape)}"
+        )
+    if isinstance(output, torch.Tensor):
+        return corrected
+    if isinstance(output, tuple):
+        return (corrected, *output[1:])
+    output.sample = corrected
+    return output
+
+
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "PREDICTION_TYPES",
+    "DenoiserCall",
+    "DenoiserHook",
+    "EnergyGuidance",
+    "noise_levels",
+]

@@ -1,0 +1,157 @@
+"""``AtomDDIMPipeline``: diffusers' DDIM sampling, with atom guidance and the separation component."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
+from atomgen.separation import AtomSeparation
+
+from .denoiser_hook import DEFAULT_INTERVAL
+from .pipeline_utils import AtomUNetPipeline, StepEndCallback
+
+logger = logging.getLogger(__name__)
+
+
+class AtomDDIMPipeline(AtomUNetPipeline):
+    r"""DDIM sampling of an unconditional (or class-conditional) ``UNet2DModel``, with atom guidance.
+
+    With ``guidance_strength=0`` (the default) it samples exactly as diffusers' ``DDIMPipeline`` (the
+    same images for the same generator). The ``separation`` component is the :class:`AtomSeparation`
+    trained with the UNet, if any; atom guidance uses it at ``separation_site``.
+
+    Parameters:
+        unet ([`UNet2DModel`]): the denoiser.
+        scheduler ([`DDIMScheduler`]): its scheduler; any diffusers scheduler config is converted to
+            [`DDIMScheduler`], as ``DDIMPipeline`` does.
+        separation ([`AtomSeparation`], *optional*): the separation module trained with the UNet.
+        separation_site (`str`, defaults to `"mid_block"`): the UNet module it was attached to.
+
+    Example:
+        >>> import torch
+        >>> from diffusers import DDIMScheduler, UNet2DModel
+        >>> from atomgen import AtomSeparation
+        >>> from atomgen.pipelines import AtomDDIMPipeline
+        >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        ...     norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+        ...     up_block_types=("UpBlock2D", "UpBlock2D"))
+        >>> pipe = AtomDDIMPipeline(unet, DDIMScheduler(), separation=AtomSeparation(dim=16))
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> images = pipe(batch_size=4, num_inference_steps=10, generator=generator,
+        ...     guidance_strength=10.0, output_type="pt").images
+        >>> images.shape
+        torch.Size([4, 1, 8, 8])
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: DDIMScheduler,
+        separation: AtomSeparation | None = None,
+        separation_site: str = "mid_block",
+    ):
+        super().__init__()
+        # make sure the scheduler can always be converted to DDIM
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+        self._register(unet, scheduler, separation, separation_site)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        num_inference_steps: int = 50,
+        use_clipped_model_output: bool | None = None,
+        class_labels: torch.Tensor | list[int] | int | None = None,
+        latents: torch.Tensor | None = None,
+        guidance_strength: float = 0.0,
+        guidance_interval: tuple[float, float] = DEFAULT_INTERVAL,
+        guidance_site: str | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Sample a batch of images.
+
+        Args:
+            batch_size (`int`, defaults to 1): the number of images (at least 2 with atom guidance).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): for reproducible
+                sampling.
+            eta (`float`, defaults to 0.0): η of DDIM: 0 is deterministic DDIM, 1 is DDPM.
+            num_inference_steps (`int`, defaults to 50): denoising steps.
+            use_clipped_model_output (`bool`, *optional*): see [`DDIMScheduler.step`]; `None` passes
+                nothing.
+            class_labels (`torch.Tensor`, `list[int]` or `int`, *optional*): for a class-conditional
+                UNet, one label per image or one for all.
+            latents (`torch.Tensor`, *optional*): the initial noise, instead of drawing it.
+            guidance_strength (`float`, defaults to 0.0): ``γ`` of atom guidance
+                ([`~atomgen.pipelines.guide`]); 0 samples as the stock pipeline does.
+            guidance_interval (`tuple[float, float]`, defaults to `(0.4, 1.0)`): where guidance is on,
+                as fractions of the trajectory (1 = pure noise).
+            guidance_site (`str`, *optional*): the UNet module to separate at; defaults to
+                ``separation_site``.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
+            return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as ``callback_on_step_end(pipe, i, t,
+                callback_kwargs)`` after each step; it may return ``{"latents": ...}`` to replace them.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors passed in
+                ``callback_kwargs``; only `"latents"`.
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`: the images, in ``[0, 1]``.
+        """
+        # 1. Check inputs
+        tensor_inputs = self.tensor_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"]
+        )
+        self.check_inputs(batch_size, generator, output_type, tensor_inputs)
+        if not 0.0 <= eta <= 1.0:
+            logger.warning(
+                "`eta` should be between 0 and 1 (inclusive), but received %s. A value of 0 corresponds "
+                "to DDIM and 1 corresponds to DDPM. Unexpected results may occur for values outside this "
+                "range.",
+                eta,
+            )
+
+        # 2. Sample gaussian noise to begin the loop
+        latents = self.prepare_latents(batch_size, generator, latents)
+        class_labels = self.prepare_class_labels(class_labels, batch_size)
+
+        # 3. Set the timesteps
+        self.scheduler.set_timesteps(num_inference_steps)
+
+        # 4. Denoising loop; atom guidance, when on, corrects the UNet's output in a hook on the UNet
+        with self.guidance(guidance_strength, guidance_interval, guidance_site):
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                # 4.1 predict the noise
+                model_output = self.unet(latents, t, class_labels=class_labels).sample
+
+                # 4.2 compute the previous sample x_t -> x_t-1, with the variance that η asks for
+                latents = self.scheduler.step(
+                    model_output,
+                    t,
+                    latents,
+                    eta=eta,
+                    use_clipped_model_output=use_clipped_model_output,
+                    generator=generator,
+                ).prev_sample
+
+                # 4.3 let the callback see (and replace) the latents
+                latents = self.step_end(callback_on_step_end, tensor_inputs, i, t, latents)
+
+        # 5. Post-process
+        image = self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+
+__all__ = ["AtomDDIMPipeline"]
