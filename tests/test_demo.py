@@ -1,23 +1,44 @@
-"""The demo end to end at tiny sizes, the digits loader, and the command line."""
+"""``atomgen demo`` end to end at tiny sizes, its report, and the command line."""
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from atomgen.cli import main
+from atomgen.cli import build_parser, main
+from atomgen.config import ConfigError
 from atomgen.data import load_digits_images
-from atomgen.demo import DemoConfig, run_demo
+from atomgen.demo import METHODS, DemoConfig, _batch_sizes, run_demo
+from atomgen.report import COLUMNS, aggregate
 
+# A tiny UNet, two training steps, twelve samples: seconds, and every code path of the real demo.
+TINY_SETS = ["model.block_out_channels=[8,16]", "model.norm_num_groups=4", "train.batch_size=16"]
 TINY = {
-    "steps": 3,
-    "batch_size": 8,
-    "num_samples": 4,
+    "steps": 2,
+    "num_samples": 12,
     "num_inference_steps": 2,
-    "block_out_channels": (8, 16),
+    "sample_batch_size": 6,
+    "overrides": tuple(TINY_SETS),
 }
+TINY_ARGS = ["--steps", "2", "--num-samples", "12", "--num-inference-steps", "2"]
+for item in TINY_SETS:
+    TINY_ARGS += ["--set", item]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One run through the command line: two seeds, the repulsive mode, the digit classifier's features."""
+    out = tmp_path_factory.mktemp("demo") / "run"
+    argv = ["demo", "--out", str(out), "--no-progress", "--seeds", "2", "--mode", "repulsive", *TINY_ARGS]
+    assert main(argv) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def test_digits_loader():
@@ -31,88 +52,152 @@ def test_digits_loader():
         load_digits_images(classes=[10])
 
 
-def test_run_demo_writes_everything(tmp_path):
-    summary = run_demo(tmp_path, progress=False, seed=1, weight=0.5, mode="repulsive", **TINY)
+def test_report_json_has_every_method_and_metric(demo_run):
+    out, report = demo_run
+    assert report["seeds"] == [0, 1]
+    assert [m["key"] for m in report["methods"]] == [m.key for m in METHODS]
+    assert {c["key"] for c in report["columns"]} == {c.key for c in COLUMNS}
+    assert all(c["better"] in ("lower", "higher") and c["meaning"] for c in report["columns"])
+    for method in METHODS:
+        entry = report["table"][method.key]
+        for column in COLUMNS:
+            stats = entry[column.key]
+            assert _finite(stats["mean"]) and _finite(stats["std"]), (method.key, column.key, stats)
+            assert len(stats["values"]) == 2
+        assert _finite(entry["sample_seconds"]["mean"])
+        if method.kind == "training":
+            assert _finite(entry["train_seconds"]["mean"])
+    for key in ("vendi", "lpips_diversity", "modes_covered", "kl"):
+        assert _finite(report["reference"][key])
+    for model in ("baseline", "atom", "dispersive"):
+        assert _finite(report["training"][model]["final_task_loss"]["mean"])
+    assert _finite(report["training"]["atom"]["final_separation_loss"]["mean"])
+    for key in ("auc_importance", "auc_random", "gain", "mean_abs_charge"):
+        assert _finite(report["attribution"][key]["mean"])
+    settings = report["settings"]
+    assert settings["atom_mode"] == "repulsive" and settings["atom_mode_source"] == "--mode"
+    assert settings["demo"]["steps"] == 2 and settings["model"]["block_out_channels"] == [8, 16]
+    assert report["scoring"]["features"]["extractor"].startswith("digit-classifier-digits")
+    assert report["machine"]["cpu"] and report["machine"]["torch_threads"] >= 1
+    assert report["versions"]["torch"] and report["versions"]["diffusers"]
+    assert _finite(report["wall_seconds"])
+    assert len(report["runs"]) == 2 * len(METHODS)
+    assert not list(out.rglob(".*.tmp"))  # atomic writes leave no temporaries behind
 
-    # 4 samples → a 2×2 grid of 8×8 digits upscaled ×5 to 40 px, 2 px gaps around and between
-    side = 2 * 40 + 3 * 2
-    for name in ("samples_baseline.png", "samples_atom.png", "importance_atom.png"):
-        with Image.open(tmp_path / name) as image:
+
+def test_report_md_and_pictures(demo_run):
+    out, report = demo_run
+    text = (out / "report.md").read_text()
+    for method in METHODS:
+        assert method.label in text
+    assert "mode = repulsive" in text and report["scoring"]["features"]["extractor"] in text
+    assert "± is the sample standard deviation" in text and "real data (reference)" in text
+    files = report["figures"]
+    pictures = [
+        *files["samples"].values(),
+        files["attribution"],
+        files["deletion"],
+        files["diversity_fidelity"],
+    ]
+    assert len(pictures) == len(METHODS) + 3
+    for name in pictures:
+        assert f"({name})" in text
+        with Image.open(out / name) as image:
             image.load()
-            assert image.size == (side, side) and image.mode == "RGB"
-
-    on_disk = json.loads((tmp_path / "summary.json").read_text())
-    assert on_disk == json.loads(json.dumps(summary))
-    assert on_disk["config"]["steps"] == 3 and on_disk["config"]["weight"] == 0.5
-    assert json.loads((tmp_path / "config.json").read_text()) == on_disk["config"]
-    common = {
-        "task_loss_final",
-        "task_loss_mean",
-        "atom_distance",
-        "pixel_distance",
-        "train_seconds",
-        "wall_seconds",
-    }
-    atom_only = {"separation_loss_final", "separation_loss_mean", "atom_loss_final", "importance_mean"}
-    assert common <= on_disk["models"]["baseline"].keys()
-    assert common | atom_only <= on_disk["models"]["atom"].keys()
-    for stats in on_disk["models"].values():
-        assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
-        assert 0 < stats["atom_distance"] <= 2.01  # unit sphere, softened by ε = 0.1
-    assert (tmp_path / "baseline" / "model_index.json").exists()
-    assert (tmp_path / "atom" / "separation" / "config.json").exists()
-    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries behind
+            assert image.format == "PNG" and min(image.size) > 16
+    # 12 samples of 8×8, enlarged ×5 to 40 px, 8 per row with 2 px gaps: 2 rows
+    with Image.open(out / files["samples"]["atom"]) as grid:
+        assert grid.size == (8 * 42 + 2, 2 * 42 + 2)
 
 
-def test_same_seed_same_start(tmp_path):
-    """Weight 0 makes the atom run an exact replay of the baseline (same weights, batches and noise)."""
-    summary = run_demo(tmp_path, progress=False, weight=0.0, **TINY)
-    baseline, atom = summary["models"]["baseline"], summary["models"]["atom"]
-    assert baseline["task_loss_mean"] == atom["task_loss_mean"]
-    assert baseline["pixel_distance"] == atom["pixel_distance"]
+def test_training_runs_and_samples_are_reusable(demo_run):
+    """The runs are stock ``atomgen train`` directories, and ``atomgen eval`` reproduces the table."""
+    from atomgen.eval import run_eval
+
+    out, report = demo_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["atom"]["separation"]["options"] == {"mode": "repulsive"}
+    assert config["training"]["dispersive"]["separation"]["method"] == "dispersive"
+    for seed in (0, 1):
+        for model in ("baseline", "atom", "dispersive"):
+            assert (out / f"seed-{seed}" / model / "pipeline" / "model_index.json").is_file()
+    assert (out / "seed-0" / "atom" / "pipeline" / "separation" / "config.json").is_file()
+    samples = out / "seed-1" / "samples" / "particle-guidance.npz"
+    with np.load(samples) as archive:
+        assert archive["images"].shape == (12, 1, 8, 8) and archive["images"].dtype == np.uint8
+    again = run_eval("digits", samples, ["fid"], "digits", progress=False)
+    recorded = report["table"]["particle-guidance"]["fid"]["values"][1]
+    assert again["metrics"]["fid"] == pytest.approx(recorded, rel=1e-6)
 
 
-def test_config_validation():
+def test_weight_zero_replays_the_baseline(tmp_path):
+    """With λ = 0 the atom run is an exact replay of the baseline: same weights, batches, noise, samples."""
+    overrides = (*TINY["overrides"], "separation.weight=0")
+    report = run_demo(tmp_path, progress=False, **{**TINY, "overrides": overrides})
+    for column in COLUMNS:
+        assert report["table"]["atom"][column.key] == report["table"]["baseline"][column.key]
+    with (
+        np.load(tmp_path / "seed-0/samples/atom.npz") as a,
+        np.load(tmp_path / "seed-0/samples/baseline.npz") as b,
+    ):
+        assert np.array_equal(a["images"], b["images"])
+    assert report["settings"]["atom_mode_source"] == "library default"
+
+
+def test_aggregate_and_batches():
+    two = aggregate([1.0, 3.0])
+    assert two["mean"] == 2.0 and two["std"] == pytest.approx(math.sqrt(2.0)) and two["values"] == [1.0, 3.0]
+    assert aggregate([5.0])["std"] is None
+    assert aggregate([None])["mean"] is None
+    assert _batch_sizes(129, 128) == [65, 64] and _batch_sizes(12, 128) == [12]
+    assert all(min(_batch_sizes(n, 4)) >= 2 for n in range(2, 50))
+
+
+def test_config_validation(tmp_path):
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         DemoConfig(steps=0)
-    with pytest.raises(ValueError, match="num_samples must be at least 2"):
-        DemoConfig(num_samples=1)
+    with pytest.raises(ValueError, match="num_samples must be an integer of at least 8"):
+        DemoConfig(num_samples=4)
     with pytest.raises(ValueError, match="mode must be one of"):
         DemoConfig(mode="attractive")
-    with pytest.raises(ValueError, match="weight must be a finite number"):
-        DemoConfig(weight=-1.0)
+    with pytest.raises(ValueError, match="atom_guidance must be a finite number"):
+        DemoConfig(atom_guidance=float("nan"))
     with pytest.raises(TypeError, match="unknown settings"):
-        run_demo("unused", stpes=3)
+        run_demo(tmp_path, stpes=3)
+    with pytest.raises(ConfigError, match="bogus"):  # refused before any work: nothing is written
+        run_demo(tmp_path / "new", overrides=("train.bogus=1",))
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(FileNotFoundError, match="--config"):
+        run_demo(tmp_path / "new", config=DemoConfig(config=str(tmp_path / "missing.yaml")))
 
 
-def test_cli_help_and_user_errors(capsys, tmp_path):
+def test_cli_help_defaults_and_user_errors(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["demo", "--help"])
     assert exit_.value.code == 0
-    assert "(default: 128)" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert f"(default: {DemoConfig().steps})" in help_text and "--inception" in help_text
+    quick = build_parser(quick=True).parse_args(["demo", "--quick"])
+    assert (quick.steps, quick.num_samples) == (DemoConfig.quick().steps, DemoConfig.quick().num_samples)
+    assert build_parser(quick=True).parse_args(["demo", "--quick", "--steps", "7"]).steps == 7
 
     bad = (
         ["demo", "--bogus"],
         ["demo", "--steps", "0"],
-        ["demo", "--weight", "abc"],
+        ["demo", "--seeds", "0"],
+        ["demo", "--atom-guidance", "abc"],
         ["demo", "--mode", "x"],
+        ["demo", "--out", str(tmp_path / "a"), "--set", "train.bogus=1"],
         [],
     )
     for argv in bad:
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2, argv
+    assert not (tmp_path / "a").exists()
 
     (tmp_path / "taken.txt").write_text("")
     with pytest.raises(SystemExit) as exit_:
         main(["demo", "--out", str(tmp_path)])
     assert exit_.value.code == 2
     assert "not an empty directory" in capsys.readouterr().err
-
-
-def test_cli_quick_runs(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["demo", "--quick", "--out", str(out), "--steps", "2", "--num-inference-steps", "2"]) == 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["steps"] == 2 and config["batch_size"] == DemoConfig.quick().batch_size
-    assert "wrote" in capsys.readouterr().out

@@ -4,67 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
+from diffusers import DiTTransformer2DModel
+from tiny import tiny_conditional_unet, tiny_unet, tiny_vae
 
 import atomgen
 from atomgen import AtomSeparation, DispersiveLoss, attach
 
 
-def tiny_unet(**kwargs) -> UNet2DModel:
-    torch.manual_seed(0)
-    options = dict(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    return UNet2DModel(**(options | kwargs)).eval()
-
-
-def tiny_conditional_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).eval()
-
-
-def tiny_vae() -> AutoencoderKL:
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        latent_channels=2,
-        block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        norm_num_groups=4,
-        sample_size=8,
-    ).eval()
-
-
 def test_unet_mid_block_weight_zero_and_removed_are_stock():
     unet, x, t = tiny_unet(), torch.randn(4, 1, 8, 8), torch.tensor([3, 50, 200, 900])
     stock = unet(x, t).sample
-    with attach(unet, "mid_block", AtomSeparation(dim=8), weight=0.0) as handle:
+    with attach(unet, "mid_block", AtomSeparation(dim=16), weight=0.0) as handle:
         hooked = unet(x, t).sample
         assert torch.equal(hooked, stock)
         assert float(handle.loss()) == 0.0
         assert handle.output.grid == (4, 4)
     assert torch.equal(unet(x, t).sample, stock)
-    handle = attach(unet, "mid_block", AtomSeparation(dim=8), weight=0.5)
+    handle = attach(unet, "mid_block", AtomSeparation(dim=16), weight=0.5)
     assert torch.equal(unet(x, t).sample, stock)  # the hook observes, it never rewrites
     handle.remove()
     assert not unet.mid_block._forward_hooks
@@ -72,7 +28,7 @@ def test_unet_mid_block_weight_zero_and_removed_are_stock():
 
 def test_unet_training_step_gets_separation_gradients():
     unet = tiny_unet().train()
-    sep = AtomSeparation(dim=8)
+    sep = AtomSeparation(dim=16)
     handle = attach(unet, "mid_block", sep, weight=0.1)
     unet(torch.randn(4, 1, 8, 8), 10)
     assert torch.isclose(handle.loss(), 0.1 * handle.output.loss)
@@ -151,33 +107,33 @@ def test_dispersive_loss_attaches_the_same_way():
 
 def test_unknown_site_lists_the_names_nearby():
     with pytest.raises(ValueError, match=r"no module 'mid_blok'.*Close matches: \['mid_block'"):
-        attach(tiny_unet(), "mid_blok", AtomSeparation(dim=8))
+        attach(tiny_unet(), "mid_blok", AtomSeparation(dim=16))
     with pytest.raises(ValueError, match=r"'down_blocks' has no child '7'.*children are \['0', '1'\]"):
-        attach(tiny_unet(), "down_blocks.7", AtomSeparation(dim=8))
+        attach(tiny_unet(), "down_blocks.7", AtomSeparation(dim=16))
 
 
 def test_missing_mid_block_is_explained():
     unet = tiny_unet(mid_block_type=None)
     with pytest.raises(ValueError, match=r"mid_block is None.*mid_block_type=None"):
-        attach(unet, "mid_block", AtomSeparation(dim=8))
+        attach(unet, "mid_block", AtomSeparation(dim=16))
 
 
 def test_width_mismatch_names_the_site():
     unet = tiny_unet()
     handle = attach(unet, "mid_block", AtomSeparation(dim=32))
     unet(torch.randn(2, 1, 8, 8), 1)
-    with pytest.raises(ValueError, match=r"site 'mid_block'.*dim=32\) received features of width 8"):
+    with pytest.raises(ValueError, match=r"site 'mid_block'.*dim=32\) received features of width 16"):
         handle.loss()
 
 
 def test_negative_weight_is_refused():
     with pytest.raises(ValueError, match="weight must be a number ≥ 0"):
-        attach(tiny_unet(), "mid_block", AtomSeparation(dim=8), weight=-0.1)
+        attach(tiny_unet(), "mid_block", AtomSeparation(dim=16), weight=-0.1)
 
 
 def test_non_finite_activations_name_site_and_step():
     unet = tiny_unet()
-    handle = attach(unet, "mid_block", AtomSeparation(dim=8))
+    handle = attach(unet, "mid_block", AtomSeparation(dim=16))
     unet(torch.randn(2, 1, 8, 8), 1)
     handle.loss()
     with torch.no_grad():
@@ -188,7 +144,7 @@ def test_non_finite_activations_name_site_and_step():
 
 
 def test_loss_before_any_forward_is_explained():
-    handle = attach(tiny_unet(), "mid_block", AtomSeparation(dim=8))
+    handle = attach(tiny_unet(), "mid_block", AtomSeparation(dim=16))
     with pytest.raises(RuntimeError, match="no forward pass has gone through 'mid_block'"):
         handle.loss()
 
@@ -204,6 +160,6 @@ def test_capture_only_handle_exposes_features():
         with pytest.raises(RuntimeError, match="no forward pass"):
             _ = handle.features
         unet(torch.randn(3, 1, 8, 8), 1)
-        assert handle.features.shape == (3, 8, 4, 4)
+        assert handle.features.shape == (3, 16, 4, 4)
         with pytest.raises(RuntimeError, match="only captures features"):
             handle.loss()

@@ -11,46 +11,15 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMPipeline,
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
-    UNet2DModel,
 )
+from tiny import tiny_unet, tiny_vae
 
 from atomgen import AtomSeparation
 from atomgen.pipelines import AtomDDIMPipeline, AtomDDPMPipeline, AtomVAEPipeline
-
-
-def tiny_unet(**kwargs) -> UNet2DModel:
-    torch.manual_seed(0)
-    options = dict(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    return UNet2DModel(**(options | kwargs)).eval()
-
-
-def tiny_vae(**kwargs) -> AutoencoderKL:
-    torch.manual_seed(0)
-    options = dict(
-        in_channels=1,
-        out_channels=1,
-        latent_channels=2,
-        block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        norm_num_groups=4,
-        sample_size=8,
-    )
-    return AutoencoderKL(**(options | kwargs)).eval()
 
 
 def quiet(pipe):
