@@ -191,7 +191,8 @@ class AtomSeparation(ModelMixin, ConfigMixin):
             mask: optional ``(B, n)`` particle mask (1 keeps a particle, 0 drops it).
         """
         cfg = self.config
-        if not torch.isfinite(features).all():
+        # The sum is a cheap first check; only a non-finite sum (overflow included) needs the full one.
+        if not torch.isfinite(features.sum()) and not torch.isfinite(features).all():
             raise FloatingPointError(
                 "AtomSeparation received non-finite activations (NaN or inf); check the model's "
                 "activations and learning rate"

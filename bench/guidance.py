@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 
+from atomgen.config import ExperimentConfig
+from atomgen.models import build_model
 from atomgen.pipelines import AtomDDIMPipeline, ParticleGuidance, guide
 
 logger = logging.getLogger("bench.guidance")
@@ -49,19 +51,14 @@ class SpeedRow:
 # --- 1. Speed -------------------------------------------------------------------------------------------
 
 
+DIGITS_CONFIG = Path(__file__).parent.parent / "configs" / "digits-ddpm.yaml"
+
+
 def demo_unet() -> UNet2DModel:
-    """The demo's DDPM UNet (configs/digits-ddpm.yaml): 8×8, one channel, two levels of 32 and 64."""
+    """The demo's DDPM UNet, built from configs/digits-ddpm.yaml's model section."""
     torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
+    model = ExperimentConfig.from_yaml(DIGITS_CONFIG).model
+    return build_model(model, (1, 8, 8)).eval()
 
 
 def small_sd_unet() -> UNet2DConditionModel:
