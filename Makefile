@@ -24,6 +24,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/separation.py
+	$(PY) bench/guidance.py
+	$(PY) bench/eval.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
