@@ -96,9 +96,10 @@ def test_vae_run_saves_a_loadable_autoencoder(tmp_path):
     assert AtomSeparation.from_pretrained(run / "vae" / "separation").config.dim == 2  # latent channels
 
 
-def test_dispersive_and_no_separation_runs(tmp_path):
+def test_dispersive_and_no_separation_runs_with_gradient_accumulation(tmp_path):
     for method in ("dispersive", "none"):
-        run = train(tiny(tmp_path / method, f"separation.method={method}", "train.steps=2"))
+        overrides = (f"separation.method={method}", "train.steps=2", "train.gradient_accumulation_steps=2")
+        run = train(tiny(tmp_path / method, *overrides))
         line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
         assert ("separation_loss" in line) == (method == "dispersive")
         assert not (run / "pipeline" / "separation").exists()
