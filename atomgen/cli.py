@@ -14,9 +14,11 @@ from . import __version__
 
 DEMO_EPILOG = """\
 examples:
-  atomgen demo                                   # about 4 minutes on 2 CPU cores
-  atomgen demo --quick --out runs/smoke          # tiny sizes, a few seconds
-  atomgen demo --steps 2000 --weight 0.5 --seed 1
+  atomgen demo                                   # about 8 minutes on 2 CPU cores
+  atomgen demo --quick --out runs/smoke          # under 2 minutes
+  atomgen demo --seeds 3 --mode repulsive        # mean ± std over 3 seeds, the repulsive atom loss
+  atomgen demo --inception --num-samples 1000    # FID Inception-v3 features (slow on a CPU)
+  atomgen demo --set separation.weight=0.5 --set model.block_out_channels=[32,64]
 """
 
 
@@ -35,7 +37,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
     """The ``atomgen`` argument parser, one subparser per command (``quick``: ``demo --quick``'s defaults)."""
-    from .demo import DemoConfig
+    from .demo import LIBRARY_MODE, DemoConfig
     from .separation import MODES
 
     parser = argparse.ArgumentParser(
@@ -49,10 +51,11 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
     defaults = small if quick else DemoConfig()
     demo = commands.add_parser(
         "demo",
-        help="train a small DDPM on the digits with and without atom separation, and compare",
-        description="Train a small DDPM on scikit-learn's 8×8 digits twice with the same seed: plain, then\n"
-        "with atom separation at the UNet's mid block. Sample both through a diffusers DDIMPipeline\n"
-        "and write sample grids, importance heat maps and summary.json to --out.",
+        help="train, sample and score baseline, atom, dispersive and two guidance methods on the digits",
+        description="Train a small DDPM on scikit-learn's 8×8 digits three times with the same seed (plain,\n"
+        "atom separation, Dispersive Loss), sample each, and sample the plain one with atom guidance and\n"
+        "Particle Guidance; score all five with atomgen.eval and write report.md, report.json, sample\n"
+        "grids, attribution heat maps, deletion curves and a diversity-fidelity plot to --out.",
         epilog=DEMO_EPILOG,
         formatter_class=_HelpFormatter,
     )
@@ -60,26 +63,47 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
     demo.add_argument(
         "--out", type=Path, default=Path("runs") / f"demo-{stamp}", help="run directory (new or empty)"
     )
-    demo.add_argument("--steps", type=int, default=defaults.steps, help="training steps per model")
-    demo.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per training step")
     demo.add_argument(
-        "--num-samples", type=int, default=defaults.num_samples, help="images sampled per model"
+        "--quick",
+        action="store_true",
+        help=f"smoke-test sizes, under 2 minutes (steps={small.steps}, samples={small.num_samples}, "
+        f"inference steps={small.num_inference_steps}); explicit options still win",
+    )
+    demo.add_argument("--seeds", type=int, default=defaults.seeds, help="repeat with N seeds: mean ± std")
+    demo.add_argument("--seed", type=int, default=defaults.seed, help="the first seed")
+    demo.add_argument("--steps", type=int, default=defaults.steps, help="training steps per model")
+    demo.add_argument(
+        "--num-samples", type=int, default=defaults.num_samples, help="images sampled per method and seed"
     )
     demo.add_argument(
         "--num-inference-steps", type=int, default=defaults.num_inference_steps, help="DDIM sampling steps"
     )
-    demo.add_argument("--seed", type=int, default=defaults.seed, help="seed of weights, batches and noise")
-    demo.add_argument("--weight", type=float, default=defaults.weight, help="λ, the weight of the atom loss")
     demo.add_argument(
-        "--mode", choices=MODES, default=defaults.mode, help="pair weights of the atom loss (method.md §4)"
+        "--mode",
+        choices=MODES,
+        default=argparse.SUPPRESS,
+        help=f"pair weights of the atom loss (method.md §4) (default: the library's, {LIBRARY_MODE!r})",
     )
     demo.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"smoke-test sizes (steps={small.steps}, batch size={small.batch_size}, samples="
-        f"{small.num_samples}, inference steps={small.num_inference_steps}); explicit options still win",
+        "--atom-guidance", type=float, default=defaults.atom_guidance, help="γ of atom guidance"
     )
-    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    demo.add_argument(
+        "--particle-guidance", type=float, default=defaults.particle_guidance, help="γ of Particle Guidance"
+    )
+    demo.add_argument(
+        "--inception", action="store_true", help="FID Inception-v3 features instead of the digit classifier's"
+    )
+    demo.add_argument("--config", type=Path, default=Path(defaults.config), help="base training config")
+    demo.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the base config for all three trainings (separation.options.*: "
+        "AtomSeparation arguments, for the atom model only)",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="hide the sampling and scoring bars")
     demo.set_defaults(handler=_demo, command_parser=demo)
 
     train = commands.add_parser(
@@ -119,24 +143,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .config import ConfigError
     from .demo import DemoConfig, run_demo
 
     settings = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)
     }
+    settings["config"] = str(args.config)
     try:
         config = DemoConfig(**settings)
     except ValueError as error:
         parser.error(str(error))
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         parser.error(f"--out {args.out} already exists and is not an empty directory; choose a new one")
-    summary = run_demo(args.out, config, progress=not args.no_progress)
-    for variant, stats in summary["models"].items():
-        print(
-            f"{variant:>9}: task loss {stats['task_loss_final']:.4f}  atom distance {stats['atom_distance']:.4f}"
-            f"  pixel distance {stats['pixel_distance']:.3f}  ({stats['wall_seconds']:.0f} s)"
-        )
-    print(f"wrote {args.out}/ in {summary['wall_seconds']:.0f} s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpointed object
+    try:
+        report = run_demo(args.out, config, progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError) as error:
+        parser.error(str(error))
+    print(f"wrote {args.out / 'report.md'} in {report['wall_seconds']:.0f} s")
     return 0
 
 

@@ -1,23 +1,30 @@
-"""``atomgen demo``: a small DDPM trained on the digits twice — plain, then with atom separation.
+"""``atomgen demo``: the main job end to end, built from the library's own pieces.
 
-Both runs use the same seed, so they start from the same weights and see the same batches, noises and
-timesteps; they differ only by ``λ · L_atom`` at the UNet's mid block (method.md §4). Each model is then
-sampled through a stock diffusers ``DDIMPipeline`` and measured with one common, parameter-free atom
-distance (``AtomSeparation(learn_roles=False)``, every particle a proton, method.md §3), and the learned
-importances of the atom model are drawn as heat maps. Everything lands in one run directory:
+For each seed: three DDPMs are trained on the digits with :func:`atomgen.train.train` from one base config
+(``configs/digits-ddpm.yaml``), the same seed and therefore the same initial weights, batches, noises and
+timesteps — plain (``separation.method=none``), with atom separation and with Dispersive Loss. Each is
+sampled through :class:`~atomgen.pipelines.AtomDDIMPipeline` from the same initial noise, and the plain
+model is also sampled with the two sampling-time methods, atom guidance and
+:class:`~atomgen.pipelines.ParticleGuidance`. Every set of samples is scored by :mod:`atomgen.eval`, the
+atom model's importances are drawn and checked with deletion curves, and the run directory receives:
 
-    config.json             the resolved config, written before any work starts
-    samples_baseline.png    sample grid of the plain model
-    samples_atom.png        sample grid of the model trained with atom separation
-    importance_atom.png     the atom model's importance s = 1 − r^neutron over its samples (method.md §3)
-    summary.json            losses, diversity numbers and wall times per model, plus the config
-    baseline/, atom/        the trained models as stock ``DDPMPipeline`` directories; the atom model's
-                            separation module in ``atom/separation`` (the stock loader ignores it)
+    config.json               the demo settings and the resolved training configs, before any work
+    report.md, report.json    the table (mean ± std over seeds), the machine, the versions
+    samples-<method>.png      a sample grid per method (first seed)
+    attribution.png           the atom model's importance maps over its samples (first seed)
+    deletion.png              deletion curves: importance order against random order (all seeds)
+    diversity-fidelity.png    diversity against fidelity, one point per method
+    seed-<S>/<model>/         each training run (config.yaml, metrics.jsonl, checkpoints/, pipeline/)
+    seed-<S>/samples/<method>.npz   the evaluated samples (uint8): ``atomgen eval --fake`` reads them
+    cache/                    feature cache of the real images
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
+import json
 import logging
 import math
 import os
@@ -28,92 +35,156 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
-from diffusers.optimization import get_cosine_schedule_with_warmup
-from PIL import Image
+import yaml
 from tqdm.auto import tqdm
 
-from . import __version__
-from .data import ImageData, load_digits_images
-from .hooks import AttachHandle, attach
-from .io import atomic_directory, write_atomic, write_json
+from .config import ExperimentConfig, apply_overrides
+from .data import load_dataset
+from .hooks import attach
+from .io import write_atomic, write_json, write_text
+from .models import site_of
 from .separation import MODES, AtomSeparation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DEFAULT_CONFIG", "METHODS", "MODELS", "DemoConfig", "Method", "run_demo"]
 
-SITE = "mid_block"
-VARIANTS = ("baseline", "atom")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits-ddpm.yaml"
+LIBRARY_MODE = inspect.signature(AtomSeparation.__init__).parameters["mode"].default
+
+# The trained models: name → separation.method.
+MODELS = {"baseline": "none", "atom": "atom", "dispersive": "dispersive"}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table: which trained model is sampled, and how."""
+
+    key: str  # file names, report.json
+    label: str  # the table
+    model: str  # a key of MODELS
+    kind: str  # "training" or "sampling"
+
+
+METHODS = (
+    Method("baseline", "baseline", "baseline", "training"),
+    Method("atom", "atom (training)", "atom", "training"),
+    Method("dispersive", "dispersive (training)", "dispersive", "training"),
+    Method("atom-guidance", "atom guidance (sampling)", "baseline", "sampling"),
+    Method("particle-guidance", "particle guidance (sampling)", "baseline", "sampling"),
+)
+
+PROBE_FRACTION = 0.05  # samples are re-noised to t = 5 % of the trajectory to read the site's features
+ATTRIBUTION_IMAGES = 32  # images in the attribution picture
+GRID_IMAGES = 64  # images in each sample grid
+DELETION_ATOMS = 256  # atoms (samples) in the deletion curves
 
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything the demo does, sized for about 4 minutes on 2 CPU cores at the defaults.
+    """What the demo does; the defaults take about 8 minutes on 2 CPU cores (measured with one thread).
 
     Args:
-        steps: optimiser steps per model.
-        batch_size: images per step (the atoms of one separation batch).
-        num_samples: images sampled from each model.
+        steps: training steps of each model (``train.steps``).
+        num_samples: images sampled per method and seed.
         num_inference_steps: DDIM steps at sampling time.
-        seed: seeds the weights, the batches, the training noise and the sampling noise.
-        weight: ``λ``, the weight of ``L_atom`` in the atom run.
-        mode: the atom run's pair weights, ``"signed"`` (``q_i q_j``) or ``"repulsive"`` (``s_i s_j``),
-            method.md §4.
-        learning_rate: AdamW peak learning rate (cosine decay after a short warm-up).
-        block_out_channels: UNet widths; the last one is the mid block's width, the separation's ``dim``.
-        num_train_timesteps: DDPM training timesteps.
-        probe_timestep: timestep at which samples are re-noised and fed back to read the mid-block
-            features for the atom distance and the importance maps (small: nearly clean images).
+        sample_batch_size: images per sampling batch; the guidance methods separate the samples *within*
+            a batch, so this is their batch of atoms.
+        seeds: how many seeds to repeat everything with (the table reports mean ± std over them).
+        seed: the first seed; the others follow it.
+        mode: the atom model's pair weights (method.md §4), ``"signed"`` or ``"repulsive"``; ``None``
+            keeps the library default.
+        atom_guidance: ``γ`` of atom guidance on the baseline model (:func:`~atomgen.pipelines.guide`).
+        particle_guidance: ``γ`` of Particle Guidance on the baseline model.
+        inception: score with FID Inception-v3 features instead of the digit classifier's.
+        config: the base training config (YAML).
+        overrides: ``key=value`` overrides of the base config, applied to all three trainings, except
+            ``separation.options.*``: those are ``AtomSeparation`` keyword arguments, for the atom model.
     """
 
-    steps: int = 700
-    batch_size: int = 128
-    num_samples: int = 64
+    steps: int = 800
+    num_samples: int = 512
     num_inference_steps: int = 50
+    sample_batch_size: int = 128
+    seeds: int = 1
     seed: int = 0
-    weight: float = 0.1
-    mode: str = "signed"
-    learning_rate: float = 2e-3
-    block_out_channels: tuple[int, ...] = (32, 64)
-    num_train_timesteps: int = 1000
-    probe_timestep: int = 50
+    mode: str | None = None
+    atom_guidance: float = 5.0
+    particle_guidance: float = 0.2
+    inception: bool = False
+    config: str = str(DEFAULT_CONFIG)
+    overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "num_samples", "num_inference_steps", "num_train_timesteps"):
+        for name in ("steps", "num_inference_steps", "sample_batch_size", "seeds"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("batch_size", "num_samples"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"{name} must be at least 2 (atoms are separated from each other), got 1")
-        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight >= 0):
-            raise ValueError(f"weight must be a finite number ≥ 0, got {self.weight!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.num_inference_steps > self.num_train_timesteps:
+        if (
+            isinstance(self.num_samples, bool)
+            or not isinstance(self.num_samples, int)
+            or self.num_samples < 8
+        ):
             raise ValueError(
-                f"num_inference_steps ({self.num_inference_steps}) cannot exceed num_train_timesteps "
-                f"({self.num_train_timesteps})"
+                f"num_samples must be an integer of at least 8 (precision and recall use 5 neighbours), "
+                f"got {self.num_samples!r}"
             )
-        if not 0 <= self.probe_timestep < self.num_train_timesteps:
+        if self.sample_batch_size < 2:
+            raise ValueError("sample_batch_size must be at least 2: guidance separates samples of a batch")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.mode is not None and self.mode not in MODES:
             raise ValueError(
-                f"probe_timestep must lie in [0, {self.num_train_timesteps - 1}], got {self.probe_timestep}"
+                f"mode must be one of {MODES} (or None for the library default), got {self.mode!r}"
             )
-        widths = tuple(self.block_out_channels)
-        if len(widths) < 1 or any(not isinstance(w, int) or w < 8 or w % 8 for w in widths):
-            raise ValueError(f"block_out_channels must be multiples of 8, got {self.block_out_channels!r}")
-        object.__setattr__(self, "block_out_channels", widths)
+        for name in ("atom_guidance", "particle_guidance"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
+        object.__setattr__(self, "overrides", tuple(self.overrides))
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
-        """A smoke-test size that finishes in seconds (the samples are noise, not digits)."""
-        sizes = {"steps": 30, "batch_size": 32, "num_samples": 16, "num_inference_steps": 10}
+        """A smoke-test size, under 2 minutes on 2 CPU cores (the samples are blurry digits at best)."""
+        sizes = {"steps": 150, "num_samples": 256, "num_inference_steps": 20}
         return cls(**{**sizes, **overrides})
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
+
+    def strength(self, method: Method) -> float | None:
+        """The guidance strength a sampling-time method uses (``None`` for the trained models)."""
+        return {"atom-guidance": self.atom_guidance, "particle-guidance": self.particle_guidance}.get(
+            method.key
+        )
+
+    def experiment(self, model: str, seed: int, out: Path) -> ExperimentConfig:
+        """The resolved training config of one model and seed (raises ``ConfigError`` for a bad one)."""
+        path = Path(self.config)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"base config {path} does not exist; run from a checkout of atomgen or pass --config"
+            )
+        values = yaml.safe_load(path.read_text()) or {}
+        values = apply_overrides(values, self.overrides)
+        steps = self.steps
+        warmup = values.get("train", {}).get("lr_warmup_steps", 100)
+        demo = [
+            f"separation.method={MODELS[model]}",
+            f"train.steps={steps}",
+            f"train.seed={seed}",
+            f"train.output_dir={out / f'seed-{seed}' / model}",
+            f"train.lr_warmup_steps={min(warmup, steps // 10)}",  # a short run keeps its warm-up short
+            f"train.checkpoint_every={steps}",  # one checkpoint, at the end
+            "train.keep_checkpoints=1",
+        ]
+        if model == "atom" and self.mode is not None:
+            demo.append(f"separation.options.mode={self.mode}")
+        if model != "atom":  # options of AtomSeparation mean nothing to the other models
+            values.get("separation", {}).pop("options", None)
+        return ExperimentConfig.from_dict(apply_overrides(values, demo))
 
 
 # ------------------------------------------------------------------------------------------ the demo
@@ -124,296 +195,299 @@ def run_demo(
     progress: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train, sample and compare the baseline and the atom-separation DDPM on the digits.
+    """Train, sample and score the five methods; write the report, the figures and the runs.
 
     Args:
         out_dir: run directory (created if missing); see the module docstring for what it receives.
         config: the demo's settings; ``None`` for :class:`DemoConfig`'s defaults.
-        progress: show tqdm bars for training and sampling.
-        **overrides: any :class:`DemoConfig` field (``steps=…``, ``batch_size=…``, ``num_samples=…``,
-            ``num_inference_steps=…``, ``seed=…``, ``weight=…``, …), applied on top of ``config``.
+        progress: show progress bars for sampling and scoring (training always shows its own).
+        **overrides: any :class:`DemoConfig` field, applied on top of ``config``.
 
     Returns:
-        The summary that is also written to ``summary.json``.
+        The report, as written to ``report.json``.
+
+    Raises:
+        atomgen.config.ConfigError: an override that the training config refuses.
+        FileNotFoundError: the base config does not exist.
 
     Example:
         >>> from atomgen.demo import run_demo
-        >>> summary = run_demo("runs/demo", steps=700, weight=0.1)  # doctest: +SKIP
-        >>> summary["models"]["atom"]["atom_distance"]  # doctest: +SKIP
+        >>> report = run_demo("runs/demo", seeds=3, mode="repulsive")  # doctest: +SKIP
+        >>> report["table"]["atom"]["vendi"]  # doctest: +SKIP
     """
-    config = config or DemoConfig()
+    from . import figures, report
+    from .eval.features import default_device
+
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DemoConfig)})
     if unknown:
         raise TypeError(f"run_demo got unknown settings {unknown}; DemoConfig fields are allowed")
-    config = dataclasses.replace(config, **overrides)
+    config = dataclasses.replace(config or DemoConfig(), **overrides)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", dataclasses.asdict(config))
-    started = time.perf_counter()
-
-    data = load_digits_images()
-    logger.info("digits: %d images of %s; writing to %s", len(data), data.image_shape, out)
-    # One parameter-free measurer for both models: every particle a proton, so d̄ is a plain mean distance.
-    measurer = AtomSeparation(dim=config.block_out_channels[-1], learn_roles=False)
-    models: dict[str, dict[str, Any]] = {}
-    for variant in VARIANTS:
-        weight = config.weight if variant == "atom" else None
-        trained = _train(data, config, weight=weight, progress=progress, desc=variant)
-        samples, sample_seconds = _sample(trained.pipeline(), config, progress=progress, desc=variant)
-        probe = _probe(trained, samples, measurer, config)
-        _save_grid(out / f"samples_{variant}.png", samples)
-        if trained.handle is not None:
-            _save_importance(out / f"importance_{variant}.png", samples, probe["importance"], probe["grid"])
-        _save_model(out / variant, trained)
-        models[variant] = {
-            **trained.stats(),
-            "atom_distance": probe["atom_distance"],
-            "pixel_distance": _mean_pairwise_distance(samples.flatten(1)),
-            "sample_seconds": sample_seconds,
-            "wall_seconds": trained.seconds + sample_seconds,
-            **({"importance_mean": probe["importance"].mean().item()} if trained.handle else {}),
-        }
-        logger.info("%s: %s", variant, {k: round(v, 4) for k, v in models[variant].items()})
-
-    reference = data.images[
-        torch.randperm(len(data), generator=_generator(config.seed))[: config.num_samples]
-    ]
-    summary = {
-        "models": models,
-        "real_data": {"pixel_distance": _mean_pairwise_distance(reference.flatten(1))},
-        "measurement": {
-            "site": SITE,
-            "probe_timestep": config.probe_timestep,
-            "atom_distance": "off-diagonal mean of AtomSeparation(learn_roles=False).atom_distance "
-            "over each model's own samples' mid-block features",
-            "pixel_distance": "mean pairwise L2 distance of the samples in [-1, 1] pixel space",
-        },
-        "dataset": {"name": data.name, "num_images": len(data), "image_shape": list(data.image_shape)},
-        "config": dataclasses.asdict(config),
-        "versions": {"atomgen": __version__, "torch": torch.__version__, "diffusers": _diffusers_version()},
-        "wall_seconds": time.perf_counter() - started,
+    # Every training config is resolved (and validated) before any work starts, and written first.
+    experiments = {
+        seed: {model: config.experiment(model, seed, out) for model in MODELS} for seed in config.seed_list
     }
-    write_json(out / "summary.json", summary)
-    logger.info("demo finished in %.1f s: %s", summary["wall_seconds"], out)
-    return summary
-
-
-# ------------------------------------------------------------------------------------------ training
-@dataclass
-class _Trained:
-    unet: UNet2DModel
-    scheduler: DDPMScheduler
-    handle: AttachHandle | None
-    task_losses: list[float]
-    atom_losses: list[float]
-    separation_losses: list[float]
-    seconds: float
-
-    def pipeline(self) -> DDIMPipeline:
-        return DDIMPipeline(unet=self.unet, scheduler=DDIMScheduler.from_config(self.scheduler.config))
-
-    def stats(self) -> dict[str, float]:
-        stats = {"task_loss_final": _tail_mean(self.task_losses), "task_loss_mean": _mean(self.task_losses)}
-        if self.handle is not None:
-            stats["atom_loss_final"] = _tail_mean(self.atom_losses)
-            stats["separation_loss_final"] = _tail_mean(self.separation_losses)
-            stats["separation_loss_mean"] = _mean(self.separation_losses)
-        stats["train_seconds"] = self.seconds
-        return stats
-
-
-def _build_unet(config: DemoConfig, channels: int, size: int) -> UNet2DModel:
-    widths = config.block_out_channels
-    return UNet2DModel(
-        sample_size=size,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=widths,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D",) * (len(widths) - 1) + ("AttnDownBlock2D",),
-        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (len(widths) - 1),
-        norm_num_groups=8,
+    first = experiments[config.seed]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / "config.json",
+        {"demo": dataclasses.asdict(config), "training": {m: c.to_dict() for m, c in first.items()}},
     )
+    started = time.perf_counter()
+    device = default_device()
+    data = load_dataset(first["baseline"].data)
+    site = site_of(first["atom"].separation, first["atom"].model.family)
+    scorer = _Scorer(data, config, out / "cache", device, progress)
 
+    trainings: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    attributions: list[dict[str, Any]] = []
+    grids: dict[str, torch.Tensor] = {}
+    picture: dict[str, Any] = {}
+    for seed in config.seed_list:
+        pipes = {}
+        for model, experiment in experiments[seed].items():
+            logger.info("seed %d: training %s for %d steps", seed, model, config.steps)
+            pipes[model], training = _train(experiment, site, device)
+            trainings.append({"seed": seed, "model": model, **training})
+        seconds_of = {t["model"]: t["train_seconds"] for t in trainings if t["seed"] == seed}
+        samples = {}
+        for method in METHODS:
+            images, seconds = _sample(pipes[method.model], method, config, seed, progress)
+            _save_samples(out / f"seed-{seed}" / "samples" / f"{method.key}.npz", images)
+            scored = scorer(images, f"{method.key} (seed {seed})")
+            logger.info("seed %d, %s: %s", seed, method.key, _brief(scored["metrics"]))
+            runs.append(
+                {
+                    "seed": seed,
+                    "method": method.key,
+                    "train_seconds": seconds_of[method.model] if method.kind == "training" else None,
+                    "sample_seconds": seconds,
+                    **scored,
+                }
+            )
+            samples[method.key] = images
+        shown, output, faithfulness = _attribution(pipes["atom"], site, samples["atom"], seed)
+        attributions.append({"seed": seed, **faithfulness})
+        if seed == config.seed:
+            grids = {key: images[:GRID_IMAGES] for key, images in samples.items()}
+            picture = {"images": shown, "importance": output.importance[: len(shown)], "grid": output.grid}
+        mode = pipes["atom"].separation.config.mode
+        del pipes, samples
 
-def _train(
-    data: ImageData, config: DemoConfig, *, weight: float | None, progress: bool, desc: str
-) -> _Trained:
-    """DDPM training with epsilon prediction; with ``weight`` set, ``λ · L_atom`` at the mid block."""
-    torch.manual_seed(config.seed)  # same initial weights for every variant
-    channels, size, _ = data.image_shape
-    unet = _build_unet(config, channels, size)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps, beta_schedule="squaredcos_cap_v2"
+    settings = {
+        "demo": dataclasses.asdict(config),
+        "atom_mode": mode,
+        "atom_mode_source": _mode_source(config, first["atom"]),
+        "library_default_mode": LIBRARY_MODE,
+        "atom_options": first["atom"].separation.options,
+        "site": site,
+        "separation_weight": first["atom"].separation.weight,
+        "dataset": {"name": data.name, "images": len(data), "image_shape": list(data.image_shape)},
+        "model": dataclasses.asdict(first["baseline"].model),
+        "train": dataclasses.asdict(first["baseline"].train),
+        "device": str(device),
+    }
+    result = report.build(
+        settings=settings,
+        methods=METHODS,
+        runs=runs,
+        trainings=trainings,
+        attributions=attributions,
+        scoring=scorer.description,
     )
-    params = list(unet.parameters())
-    handle = None
-    if weight is not None:
-        separation = AtomSeparation(dim=unet.config.block_out_channels[-1], mode=config.mode)
-        handle = attach(unet, SITE, separation, weight=weight)
-        params += [p for p in separation.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, min(100, config.steps // 10), config.steps)
-    rng = _generator(config.seed)  # same batches, noises and timesteps for every variant
-    task_losses: list[float] = []
-    atom_losses: list[float] = []
-    separation_losses: list[float] = []
+    result["figures"] = figures.write_figures(out, result, grids, picture)
+    result["wall_seconds"] = time.perf_counter() - started
+    write_json(out / "report.json", result)
+    write_text(out / "report.md", report.markdown(result))
+    logger.info("demo finished in %.0f s: %s", result["wall_seconds"], out / "report.md")
+    return result
+
+
+# ---------------------------------------------------------------------------------- the three steps
+def _train(experiment: ExperimentConfig, site: str, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """Train with :func:`atomgen.train.train`; the saved pipeline, and the run's wall time and losses."""
+    from .pipelines import AtomDDIMPipeline
+    from .train import train
 
     started = time.perf_counter()
-    unet.train()
-    bar = tqdm(range(config.steps), desc=f"train {desc}", disable=not progress, leave=False)
-    for _ in bar:
-        index = torch.randint(len(data), (config.batch_size,), generator=rng)
-        x0 = data.images[index]
-        noise = torch.randn(x0.shape, generator=rng)
-        t = torch.randint(config.num_train_timesteps, (config.batch_size,), generator=rng)
-        x_t = scheduler.add_noise(x0, noise, t)
-        task_loss = F.mse_loss(unet(x_t, t).sample, noise)
-        loss = task_loss
-        if handle is not None:
-            loss = loss + handle.loss()
-            atom_losses.append(handle.output.loss.item())
-            separation_losses.append(handle.output.separation.item())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        task_losses.append(task_loss.item())
-        bar.set_postfix(
-            mse=f"{task_losses[-1]:.4f}", **({"atom": f"{atom_losses[-1]:.4f}"} if handle else {})
-        )
-    unet.eval()
+    run_dir = train(experiment)
     seconds = time.perf_counter() - started
-    return _Trained(unet, scheduler, handle, task_losses, atom_losses, separation_losses, seconds)
+    # The exported directory does not record the site; the config does.
+    pipe = AtomDDIMPipeline.from_pretrained(run_dir / "pipeline", separation_site=site).to(device)
+    return pipe, {"train_seconds": seconds, "run_dir": str(run_dir), **_final_losses(run_dir)}
 
 
-# ----------------------------------------------------------------------------------- sampling, probes
+def _final_losses(run_dir: Path) -> dict[str, float]:
+    """Means over the last 10 % of the logged steps (at least one line) of ``metrics.jsonl``."""
+    keys = ("task_loss", "separation_loss", "atom_distance", "importance_entropy")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    tail = lines[-max(1, len(lines) // 10) :]
+    return {
+        f"final_{key}": float(np.mean([line[key] for line in tail]))
+        for key in keys
+        if all(key in line for line in tail)
+    }
+
+
+def _batch_sizes(total: int, batch: int) -> list[int]:
+    """``total`` split into near-equal batches of at most ``batch`` (never a batch of one to guide)."""
+    count = math.ceil(total / batch)
+    return [total // count + (i < total % count) for i in range(count)]
+
+
 def _sample(
-    pipe: DDIMPipeline, config: DemoConfig, *, progress: bool, desc: str
+    pipe: Any, method: Method, config: DemoConfig, seed: int, progress: bool
 ) -> tuple[torch.Tensor, float]:
-    """``num_samples`` images in [-1, 1], ``(N, C, H, W)``, from the same noise for every variant."""
-    pipe.set_progress_bar_config(disable=not progress, desc=f"sample {desc}", leave=False)
+    """``num_samples`` images in [0, 1], quantised to 8 bits, from the same noise for every method."""
+    from .pipelines import ParticleGuidance
+
+    strength = config.strength(method)
+    particle = method.key == "particle-guidance"
+    installed = ParticleGuidance(pipe, strength) if particle else contextlib.nullcontext()
+    pipe.set_progress_bar_config(disable=True)
+    chunks = []
     started = time.perf_counter()
-    images = pipe(
-        batch_size=config.num_samples,
-        generator=_generator(config.seed + 1),
-        num_inference_steps=config.num_inference_steps,
-        output_type="pt",
-    ).images
-    return images * 2 - 1, time.perf_counter() - started
+    with installed:
+        sizes = _batch_sizes(config.num_samples, config.sample_batch_size)
+        for index, size in enumerate(
+            tqdm(sizes, desc=f"sample {method.key}", disable=not progress, leave=False)
+        ):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+            out = pipe(
+                batch_size=size,
+                generator=generator,
+                num_inference_steps=config.num_inference_steps,
+                guidance_strength=strength if method.key == "atom-guidance" else 0.0,
+                output_type="pt",
+            )
+            chunks.append(out.images.cpu())
+    seconds = time.perf_counter() - started
+    images = torch.cat(chunks)
+    return (images * 255).round() / 255, seconds
+
+
+def _save_samples(path: Path, images: torch.Tensor) -> None:
+    """The evaluated samples as uint8 ``(N, C, H, W)`` in ``images`` of an ``.npz``, written atomically."""
+    pixels = (images * 255).round().to(torch.uint8).numpy()
+    write_atomic(path, lambda file: np.savez_compressed(file, images=pixels))
+
+
+class _Scorer:
+    """:func:`atomgen.eval.run_eval` on each set of samples, against the training data.
+
+    LPIPS diversity is scored apart with :func:`atomgen.eval.lpips_diversity`, so that the real images'
+    value is computed once rather than in every ``run_eval`` call; the real features are cached.
+    """
+
+    def __init__(self, data, config: DemoConfig, cache_dir: Path, device: torch.device, progress: bool):
+        from .eval import LPIPSFeatures, TensorSource, load_extractor, lpips_diversity
+        from .eval.run import DIGIT_DATASETS, METRICS
+
+        self.real = TensorSource(data.images, value_range=(-1.0, 1.0), name=data.name, labels=data.labels)
+        self.extractor = load_extractor("inception", device) if config.inception else "auto"
+        self.metrics = [
+            m
+            for m in METRICS
+            if m != "lpips_diversity" and (m != "mode_coverage" or data.name in DIGIT_DATASETS)
+        ]
+        self.cache_dir, self.device, self.progress = cache_dir, device, progress
+        self.lpips = LPIPSFeatures(resize=None if min(data.image_shape[1:]) >= 64 else 64).to(device)
+        real = lpips_diversity(self.real, extractor=self.lpips, progress=progress)
+        self.description: dict[str, Any] = {
+            "real": {"source": data.name, "images": len(data)},
+            "lpips": {"extractor": real.extractor, "preprocessing": real.preprocessing},
+            "reference": {"lpips_diversity": real.mean},
+        }
+
+    def __call__(self, images: torch.Tensor, name: str) -> dict[str, Any]:
+        from .eval import TensorSource, lpips_diversity, run_eval
+
+        started = time.perf_counter()
+        fake = TensorSource(images, name=name)
+        result = run_eval(
+            self.real,
+            fake,
+            self.metrics,
+            self.extractor,
+            device=self.device,
+            cache_dir=self.cache_dir,
+            progress=self.progress,
+        )
+        lpips = lpips_diversity(fake, extractor=self.lpips, progress=self.progress)
+        scores = result["metrics"]
+        metrics = {
+            "fid": scores["fid"],
+            "kid": scores["kid"]["mean"],
+            **{key: scores["prdc"][key] for key in ("precision", "recall", "density", "coverage")},
+            "vendi": scores["vendi"]["fake"],
+            "lpips_diversity": lpips.mean,
+        }
+        reference = self.description["reference"]
+        reference["vendi"] = scores["vendi"]["real"]
+        if "mode_coverage" in scores:
+            modes = scores["mode_coverage"]
+            metrics.update(modes_covered=modes["modes_covered"], kl=modes["kl"])
+            reference.update(modes_covered=modes["num_modes"], kl=0.0)
+            self.description["classifier"] = modes["classifier"]
+        self.description["features"] = {
+            "extractor": result["extractor"],
+            "preprocessing": result["preprocessing"],
+        }
+        self.description["kid"] = {k: scores["kid"][k] for k in ("subset_size", "num_subsets")}
+        self.description["prdc_k"] = scores["prdc"]["k"]
+        details = {"kid_std": scores["kid"]["std"]}
+        if "mode_coverage" in scores:
+            details["class_histogram"] = scores["mode_coverage"]["fake_histogram"]
+        return {
+            "metrics": {key: _finite_or_none(value) for key, value in metrics.items()},
+            "details": details,
+            "eval_seconds": time.perf_counter() - started,
+        }
 
 
 @torch.no_grad()
-def _probe(trained: _Trained, samples: torch.Tensor, measurer: AtomSeparation, config: DemoConfig) -> dict:
-    """Feed the samples back at ``probe_timestep`` and read the mid block: common d̄, learned importance."""
-    t = torch.full((samples.shape[0],), config.probe_timestep, dtype=torch.long)
-    noise = torch.randn(samples.shape, generator=_generator(config.seed + 2))
-    x_t = trained.scheduler.add_noise(samples, noise, t)
-    with attach(trained.unet, SITE, measurer, weight=0.0) as measured:
-        trained.unet(x_t, t)
-    distance = measured.output.atom_distance
-    off_diagonal = ~torch.eye(distance.shape[0], dtype=torch.bool)
-    probe: dict[str, Any] = {"atom_distance": distance[off_diagonal].mean().item()}
-    if trained.handle is not None:  # the same forward pass went through the training hook
-        own = trained.handle.output
-        probe["importance"], probe["grid"] = own.importance, own.grid
-    return probe
+def _attribution(pipe: Any, site: str, images: torch.Tensor, seed: int) -> tuple[torch.Tensor, Any, dict]:
+    """The atom model's separation on its own samples' site features: output and deletion curves.
+
+    The samples are re-noised to ``t = PROBE_FRACTION · T`` (nearly clean) and passed through the UNet
+    once, with a capture-only hook at the site.
+    """
+    from .eval import attribution_faithfulness
+
+    separation: AtomSeparation = pipe.separation.eval()
+    unet = pipe.unet
+    images = images[:DELETION_ATOMS].to(pipe.device)
+    timesteps = pipe.scheduler.config.num_train_timesteps
+    t = torch.full((len(images),), round(PROBE_FRACTION * (timesteps - 1)), device=pipe.device)
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device)
+    noisy = pipe.scheduler.add_noise(images * 2 - 1, noise, t)
+    with attach(unet, site, None) as handle:
+        unet(noisy, t)
+    features = handle.features
+    output = separation(features)
+    faithfulness = attribution_faithfulness(separation, features, seed=seed).to_dict()
+    # How charged the particles are: |q| near 0 everywhere is the trivial solution of the signed mode.
+    faithfulness["mean_abs_charge"] = float(output.charge.abs().mean())
+    faithfulness["mean_importance"] = float(output.importance.mean())
+    return images[:ATTRIBUTION_IMAGES].cpu(), output, faithfulness
 
 
-def _mean_pairwise_distance(x: torch.Tensor) -> float:
-    distances = torch.cdist(x.double(), x.double())
-    return distances[~torch.eye(x.shape[0], dtype=torch.bool)].mean().item()
+# ------------------------------------------------------------------------------------------ helpers
+def _mode_source(config: DemoConfig, atom: ExperimentConfig) -> str:
+    """Where the atom model's mode came from: ``--mode``, an override, or the library default."""
+    if config.mode is not None:
+        return "--mode"
+    return "--set separation.options.mode" if "mode" in atom.separation.options else "library default"
 
 
-def _save_model(directory: Path, trained: _Trained) -> None:
-    """A stock ``DDPMPipeline`` (loadable by ``DiffusionPipeline.from_pretrained``), module beside it."""
-    with atomic_directory(directory) as tmp:
-        DDPMPipeline(unet=trained.unet, scheduler=trained.scheduler).save_pretrained(tmp)
-        if trained.handle is not None:
-            trained.handle.module.save_pretrained(tmp / "separation")
+def _finite_or_none(value: float | int) -> float | int | None:
+    """JSON has no infinity: a non-finite score (an infinite class KL) becomes ``None``, with a warning."""
+    if isinstance(value, float) and not math.isfinite(value):
+        logger.warning("a score is %s; written as null", value)
+        return None
+    return value
 
 
-# ------------------------------------------------------------------------------------------- pictures
-# A few stops of matplotlib's "inferno" map, interpolated linearly (no matplotlib dependency).
-_INFERNO = np.array(
-    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39],
-     [252, 255, 164]],
-    dtype=np.float64,
-)  # fmt: skip
-
-
-def _colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] → RGB in [0, 255] (inferno)."""
-    position = np.clip(values, 0, 1) * (len(_INFERNO) - 1)
-    low = np.floor(position).astype(int).clip(0, len(_INFERNO) - 2)
-    frac = (position - low)[..., None]
-    return _INFERNO[low] * (1 - frac) + _INFERNO[low + 1] * frac
-
-
-def _tile(cells: np.ndarray, pad: int = 2) -> np.ndarray:
-    """``(N, h, w, 3)`` uint8 cells → one near-square grid image with ``pad`` white pixels between."""
-    n, h, w, _ = cells.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for i, cell in enumerate(cells):
-        r, c = divmod(i, cols)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = (
-            cell
-        )
-    return grid
-
-
-def _upscale(images: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour upscaling so that small images are about 40 pixels wide."""
-    factor = max(1, 40 // max(images.shape[-2:]))
-    return F.interpolate(images, scale_factor=factor, mode="nearest")
-
-
-def _to_rgb(images: torch.Tensor) -> np.ndarray:
-    """``(N, C, H, W)`` in [-1, 1] → ``(N, H, W, 3)`` in [0, 1]."""
-    unit = ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
-    return np.repeat(unit, 3, axis=-1) if unit.shape[-1] == 1 else unit
-
-
-def _save_grid(path: Path, images: torch.Tensor) -> None:
-    _save_png(path, _tile((_to_rgb(_upscale(images)) * 255).round().astype(np.uint8)))
-
-
-def _save_importance(path: Path, images: torch.Tensor, importance: torch.Tensor, grid: tuple) -> None:
-    """Importance ``s`` per particle on the particle grid, coloured (inferno), shaded by each sample."""
-    big = _upscale(images)
-    maps = importance.detach().float().reshape(-1, 1, *grid)
-    maps = F.interpolate(maps, size=big.shape[-2:], mode="nearest")[:, 0].cpu().numpy()
-    low, high = maps.min(), maps.max()  # stretch over the batch's range so that contrast is visible
-    heat = _colormap((maps - low) / max(high - low, 1e-8)) / 255
-    blended = heat * (0.3 + 0.7 * _to_rgb(big))  # strokes bright, background dim: both stay readable
-    _save_png(path, _tile((blended * 255).round().astype(np.uint8)))
-
-
-# -------------------------------------------------------------------------------------------- files
-def _save_png(path: Path, pixels: np.ndarray) -> None:
-    """``(H, W, 3)`` uint8 pixels → PNG file, written atomically."""
-    image = Image.fromarray(pixels)
-    write_atomic(path, lambda file: image.save(file, format="PNG"))
-
-
-# ----------------------------------------------------------------------------------------- helpers
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
-def _tail_mean(values: list[float]) -> float:
-    """Mean of the last 10 % of the values (at least one): a less noisy 'final' loss."""
-    return _mean(values[-max(1, len(values) // 10) :])
-
-
-def _diffusers_version() -> str:
-    import diffusers
-
-    return diffusers.__version__
+def _brief(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if v is not None)

@@ -1,0 +1,151 @@
+"""The demo's pictures: sample grids, attribution heat maps, deletion curves, diversity against fidelity.
+
+Every file is written atomically (:mod:`atomgen.io`). Plots use matplotlib's object API (a ``Figure``
+without ``pyplot``, so no global backend state is touched); the grids use PIL.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .io import write_atomic
+
+__all__ = ["save_grid", "write_figures"]
+
+GRID_COLUMNS = 8
+CELL_SIDE = 40  # small images are enlarged (nearest neighbour) to about this side
+
+
+def write_figures(
+    out: Path, report: dict[str, Any], grids: dict[str, torch.Tensor], picture: dict[str, Any]
+) -> dict[str, Any]:
+    """Write every figure of the report into ``out``; returns their file names, relative to ``out``.
+
+    Args:
+        out: the run directory.
+        report: what :func:`atomgen.report.build` returned (table, attribution, methods).
+        grids: images in [0, 1] per method key, for the sample grids.
+        picture: ``images``, ``importance`` and ``grid`` of the atom model, for the heat maps.
+    """
+    files: dict[str, Any] = {"samples": {}}
+    for key, images in grids.items():
+        name = f"samples-{key}.png"
+        save_grid(out / name, images)
+        files["samples"][key] = name
+    if picture:
+        files["attribution"] = "attribution.png"
+        _save_attribution(out / files["attribution"], **picture)
+    files["deletion"] = "deletion.png"
+    _save_figure(out / files["deletion"], _deletion_plot(report["attribution"]["per_seed"]))
+    files["diversity_fidelity"] = "diversity-fidelity.png"
+    _save_figure(out / files["diversity_fidelity"], _diversity_fidelity_plot(report))
+    return files
+
+
+# ---------------------------------------------------------------------------------------- pictures
+def save_grid(path: Path, images: torch.Tensor) -> None:
+    """Images ``(N, C, H, W)`` in [0, 1] as a PNG grid, enlarged to about 40 px, white gaps between."""
+    from torchvision.utils import make_grid
+
+    factor = max(1, CELL_SIDE // max(images.shape[-2:]))
+    big = F.interpolate(images.float().clamp(0, 1), scale_factor=factor, mode="nearest")
+    grid = make_grid(big, nrow=GRID_COLUMNS, padding=2, pad_value=1.0)
+    pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    _save_png(path, pixels)
+
+
+def _save_png(path: Path, pixels: np.ndarray) -> None:
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    write_atomic(path, lambda file: image.save(file, format="PNG"))
+
+
+def _save_attribution(path: Path, images: torch.Tensor, importance: torch.Tensor, grid: tuple) -> None:
+    """:func:`atomgen.eval.save_attribution_grid` (which writes to a path) made atomic."""
+    from .eval import save_attribution_grid
+
+    with tempfile.TemporaryDirectory() as tmp:
+        drawn = save_attribution_grid(images, importance, grid, Path(tmp) / path.name)
+        data = drawn.read_bytes()
+    write_atomic(path, lambda file: file.write(data))
+
+
+# -------------------------------------------------------------------------------------------- plots
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:  # pragma: no cover - matplotlib is a dependency of the demo
+        raise ImportError("the demo's plots need matplotlib: pip install matplotlib") from error
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _save_figure(path: Path, figure) -> None:
+    write_atomic(path, lambda file: figure.savefig(file, format="png"))
+
+
+def _deletion_plot(per_seed: list[dict[str, Any]]):
+    """Relative drop of d̄ against the deleted fraction: importance order and random order, ± std over seeds."""
+    figure = _figure(5.0, 3.6)
+    axes = figure.add_subplot()
+    fractions = np.asarray(per_seed[0]["fractions"])
+    for key, label, colour in (
+        ("drop_importance", "by importance", "tab:red"),
+        ("drop_random", "at random", "tab:grey"),
+    ):
+        curves = np.asarray([seed[key] for seed in per_seed])
+        mean = curves.mean(0)
+        axes.plot(fractions, mean, marker="o", markersize=3, color=colour, label=label)
+        if len(curves) > 1:
+            std = curves.std(0, ddof=1)
+            axes.fill_between(fractions, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+    axes.axhline(0.0, color="black", linewidth=0.5)
+    axes.set_xlabel("fraction of each atom's particles deleted")
+    axes.set_ylabel("relative drop of the atom distance d̄")
+    seeds = f" (mean ± std over {len(per_seed)} seeds)" if len(per_seed) > 1 else ""
+    axes.set_title(f"Deletion curves of the atom model{seeds}", fontsize=10)
+    axes.legend(frameon=False)
+    return figure
+
+
+def _diversity_fidelity_plot(report: dict[str, Any]):
+    """Two panels, fidelity (precision) on x: recall and Vendi on y; error bars are std over seeds."""
+    figure = _figure(9.0, 3.8)
+    panels = (("recall", "recall (diversity) ↑"), ("vendi", "Vendi score (diversity) ↑"))
+    markers = "osD^v"  # hollow, and smaller for each later method: coinciding methods show as rings
+    for index, (key, ylabel) in enumerate(panels):
+        axes = figure.add_subplot(1, 2, index + 1)
+        for number, method in enumerate(report["methods"]):
+            entry = report["table"][method["key"]]
+            x, y = entry["precision"], entry[key]
+            if x["mean"] is None or y["mean"] is None:
+                continue
+            axes.errorbar(
+                x["mean"],
+                y["mean"],
+                xerr=x["std"],
+                yerr=y["std"],
+                marker=markers[number % len(markers)],
+                markersize=13 - 2 * number,
+                markerfacecolor="none",
+                markeredgewidth=1.5,
+                capsize=3,
+                linestyle="none",
+                label=method["label"],
+            )
+        reference = report["reference"].get(key)
+        if reference is not None:
+            axes.axhline(reference, color="black", linestyle="--", linewidth=0.8, label="real data")
+        axes.set_xlabel("precision (fidelity) ↑")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        if index == 1:
+            axes.legend(fontsize=7, frameon=False, loc="best")
+    extractor = report["scoring"]["features"]["extractor"]
+    figure.suptitle(f"Diversity against fidelity ({extractor} features)", fontsize=10)
+    return figure

@@ -1,0 +1,468 @@
+"""The demo's report: per-seed scores → a table of mean ± std, and that table as ``report.md``.
+
+:func:`build` gathers what :func:`atomgen.demo.run_demo` measured into the dict written to
+``report.json``; :func:`markdown` renders it. Nothing here measures anything: the numbers come from
+:mod:`atomgen.eval` and :func:`atomgen.train.train`, and every column says which direction is better.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["COLUMNS", "Column", "aggregate", "build", "machine", "markdown", "versions"]
+
+
+# ----------------------------------------------------------------------------------------- the columns
+@dataclass(frozen=True)
+class Column:
+    """One metric of the table: its key in the scores, its header, which way is better, its format."""
+
+    key: str
+    label: str
+    better: str  # "lower" or "higher"
+    decimals: int | None  # None: four significant digits (KID's scale depends on the features)
+    aspect: str  # what "better" buys: fidelity, diversity, or both (a distance between distributions)
+
+
+COLUMNS = (
+    Column("fid", "FID", "lower", 2, "fidelity and diversity"),
+    Column("kid", "KID", "lower", None, "fidelity and diversity"),
+    Column("precision", "precision", "higher", 3, "fidelity"),
+    Column("recall", "recall", "higher", 3, "diversity"),
+    Column("density", "density", "higher", 3, "fidelity"),
+    Column("coverage", "coverage", "higher", 3, "diversity"),
+    Column("vendi", "Vendi", "higher", 2, "diversity"),
+    Column("lpips_diversity", "LPIPS div.", "higher", 4, "diversity"),
+    Column("modes_covered", "modes", "higher", 1, "diversity"),
+    Column("kl", "class KL", "lower", 4, "mode balance"),
+)
+TRAINING_COLUMNS = (
+    ("train_seconds", "train s", 0),
+    ("final_task_loss", "task loss", 4),
+    ("final_separation_loss", "separation loss", 4),
+    ("final_atom_distance", "atom distance d̄", 3),
+    ("final_importance_entropy", "importance entropy", 3),
+)
+
+
+def aggregate(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (``ddof = 1``; ``None`` for one value) of per-seed values."""
+    kept = [float(v) for v in values if v is not None]
+    if not kept:
+        return {"mean": None, "std": None, "values": list(values)}
+    return {
+        "mean": float(np.mean(kept)),
+        "std": float(np.std(kept, ddof=1)) if len(kept) > 1 else None,
+        "values": list(values),
+    }
+
+
+# -------------------------------------------------------------------------------------- report.json
+def build(
+    *,
+    settings: dict[str, Any],
+    methods: Sequence[Any],
+    runs: list[dict[str, Any]],
+    trainings: list[dict[str, Any]],
+    attributions: list[dict[str, Any]],
+    scoring: dict[str, Any],
+) -> dict[str, Any]:
+    """The content of ``report.json``: settings, the table (mean ± std over seeds), the per-seed runs.
+
+    Args:
+        settings: what was run (the demo config, the mode the atom model used, the site, the dataset).
+        methods: the table's rows (:class:`atomgen.demo.Method`).
+        runs: one entry per seed and method: ``metrics``, ``train_seconds``, ``sample_seconds``, ...
+        trainings: one entry per seed and trained model: wall time and final losses.
+        attributions: one entry per seed: the deletion curves of the atom model.
+        scoring: the feature extractor, LPIPS and classifier names and the real data's reference values.
+    """
+    from atomgen.eval.run import DESCRIPTIONS
+
+    seeds = sorted({run["seed"] for run in runs})
+    table = {}
+    for method in methods:
+        rows = [run for run in runs if run["method"] == method.key]
+        entry = {c.key: aggregate([row["metrics"].get(c.key) for row in rows]) for c in COLUMNS}
+        entry["train_seconds"] = aggregate([row["train_seconds"] for row in rows])
+        entry["sample_seconds"] = aggregate([row["sample_seconds"] for row in rows])
+        entry["eval_seconds"] = aggregate([row["eval_seconds"] for row in rows])
+        table[method.key] = entry
+    training = {}
+    for model in dict.fromkeys(t["model"] for t in trainings):
+        rows = [t for t in trainings if t["model"] == model]
+        training[model] = {key: aggregate([row.get(key) for row in rows]) for key, _, _ in TRAINING_COLUMNS}
+    return {
+        "title": "atomgen demo",
+        "seeds": seeds,
+        "settings": settings,
+        "scoring": scoring,
+        "columns": [
+            {
+                "key": c.key,
+                "label": c.label,
+                "better": c.better,
+                "aspect": c.aspect,
+                "meaning": DESCRIPTIONS[c.key][0],
+                "definition": DESCRIPTIONS[c.key][1],
+            }
+            for c in COLUMNS
+        ],
+        "methods": [
+            {
+                "key": m.key,
+                "label": m.label,
+                "model": m.model,
+                "kind": m.kind,
+                "strength": _strength(settings["demo"], m.key),
+            }
+            for m in methods
+        ],
+        "table": table,
+        "reference": scoring["reference"],
+        "training": training,
+        "attribution": {
+            "per_seed": attributions,
+            **{
+                key: aggregate([a[key] for a in attributions])
+                for key in ("auc_importance", "auc_random", "gain")
+            },
+            "mean_abs_charge": aggregate([a["mean_abs_charge"] for a in attributions]),
+        },
+        "runs": runs,
+        "machine": machine(),
+        "versions": versions(),
+    }
+
+
+def _strength(demo: dict[str, Any], key: str) -> float | None:
+    return {"atom-guidance": demo["atom_guidance"], "particle-guidance": demo["particle_guidance"]}.get(key)
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model, its threads as this process sees them, and the GPU if any."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def versions() -> dict[str, str | None]:
+    """Python and the versions of the packages the numbers depend on."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("atomgen", "torch", "torchvision", "diffusers", "accelerate", "numpy", "scikit-learn"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+# ---------------------------------------------------------------------------------------- report.md
+def markdown(report: dict[str, Any]) -> str:
+    """``report.md``: setup, the table, how to read it, the comparison with the baseline, the figures."""
+    settings, scoring = report["settings"], report["scoring"]
+    demo = settings["demo"]
+    seeds = report["seeds"]
+    lines = [
+        "# atomgen demo: diversity at equal fidelity?",
+        "",
+        f"A DDPM on {settings['dataset']['name']} ({settings['dataset']['images']} images of "
+        f"{'×'.join(map(str, settings['dataset']['image_shape'][1:]))}), trained three times with the "
+        "same seed (same initial weights, batches, noise and timesteps) — plain, with atom separation and "
+        "with Dispersive Loss — and the plain model also sampled with atom guidance and Particle Guidance. "
+        f"Every method is sampled from the same initial noise and scored against the real images; "
+        f"{_seed_phrase(seeds)}. Total wall time {report.get('wall_seconds', 0):.0f} s.",
+        "",
+        "## Results",
+        "",
+        *_results_table(report),
+        "",
+        _spread_note(seeds),
+        "",
+        "## How to read the columns",
+        "",
+        "| column | better | measures | definition |",
+        "|---|---|---|---|",
+    ]
+    for column in report["columns"]:
+        lines.append(
+            f"| {column['label']} | {column['better']} ({column['meaning']}) | {column['aspect']} | "
+            f"{column['definition']} |"
+        )
+    lines += [
+        "",
+        "Higher diversity is not better without bound: noise is diverse too. Read Vendi, LPIPS, recall and "
+        "coverage together with precision and density (fidelity), and against the real data's own Vendi "
+        "and LPIPS in the reference row. FID and KID mix both: they fall when the samples match the real "
+        "distribution in quality *and* spread.",
+        "",
+        f"- features for FID, KID, precision, recall, density, coverage, Vendi: "
+        f"**{scoring['features']['extractor']}** ({scoring['features']['preprocessing']})"
+        + (
+            "; not Inception, so FID is not comparable with published values" if not demo["inception"] else ""
+        ),
+        f"- LPIPS: {scoring['lpips']['extractor']} ({scoring['lpips']['preprocessing']})",
+        f"- KID: {scoring['kid']['num_subsets']} subsets of {scoring['kid']['subset_size']}; precision, "
+        f"recall, density, coverage with k = {scoring['prdc_k']}",
+    ]
+    if "classifier" in scoring:
+        lines.append(f"- modes and class KL: classes predicted by {scoring['classifier']}")
+    lines += ["", "## Against the baseline", "", *_comparison(report), "", "## Setup", "", *_setup(report)]
+    lines += ["", "## Training", "", *_training_table(report), *_training_notes(report)]
+    lines += ["", "## Attribution", "", *_attribution(report)]
+    figures = report.get("figures", {})
+    if "diversity_fidelity" in figures:
+        lines += [
+            "",
+            "## Diversity against fidelity",
+            "",
+            f"![diversity against fidelity]({figures['diversity_fidelity']})",
+            "",
+            "Up and to the right is better in both panels; the dashed line is the real data's Vendi.",
+        ]
+    samples = figures.get("samples", {})
+    if samples:
+        lines += ["", f"## Samples (seed {seeds[0]}, the same initial noise for every method)", ""]
+        labels = {m["key"]: m["label"] for m in report["methods"]}
+        for key, file in samples.items():
+            lines += [f"**{labels.get(key, key)}**", "", f"![{key}]({file})", ""]
+    lines += ["## Machine and versions", "", *_machine(report), ""]
+    return "\n".join(lines)
+
+
+def _seed_phrase(seeds: list[int]) -> str:
+    if len(seeds) == 1:
+        return f"one seed ({seeds[0]})"
+    return f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± standard deviation over them"
+
+
+def _spread_note(seeds: list[int]) -> str:
+    if len(seeds) == 1:
+        return (
+            "One seed: no spread is shown, and small differences between methods may be noise. "
+            "Run with `--seeds 3` for mean ± standard deviation."
+        )
+    return f"± is the sample standard deviation (ddof = 1) over the {len(seeds)} seeds."
+
+
+def _number(value: float, decimals: int | None, sign: bool = False) -> str:
+    plus = "+" if sign else ""
+    return f"{value:{plus}.4g}" if decimals is None else f"{value:{plus}.{decimals}f}"
+
+
+def _format(entry: dict[str, Any], decimals: int | None) -> str:
+    if entry["mean"] is None:
+        return "–"
+    text = _number(entry["mean"], decimals)
+    if entry["std"] is not None:
+        text += f" ± {_number(entry['std'], decimals)}"
+    return text
+
+
+def _results_table(report: dict[str, Any]) -> list[str]:
+    columns = report["columns"]
+    arrows = {"lower": "↓", "higher": "↑"}
+    decimals = {c.key: c.decimals for c in COLUMNS}
+    header = ["method", *[f"{c['label']} {arrows[c['better']]}" for c in columns], "train s", "sample s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in report["methods"]:
+        entry = report["table"][method["key"]]
+        label = method["label"] + (f", γ = {method['strength']:g}" if method["strength"] is not None else "")
+        train = _format(entry["train_seconds"], 0) if method["kind"] == "training" else "(baseline's)"
+        cells = [label, *[_format(entry[c["key"]], decimals[c["key"]]) for c in columns], train]
+        cells.append(_format(entry["sample_seconds"], 0))
+        lines.append("| " + " | ".join(cells) + " |")
+    reference = report["reference"]
+    cells = ["real data (reference)"]
+    for column in columns:
+        value = reference.get(column["key"])
+        cells.append("–" if value is None else _number(value, decimals[column["key"]]))
+    lines.append("| " + " | ".join([*cells, "", ""]) + " |")
+    return lines
+
+
+def _comparison(report: dict[str, Any]) -> list[str]:
+    """For each method: the columns where its mean is better, worse or (over several seeds) within noise."""
+    baseline = report["table"]["baseline"]
+    several = len(report["seeds"]) > 1
+    lines = []
+    for method in report["methods"][1:]:
+        entry = report["table"][method["key"]]
+        groups: dict[str, list[str]] = {"better": [], "worse": [], "within seed noise": [], "same": []}
+        for column in report["columns"]:
+            ours, theirs = entry[column["key"]], baseline[column["key"]]
+            if ours["mean"] is None or theirs["mean"] is None:
+                continue
+            delta = ours["mean"] - theirs["mean"]
+            noise = max(ours["std"] or 0.0, theirs["std"] or 0.0)
+            decimals = _decimals(column["key"])
+            if _number(ours["mean"], decimals) == _number(theirs["mean"], decimals):
+                group = "same"
+            elif several and abs(delta) <= noise:
+                group = "within seed noise"
+            else:
+                group = "better" if (delta < 0) == (column["better"] == "lower") else "worse"
+            groups[group].append(f"{column['label']} ({_number(delta, decimals, sign=True)})")
+        parts = [f"{name}: {', '.join(items)}" for name, items in groups.items() if items]
+        lines.append(f"- **{method['label']}** — " + "; ".join(parts))
+    lines += [
+        "",
+        "Differences are method − baseline, in the columns' units; *better* and *worse* follow each column's "
+        "direction, *same* means equal at the precision shown"
+        + (
+            ", and a difference no larger than the larger of the two standard deviations is called noise."
+            if several
+            else " (one seed: no noise estimate)."
+        ),
+    ]
+    return lines
+
+
+def _decimals(key: str) -> int | None:
+    return next(c.decimals for c in COLUMNS if c.key == key)
+
+
+def _setup(report: dict[str, Any]) -> list[str]:
+    settings = report["settings"]
+    demo, model, train = settings["demo"], settings["model"], settings["train"]
+    source = settings["atom_mode_source"]
+    mode_line = f"**mode = {settings['atom_mode']}**" + (
+        " (the library default)"
+        if source == "library default"
+        else f" (chosen with `{source}`; the library default is {settings['library_default_mode']})"
+    )
+    other = {k: v for k, v in settings["atom_options"].items() if k != "mode"}
+    if other:
+        mode_line += ", options " + ", ".join(f"{k} = {v}" for k, v in other.items())
+    overrides = ", ".join(f"`{o}`" for o in demo["overrides"]) or "none"
+    return [
+        f"- model: UNet2DModel, block_out_channels {model['block_out_channels']}, "
+        f"{model['num_train_timesteps']} timesteps ({model['beta_schedule']}); base config "
+        f"`{Path(demo['config']).name}`, overrides: {overrides}",
+        f"- training: {demo['steps']} steps of {train['batch_size']} images, AdamW lr {train['learning_rate']:g}, "
+        f"EMA {train['ema_decay']}, `atomgen.train.train`",
+        f"- atom separation: at `{settings['site']}`, weight λ = {settings['separation_weight']:g}, {mode_line}",
+        f"- Dispersive Loss: at `{settings['site']}`, weight λ = {settings['separation_weight']:g}, "
+        "its default τ",
+        f"- atom guidance: γ = {demo['atom_guidance']:g} on the baseline model, training-free "
+        "(every particle a proton), on over the noisier 60 % of the trajectory",
+        f"- Particle Guidance: γ = {demo['particle_guidance']:g} on the baseline model, RBF kernel on the "
+        "latents, on while σ_t/α_t ≥ 1",
+        f"- sampling: `AtomDDIMPipeline`, {demo['num_inference_steps']} DDIM steps (η = 0), "
+        f"{demo['num_samples']} images per method and seed in batches of at most {demo['sample_batch_size']} "
+        "(the guidance methods separate the samples within a batch), quantised to 8 bits before scoring",
+        f"- device: {settings['device']}",
+    ]
+
+
+def _training_table(report: dict[str, Any]) -> list[str]:
+    header = ["model", *[label for _, label, _ in TRAINING_COLUMNS]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, entry in report["training"].items():
+        cells = [model, *[_format(entry[key], decimals) for key, _, decimals in TRAINING_COLUMNS]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Final values are means over the last 10 % of the logged steps. The separation loss is λ-free "
+        "(the atom model's L_atom, the dispersive model's L_disp); atom distance and importance entropy "
+        "are the atom model's.",
+    ]
+    return lines
+
+
+def _training_notes(report: dict[str, Any]) -> list[str]:
+    """Plain statements when a training-time method sat at a trivial point of its loss."""
+    notes = []
+    charge = report["attribution"]["mean_abs_charge"]["mean"]
+    if report["settings"]["atom_mode"] == "signed" and charge is not None and charge < 0.05:
+        notes.append(
+            f"**Atom model.** Its particles ended nearly uncharged (mean |q| = {charge:.3f} on its samples). "
+            "The roles start uniform (method.md §3), so q = r^p − r^e starts at 0, where the signed energy "
+            "(pair weights q_i q_j) and its gradient vanish: a trivial solution of the loss, and the atom "
+            "model trains much like the baseline. `--mode repulsive` (pair weights s_i s_j) does not have "
+            "that solution."
+        )
+    dispersive = report["training"].get("dispersive", {}).get("final_separation_loss", {}).get("mean")
+    floor = -math.log(report["settings"]["train"]["batch_size"])
+    if dispersive is not None and abs(dispersive - floor) < 1e-3:
+        notes.append(
+            f"**Dispersive model.** Its loss ended at its floor, −log B = {floor:.4f} to within 0.001 (B = the batch): "
+            "log mean_ij exp(−‖z_i − z_j‖²/τ) keeps only the i = j terms when the site features of "
+            "different samples are far apart compared with τ, and then it has no gradient. The "
+            "dispersive model then trains much like the baseline."
+        )
+    return [line for note in notes for line in ("", note)]
+
+
+def _attribution(report: dict[str, Any]) -> list[str]:
+    attribution = report["attribution"]
+    figures = report.get("figures", {})
+    lines = []
+    if "attribution" in figures:
+        lines += [
+            f"![attribution]({figures['attribution']})",
+            "",
+            "Each sample of the atom model beside its importance s = 1 − r^neutron (method.md §3) on the "
+            "particle grid of the site, upsampled and laid over it (black 0 → red → yellow → white 1). "
+            "The samples were re-noised to 5 % of the trajectory and passed through the UNet once.",
+            "",
+        ]
+    per_seed = attribution["per_seed"]
+    wins = sum(a["gain"] > 0 for a in per_seed)
+    lines += [
+        "Deletion curves (method.md §9): the share of each atom's particles replaced by its mean "
+        "particle, in order of decreasing importance or at random, against the relative drop of its mean "
+        "distance d̄ to the other atoms. If the importances are faithful, deleting by importance drops d̄ "
+        "faster: a larger area under the curve.",
+        "",
+        "| area under the drop curve | by importance | at random | gain |",
+        "|---|---|---|---|",
+        f"| atom model | {_format(attribution['auc_importance'], 4)} | {_format(attribution['auc_random'], 4)} "
+        f"| {_format(attribution['gain'], 4)} |",
+        "",
+        f"Importance order beats random order in {wins} of {len(per_seed)} seed(s).",
+    ]
+    if "deletion" in figures:
+        lines += ["", f"![deletion curves]({figures['deletion']})"]
+    return lines
+
+
+def _machine(report: dict[str, Any]) -> list[str]:
+    m, v = report["machine"], report["versions"]
+    threads = (
+        f"{m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs, torch threads {m['torch_threads']}"
+    )
+    if m["omp_num_threads"]:
+        threads += f", OMP_NUM_THREADS={m['omp_num_threads']}"
+    return [
+        f"- CPU: {m['cpu']}; {threads}",
+        f"- GPU: {m['gpu'] or 'none'}",
+        f"- {m['platform']}",
+        "- " + ", ".join(f"{name} {version}" for name, version in v.items() if version),
+    ]
