@@ -21,8 +21,14 @@ class DispersiveOutput:
 class DispersiveLoss(nn.Module):
     """InfoNCE-style dispersion of a batch's flattened site features, with no positive pairs.
 
+    ``D(z_i, z_j) = ‖z_i − z_j‖² / d`` over the ``d`` flattened feature entries, as in the paper's public
+    PyTorch release: without the division by ``d`` raw features of a few hundred dimensions sit so far
+    apart that every ``exp(−D/τ)`` underflows and the loss has no gradient (``per_dim=False`` gives the
+    plain squared distance of method.md §8).
+
     Args:
-        tau: temperature ``τ > 0`` of the squared-distance kernel.
+        tau: temperature ``τ > 0``.
+        per_dim: divide the squared distance by the feature size ``d``.
 
     Example:
         >>> import torch, atomgen
@@ -30,11 +36,11 @@ class DispersiveLoss(nn.Module):
         tensor(0.)
     """
 
-    def __init__(self, tau: float = 0.5):
+    def __init__(self, tau: float = 0.5, per_dim: bool = True):
         super().__init__()
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        self.tau = tau
+        self.tau, self.per_dim = tau, per_dim
 
     def forward(self, features: torch.Tensor) -> DispersiveOutput:
         if features.ndim < 2:
@@ -42,7 +48,10 @@ class DispersiveLoss(nn.Module):
         if not torch.isfinite(features).all():
             raise FloatingPointError("DispersiveLoss received non-finite activations (NaN or inf)")
         z = features.flatten(1).to(torch.promote_types(features.dtype, torch.float32))
-        squared = torch.cdist(z, z).square()
+        # Differences, not the Gram expansion: self-distances come out exactly zero.
+        squared = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist").square()
+        if self.per_dim:
+            squared = squared / z.shape[1]
         logits = -squared / self.tau
         batch = z.shape[0]
         per_sample = torch.logsumexp(logits, dim=1) - math.log(batch)
@@ -50,4 +59,4 @@ class DispersiveLoss(nn.Module):
         return DispersiveOutput(loss=loss, per_sample=per_sample)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}"
+        return f"tau={self.tau}, per_dim={self.per_dim}"

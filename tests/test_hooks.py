@@ -101,7 +101,8 @@ def test_dispersive_loss_attaches_the_same_way():
     with attach(unet, "mid_block", DispersiveLoss(tau=0.5), weight=2.0) as handle:
         unet(torch.randn(4, 1, 8, 8), 10)
         z = handle.features.flatten(1)
-        expected = torch.log(torch.exp(-(torch.cdist(z, z) ** 2) / 0.5).mean())
+        squared = (z[:, None] - z[None]).square().sum(-1) / z.shape[1]  # per feature entry, as released
+        expected = torch.log(torch.exp(-squared / 0.5).mean())
         assert torch.allclose(handle.loss(), 2.0 * expected, atol=1e-6)
 
 
@@ -163,3 +164,12 @@ def test_capture_only_handle_exposes_features():
         assert handle.features.shape == (3, 16, 4, 4)
         with pytest.raises(RuntimeError, match="only captures features"):
             handle.loss()
+
+
+def test_dispersive_loss_has_a_gradient_on_raw_features():
+    """1024 unit-scale entries: squared distances near 2048, where exp(−D/τ) underflows unless D is per entry."""
+    z = torch.randn(8, 64, 4, 4, requires_grad=True)
+    DispersiveLoss(tau=0.5)(z).loss.backward()
+    assert z.grad.abs().sum() > 0
+    flat = DispersiveLoss(tau=0.5, per_dim=False)(z.detach())
+    assert float(flat.loss) == pytest.approx(-torch.log(torch.tensor(8.0)).item())  # only i = j survive
