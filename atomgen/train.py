@@ -71,6 +71,7 @@ def train(
     resume: str | None = None,
     dry_run: bool = False,
     on_step_end: StepCallback | None = None,
+    progress: bool = True,
 ) -> Path:
     """Train the model of ``config`` and save it where diffusers loads it; returns the run directory.
 
@@ -79,6 +80,7 @@ def train(
         resume: ``"latest"`` or a checkpoint directory to continue from.
         dry_run: build everything, write the resolved config, train nothing.
         on_step_end: called as ``on_step_end(step, metrics)`` after every optimizer step.
+        progress: show the progress bar (on the main process).
 
     The run directory receives ``config.yaml`` (before training), ``metrics.jsonl``, ``checkpoints/``
     and, at the end, ``pipeline/`` (a ``DDPMPipeline`` with the separation module in
@@ -146,17 +148,17 @@ def train(
         separation.to(accelerator.device)
     if ema is not None:
         ema.to(accelerator.device)
-    progress = _Progress()
+    state = _Progress()
     # Order matters: load_state restores registered objects in the order they were registered.
-    for state in (lr_schedule, progress, ema, separation):
-        if state is not None:
-            accelerator.register_for_checkpointing(state)
+    for stateful in (lr_schedule, state, ema, separation):
+        if stateful is not None:
+            accelerator.register_for_checkpointing(stateful)
     if resume is not None:
         start = checkpoints.resolve_resume(run_dir, resume)
         accelerator.load_state(str(start))
-        logger.info("resumed from %s at step %d", start, progress.step)
+        logger.info("resumed from %s at step %d", start, state.step)
         if accelerator.is_main_process:
-            _truncate_metrics(run_dir / "metrics.jsonl", progress.step)
+            _truncate_metrics(run_dir / "metrics.jsonl", state.step)
     if cfg.tensorboard:
         accelerator.init_trackers("atomgen")
 
@@ -165,11 +167,16 @@ def train(
     last_good = (
         checkpoints.list_checkpoints(run_dir)[-1][1] if checkpoints.list_checkpoints(run_dir) else None
     )
-    bar = tqdm(total=cfg.steps, initial=progress.step, desc="train", disable=not accelerator.is_main_process)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        desc="train",
+        disable=not (progress and accelerator.is_main_process),
+    )
     objective.train()
-    while progress.step < cfg.steps:
+    while state.step < cfg.steps:
         started = time.perf_counter()
-        step = progress.step
+        step = state.step
         ramp = (
             min(1.0, (step + 1) / config.separation.warmup_steps) if config.separation.warmup_steps else 1.0
         )
@@ -201,38 +208,38 @@ def train(
             lr_schedule.step()
             if ema is not None:
                 ema.step(raw_model.parameters())
-            progress.nonfinite_in_row = 0
+            state.nonfinite_in_row = 0
         else:
-            progress.skipped += 1
-            progress.nonfinite_in_row += 1
+            state.skipped += 1
+            state.nonfinite_in_row += 1
             logger.warning(
-                "step %d: non-finite loss, step skipped (%d in a row)", step, progress.nonfinite_in_row
+                "step %d: non-finite loss, step skipped (%d in a row)", step, state.nonfinite_in_row
             )
-            if progress.nonfinite_in_row >= cfg.max_nonfinite:
+            if state.nonfinite_in_row >= cfg.max_nonfinite:
                 raise TrainingDiverged(
-                    f"{progress.nonfinite_in_row} non-finite losses in a row at step {step}; stopping. "
+                    f"{state.nonfinite_in_row} non-finite losses in a row at step {step}; stopping. "
                     f"The last good checkpoint is {last_good or 'none (none was written yet)'}. "
                     "Lower train.learning_rate or separation.weight, or set train.grad_clip, then resume."
                 )
         optimizer.zero_grad(set_to_none=True)
-        progress.step += 1
+        state.step += 1
         bar.update(1)
 
         metrics = _metrics(totals, accelerator, processes)
         metrics.update(
-            step=progress.step,
+            step=state.step,
             step_time=time.perf_counter() - started,
             lr=lr_schedule.get_last_lr()[0],
-            skipped=progress.skipped,
+            skipped=state.skipped,
         )
-        if progress.step % cfg.log_every == 0 or progress.step == cfg.steps:
+        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
             _log(run_dir, metrics, accelerator)
             bar.set_postfix(loss=f"{metrics.get('task_loss', float('nan')):.4f}")
-        due = progress.step % cfg.checkpoint_every == 0 and not progress.nonfinite_in_row
-        if due or progress.step == cfg.steps:  # no periodic checkpoint during a run of skipped steps
-            last_good = _save_checkpoint(accelerator, run_dir, progress.step, cfg.keep_checkpoints)
+        due = state.step % cfg.checkpoint_every == 0 and not state.nonfinite_in_row
+        if due or state.step == cfg.steps:  # no periodic checkpoint during a run of skipped steps
+            last_good = _save_checkpoint(accelerator, run_dir, state.step, cfg.keep_checkpoints)
         if on_step_end is not None:
-            on_step_end(progress.step, metrics)
+            on_step_end(state.step, metrics)
     bar.close()
     if handle is not None:
         handle.remove()
