@@ -12,15 +12,14 @@ import json
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMPipeline,
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
     FlowMatchEulerDiscreteScheduler,
-    UNet2DConditionModel,
 )
-from test_pipelines import quiet, seed, tiny_unet
+from test_pipelines import quiet, seed
+from tiny import tiny_conditional_unet, tiny_unet, tiny_vae
 
 import atomgen.pipelines.cads
 import atomgen.pipelines.guidance
@@ -189,28 +188,8 @@ def sd_pipe(tmp_path_factory):
             pad_token_id=len(tokens) - 1,
         )
     ).eval()
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).eval()
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        sample_size=16,
-    ).eval()
+    unet = tiny_conditional_unet()
+    vae = tiny_vae(in_channels=3, out_channels=3, latent_channels=4, sample_size=16)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
