@@ -12,6 +12,7 @@ from .hooks import attach
 from .separation import AtomSeparation
 
 DEFAULT_SITES = {"ddpm": "mid_block", "vae": "encoder"}
+SITE_FILE = "site.json"  # beside an exported separation module: the dotted path it was trained at
 
 
 def build_model(config: ModelConfig, image_shape: tuple[int, int, int]) -> nn.Module:

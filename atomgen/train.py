@@ -34,7 +34,7 @@ from .data import ImageData, load_dataset
 from .distributed import row_offset
 from .hooks import AttachHandle, attach
 from .io import atomic_directory, write_json, write_text
-from .models import build_model, build_scheduler, build_separation, probe_site, site_of
+from .models import SITE_FILE, build_model, build_scheduler, build_separation, probe_site, site_of
 from .separation import AtomOutput, AtomSeparation
 
 logger = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def train(
     if handle is not None:
         handle.remove()
     if accelerator.is_main_process:
-        _export(run_dir, raw_model, ema, separation, config)
+        _export(run_dir, raw_model, ema, separation, config, site)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
@@ -416,7 +416,9 @@ def _save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: i
     return final
 
 
-def _export(run_dir: Path, model, ema: EMAModel | None, separation, config: ExperimentConfig) -> None:
+def _export(
+    run_dir: Path, model, ema: EMAModel | None, separation, config: ExperimentConfig, site: str
+) -> None:
     """The final weights (EMA when kept) where diffusers loads them, with the separation module beside."""
     final = copy.deepcopy(model).cpu().eval()
     if ema is not None:
@@ -430,4 +432,5 @@ def _export(run_dir: Path, model, ema: EMAModel | None, separation, config: Expe
         if isinstance(separation, AtomSeparation):
             # A subfolder the stock loaders ignore; AtomSeparation.from_pretrained(target / "separation").
             copy.deepcopy(separation).cpu().save_pretrained(tmp / "separation")
+            write_json(tmp / "separation" / SITE_FILE, {"site": site})  # where it was attached
     logger.info("saved %s", target)

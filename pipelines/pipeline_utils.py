@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
+from atomgen.models import SITE_FILE
 from atomgen.separation import AtomSeparation
 
 from .denoiser_hook import DEFAULT_INTERVAL
@@ -62,6 +64,9 @@ class AtomUNetPipeline(DiffusionPipeline):
         folder = Path(pretrained_model_name_or_path) / "separation"
         if pipe.separation is None and "separation" not in kwargs and (folder / "config.json").is_file():
             pipe.register_modules(separation=AtomSeparation.from_pretrained(folder).to(pipe.device))
+            site_file = folder / SITE_FILE
+            if "separation_site" not in kwargs and site_file.is_file():
+                pipe.register_to_config(separation_site=json.loads(site_file.read_text())["site"])
         return pipe
 
     # --- steps of __call__ ------------------------------------------------------------------------

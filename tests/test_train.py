@@ -46,7 +46,7 @@ def _state(directory: Path, cls) -> dict[str, torch.Tensor]:
 
 
 def test_ddpm_run_writes_config_metrics_checkpoints_and_a_loadable_pipeline(tmp_path):
-    config = tiny(tmp_path, "train.keep_checkpoints=1")
+    config = tiny(tmp_path, "train.keep_checkpoints=1", "separation.site=down_blocks.1")
     run = train(config)
     assert ExperimentConfig.from_yaml(run / "config.yaml") == config
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -63,6 +63,9 @@ def test_ddpm_run_writes_config_metrics_checkpoints_and_a_loadable_pipeline(tmp_
         " generator=torch.Generator().manual_seed(0)).images\n"
         "assert type(pipe).__name__ == 'DDPMPipeline' and images.shape == (2, 8, 8, 1), images.shape\n"
         "AtomSeparation.from_pretrained(sys.argv[1] + '/separation')\n"
+        "from atomgen.pipelines import AtomDDIMPipeline\n"
+        "atom = AtomDDIMPipeline.from_pretrained(sys.argv[1])\n"
+        "assert atom.separation is not None and atom.config.separation_site == 'down_blocks.1', atom.config\n"
     )
     subprocess.run([sys.executable, "-c", script, str(run / "pipeline")], check=True, timeout=300)
 
