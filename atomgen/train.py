@@ -164,9 +164,8 @@ def train(
 
     handle = attach(raw_model, site, separation, weight=config.separation.weight) if separation else None
     sampler = _BatchSampler(len(data), cfg.batch_size, cfg.seed)
-    last_good = (
-        checkpoints.list_checkpoints(run_dir)[-1][1] if checkpoints.list_checkpoints(run_dir) else None
-    )
+    existing = checkpoints.list_checkpoints(run_dir)
+    last_good = existing[-1][1] if existing else None
     bar = tqdm(
         total=cfg.steps,
         initial=state.step,
