@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,3 +21,45 @@ def test_gpu_script_dry_run(tmp_path):
     assert "| mnist5k atom |" in table and "| Inception features |" in table
     assert "| separation B=16 n=16 d=32 |" in table
     assert (tmp_path / "train-atom" / "pipeline" / "model_index.json").is_file()
+
+
+def _sweep_module():
+    spec = importlib.util.spec_from_file_location("bench_sweep", ROOT / "bench" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_rule_prefers_diversity_within_the_baselines_fidelity():
+    sweep = _sweep_module()
+
+    def scores(name, fid, precision, vendi):
+        return sweep.Scores(sweep.Setting(name, "atom"), {"fid": fid, "precision": precision, "vendi": vendi})
+
+    baseline = scores("baseline", [10.0, 12.0], [0.8, 0.8], [5.0, 5.0])  # FID 11 ± 1.41
+    close = scores("close", [12.0, 12.0], [0.8, 0.8], [5.5, 5.5])  # within the spread
+    diverse_but_worse = scores("worse", [20.0, 20.0], [0.8, 0.8], [9.0, 9.0])
+    imprecise = scores("imprecise", [10.0, 10.0], [0.5, 0.5], [9.0, 9.0])
+    assert sweep.choose([close, diverse_but_worse, imprecise], baseline) is close
+    # Nothing admissible: the best fidelity wins rather than the most diverse.
+    assert sweep.choose([diverse_but_worse, imprecise], baseline) is imprecise
+
+
+def test_sweep_dry_run_writes_every_stage_and_resumes(tmp_path):
+    command = [sys.executable, str(ROOT / "bench" / "sweep.py"), "--out", str(tmp_path), "--dry-run"]
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run(
+        [*command, "--workers", "1"], capture_output=True, text=True, timeout=600, env=env, check=True
+    )
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(report["stages"]) == 4 and len(report["winners"]) == 4
+    names = {row["name"] for rows in report["stages"].values() for row in rows}
+    assert {"atom-signed-coulomb-w0.1", "atom-repulsive-gaussian-w0.1", "particle-guidance-0.2"} <= names
+    timings = (tmp_path / "timings.json").read_text()
+    # A second run finds every run's samples and scores and redoes nothing.
+    subprocess.run(
+        [*command, "--workers", "1"], capture_output=True, text=True, timeout=600, env=env, check=True
+    )
+    assert (tmp_path / "timings.json").read_text() == timings
+    assert json.loads((tmp_path / "sweep.json").read_text())["stages"] == report["stages"]

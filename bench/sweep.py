@@ -1,0 +1,391 @@
+"""Choose atomgen's defaults by measurement: a staged sweep on scikit-learn's digits, 3 seeds.
+
+    python bench/sweep.py --out runs/sweep            # about 45 minutes on 2 CPU cores (2 workers)
+    python bench/sweep.py --out /tmp/s --dry-run      # every code path at toy sizes, in seconds
+
+Every run uses the demo's sizes (:class:`atomgen.demo.DemoConfig`: 800 steps of ``configs/digits-ddpm.yaml``,
+512 samples, 50 DDIM steps) and the demo's scoring (digit-classifier features, mode coverage, LPIPS
+diversity). A seed fixes the initial weights, batches, noises and sampling noise, so the variants of one
+seed differ only in the setting under test.
+
+Stages (each picks its winner by :func:`choose` before the next starts):
+
+1. training, mode × kernel: ``signed``/``repulsive`` × ``coulomb``/``gaussian`` at weight 0.1, site
+   ``mid_block``; Dispersive Loss at weight 0.1 beside them.
+2. training, weight: the stage-1 winner and Dispersive Loss at weights 0.03 and 0.3 (and 0.1 from stage 1).
+3. training, site: the stage-2 winner at ``down_blocks.1`` and ``up_blocks.0``.
+4. sampling, strength: atom guidance and Particle Guidance on the baseline models.
+
+The rule (:func:`choose`): a setting is *admissible* when its mean FID is at most the baseline's mean FID plus
+the baseline's standard deviation over seeds, and its mean precision at least the baseline's minus its
+standard deviation (no worse fidelity, within seed noise). The winner is the admissible setting with the
+highest mean Vendi score (diversity); if none is admissible, the one with the lowest mean FID.
+
+Runs are resumable: a run whose ``samples.npz`` exists is not redone. ``sweep.json`` holds every score,
+``sweep.md`` the tables that the README quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("bench.sweep")
+
+METRICS = ("fid", "precision", "recall", "coverage", "vendi", "lpips_diversity", "modes_covered", "kl")
+LOWER_IS_BETTER = {"fid", "kl"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of a stage: a trained model (``model``, ``overrides``) or a sampling method on the baseline."""
+
+    name: str
+    model: str  # "baseline", "atom" or "dispersive" (atomgen.demo.MODELS)
+    overrides: tuple[str, ...] = ()
+    sampler: str | None = None  # "atom-guidance" or "particle-guidance" on the baseline model
+    strength: float = 0.0
+
+    @property
+    def trained(self) -> bool:
+        return self.sampler is None
+
+
+@dataclass(frozen=True)
+class Sizes:
+    steps: int = 800
+    num_samples: int = 512
+    num_inference_steps: int = 50
+    seeds: int = 3
+    weights: tuple[float, ...] = (0.03, 0.3)
+    sites: tuple[str, ...] = ("down_blocks.1", "up_blocks.0")
+    atom_guidance: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0)
+    particle_guidance: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0)
+
+    @classmethod
+    def dry_run(cls) -> Sizes:
+        return cls(
+            steps=4,
+            num_samples=16,
+            num_inference_steps=3,
+            seeds=2,
+            weights=(0.3,),
+            sites=("up_blocks.0",),
+            atom_guidance=(5.0,),
+            particle_guidance=(0.2,),
+        )
+
+
+@dataclass
+class Scores:
+    setting: Setting
+    values: dict[str, list[float]] = field(default_factory=dict)  # metric → one value per seed
+    seconds: list[float] = field(default_factory=list)  # training (or sampling) wall time per seed
+
+    def mean(self, metric: str) -> float:
+        return statistics.fmean(self.values[metric])
+
+    def std(self, metric: str) -> float:
+        values = self.values[metric]
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+# ------------------------------------------------------------------------------------------ the rule
+def admissible(scores: Scores, baseline: Scores) -> bool:
+    """No worse fidelity than the baseline, within the baseline's seed-to-seed spread."""
+    fid_ok = scores.mean("fid") <= baseline.mean("fid") + baseline.std("fid")
+    precision_ok = scores.mean("precision") >= baseline.mean("precision") - baseline.std("precision")
+    return fid_ok and precision_ok
+
+
+def choose(candidates: Sequence[Scores], baseline: Scores) -> Scores:
+    """The admissible candidate with the most diversity (Vendi); else the one with the best fidelity."""
+    passing = [c for c in candidates if admissible(c, baseline)]
+    if passing:
+        return max(passing, key=lambda c: c.mean("vendi"))
+    return min(candidates, key=lambda c: c.mean("fid"))
+
+
+# ------------------------------------------------------------------------------------------ the runs
+def _run_dir(out: Path, setting: Setting, seed: int) -> Path:
+    return out / "runs" / setting.name / f"seed-{seed}"
+
+
+def _demo_config(sizes: Sizes, seed: int, setting: Setting):
+    from atomgen.demo import DemoConfig
+
+    strengths = {"atom_guidance": 0.0, "particle_guidance": 0.0}
+    if setting.sampler is not None:
+        strengths[setting.sampler.replace("-", "_")] = setting.strength
+    return DemoConfig(
+        steps=sizes.steps,
+        num_samples=sizes.num_samples,
+        num_inference_steps=sizes.num_inference_steps,
+        seed=seed,
+        overrides=setting.overrides,
+        **strengths,
+    )
+
+
+def _work(job: tuple[Path, Sizes, Setting, int]) -> tuple[str, int, float]:
+    """Train (or load the baseline) and sample one setting at one seed; runs in a worker process."""
+    import torch
+
+    from atomgen.demo import METHODS, _sample, _save_samples, _train
+    from atomgen.models import site_of
+    from atomgen.pipelines import AtomDDIMPipeline
+
+    out, sizes, setting, seed = job
+    torch.set_num_threads(1)
+    run = _run_dir(out, setting, seed)
+    config = _demo_config(sizes, seed, setting)
+    if setting.trained:
+        experiment = config.experiment(setting.model, seed, run)
+        site = site_of(experiment.separation, experiment.model.family)
+        pipe, training = _train(experiment, site, torch.device("cpu"))
+        seconds = training["train_seconds"]
+        method = next(m for m in METHODS if m.model == setting.model and m.kind == "training")
+    else:
+        baseline = _run_dir(out, Setting("baseline", "baseline"), seed) / f"seed-{seed}" / "baseline"
+        pipe = AtomDDIMPipeline.from_pretrained(baseline / "pipeline")
+        method = next(m for m in METHODS if m.key == setting.sampler)
+    images, sample_seconds = _sample(pipe, method, config, seed, progress=False)
+    _save_samples(run / "samples.npz", images)
+    return setting.name, seed, seconds if setting.trained else sample_seconds
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    logging.basicConfig(level=logging.WARNING)
+
+
+def run_stage(out: Path, sizes: Sizes, settings: Iterable[Setting], workers: int) -> None:
+    """Every (setting, seed) of a stage whose samples are missing, ``workers`` at a time."""
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    jobs = [
+        (out, sizes, s, seed)
+        for s in settings
+        for seed in range(sizes.seeds)
+        if not (_run_dir(out, s, seed) / "samples.npz").exists()
+    ]
+    if not jobs:
+        return
+    logger.info("%d runs: %s", len(jobs), sorted({j[2].name for j in jobs}))
+    from atomgen.io import write_json
+
+    with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+        for name, seed, seconds in pool.map(_work, jobs):
+            timings[f"{name}/seed-{seed}"] = seconds
+            write_json(timings_path, timings)
+            logger.info("done %s seed %d (%.0f s)", name, seed, seconds)
+
+
+class Scorer:
+    """The demo's scorer, once per sweep; scores are cached in ``scores.json`` by run."""
+
+    def __init__(self, out: Path, sizes: Sizes):
+        from atomgen.data import load_dataset
+        from atomgen.demo import DemoConfig, _Scorer
+
+        config = DemoConfig()
+        experiment = config.experiment("baseline", 0, out)
+        self.scorer = _Scorer(load_dataset(experiment.data), config, out / "cache", _cpu(), False)
+        self.out, self.sizes = out, sizes
+        self.path = out / "scores.json"
+        self.cache: dict[str, dict[str, float]] = (
+            json.loads(self.path.read_text()) if self.path.exists() else {}
+        )
+
+    def __call__(self, setting: Setting) -> Scores:
+        import torch
+
+        from atomgen.io import write_json
+
+        timings = json.loads((self.out / "timings.json").read_text())
+        scores = Scores(setting)
+        for seed in range(self.sizes.seeds):
+            key = f"{setting.name}/seed-{seed}"
+            if key not in self.cache:
+                with np.load(_run_dir(self.out, setting, seed) / "samples.npz") as file:
+                    images = torch.from_numpy(file["images"]).float() / 255
+                self.cache[key] = self.scorer(images, key)["metrics"]
+                write_json(self.path, self.cache)
+            for metric in METRICS:
+                value = self.cache[key][metric]
+                scores.values.setdefault(metric, []).append(float("inf") if value is None else value)
+            scores.seconds.append(timings[key])
+        return scores
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------ the sweep
+def sweep(out: Path, sizes: Sizes, workers: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    baseline = Setting("baseline", "baseline")
+    stage1 = [baseline, Setting("dispersive-w0.1", "dispersive")]
+    stage1 += [
+        Setting(
+            f"atom-{mode}-{kernel}-w0.1",
+            "atom",
+            (f"separation.options.mode={mode}", f"separation.options.kernel={kernel}"),
+        )
+        for mode in ("signed", "repulsive")
+        for kernel in ("coulomb", "gaussian")
+    ]
+    run_stage(out, sizes, stage1, workers)
+    score = Scorer(out, sizes)
+    base = score(baseline)
+    results = {"stage 1: mode × kernel": [score(s) for s in stage1[1:]]}
+    atom1 = choose([s for s in results["stage 1: mode × kernel"] if s.setting.model == "atom"], base)
+
+    def reweighted(setting: Setting, weight: float) -> Setting:
+        stem = setting.name.rsplit("-w", 1)[0]
+        return Setting(
+            f"{stem}-w{weight:g}", setting.model, (*setting.overrides, f"separation.weight={weight}")
+        )
+
+    dispersive = stage1[1]
+    stage2 = [reweighted(s, w) for s in (atom1.setting, dispersive) for w in sizes.weights]
+    run_stage(out, sizes, stage2, workers)
+    results["stage 2: weight"] = [score(s) for s in stage2]
+    atom_weights = [atom1] + [s for s in results["stage 2: weight"] if s.setting.model == "atom"]
+    atom2 = choose(atom_weights, base)
+
+    stage3 = [
+        Setting(f"{atom2.setting.name}-{site}", "atom", (*atom2.setting.overrides, f"separation.site={site}"))
+        for site in sizes.sites
+    ]
+    run_stage(out, sizes, stage3, workers)
+    results["stage 3: site"] = [score(s) for s in stage3]
+    atom3 = choose([atom2, *results["stage 3: site"]], base)
+
+    stage4 = [
+        Setting(f"atom-guidance-{g:g}", "baseline", (), "atom-guidance", g) for g in sizes.atom_guidance
+    ]
+    stage4 += [
+        Setting(f"particle-guidance-{g:g}", "baseline", (), "particle-guidance", g)
+        for g in sizes.particle_guidance
+    ]
+    run_stage(out, sizes, stage4, workers)
+    results["stage 4: guidance strength"] = [score(s) for s in stage4]
+    guidance = results["stage 4: guidance strength"]
+    dispersive_all = [s for stage in results.values() for s in stage if s.setting.model == "dispersive"]
+    winners = {
+        "atom separation (training)": atom3,
+        "dispersive loss (training)": choose(dispersive_all, base),
+        "atom guidance (sampling)": choose(
+            [s for s in guidance if s.setting.sampler == "atom-guidance"], base
+        ),
+        "particle guidance (sampling)": choose(
+            [s for s in guidance if s.setting.sampler == "particle-guidance"], base
+        ),
+    }
+    report = {
+        "sizes": dataclasses.asdict(sizes),
+        "rule": __doc__.split("The rule")[1].split("Runs are")[0].strip(),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "workers": workers,
+        "wall_seconds": time.perf_counter() - started,
+        "baseline": _row(base, base),
+        "stages": {stage: [_row(s, base) for s in rows] for stage, rows in results.items()},
+        "winners": {label: _row(s, base) for label, s in winners.items()},
+    }
+    from atomgen.io import write_json, write_text
+
+    write_json(out / "sweep.json", report)
+    write_text(out / "sweep.md", markdown(report))
+    return report
+
+
+def _row(scores: Scores, baseline: Scores) -> dict[str, Any]:
+    return {
+        "name": scores.setting.name,
+        "setting": dataclasses.asdict(scores.setting),
+        "admissible": admissible(scores, baseline),
+        "mean": {m: scores.mean(m) for m in METRICS},
+        "std": {m: scores.std(m) for m in METRICS},
+        "values": scores.values,
+        "seconds": statistics.fmean(scores.seconds),
+    }
+
+
+# ------------------------------------------------------------------------------------------ the report
+_HEADERS = {
+    "fid": "FID ↓",
+    "precision": "precision ↑",
+    "recall": "recall ↑",
+    "coverage": "coverage ↑",
+    "vendi": "Vendi ↑",
+    "lpips_diversity": "LPIPS div. ↑",
+    "modes_covered": "modes ↑",
+    "kl": "class KL ↓",
+}
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| setting | " + " | ".join(_HEADERS[m] for m in METRICS) + " | admissible | s / seed |",
+        "|---|" + "---:|" * len(METRICS) + ":-:|---:|",
+    ]
+    for row in rows:
+        cells = [f"{row['mean'][m]:.3g} ± {row['std'][m]:.2g}" for m in METRICS]
+        mark = "yes" if row["admissible"] else "no"
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {mark} | {row['seconds']:.0f} |")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    sizes = report["sizes"]
+    lines = [
+        "# Default sweep on digits",
+        "",
+        f"{sizes['seeds']} seeds; each model {sizes['steps']} training steps; {sizes['num_samples']} samples, "
+        f"{sizes['num_inference_steps']} DDIM steps; digit-classifier features. Mean ± std over seeds. "
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} logical CPUs, "
+        f"{report['workers']} single-thread workers; {report['wall_seconds'] / 60:.0f} min in all.",
+        "",
+        f"Rule: {report['rule']}",
+        "",
+    ]
+    for stage, rows in report["stages"].items():
+        lines += [f"## {stage.capitalize()}", "", *_table([report["baseline"], *rows]), ""]
+    lines += ["## Winners", "", *_table([report["baseline"], *report["winners"].values()]), ""]
+    lines += [f"- {label}: `{row['name']}`" for label, row in report["winners"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder (resumable)")
+    parser.add_argument("--workers", type=int, default=2, help="single-thread worker processes")
+    parser.add_argument("--dry-run", action="store_true", help="toy sizes: checks the code paths")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    sizes = Sizes.dry_run() if args.dry_run else Sizes()
+    report = sweep(args.out, sizes, args.workers)
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
