@@ -113,7 +113,11 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
         epilog=TRAIN_EPILOG,
         formatter_class=_HelpFormatter,
     )
-    train.add_argument("config", type=Path, help="YAML config (e.g. configs/digits-ddpm.yaml)")
+    train.add_argument(
+        "config",
+        type=Path,
+        help="YAML config, or a packaged one by name (configs/digits-ddpm.yaml, digits-ddpm)",
+    )
     train.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a field"
     )

@@ -11,6 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,31 @@ PRECISIONS = ("no", "fp16", "bf16")
 
 class ConfigError(ValueError):
     """A config that cannot be used: the message names the key, what it got and what is allowed."""
+
+
+def packaged_configs() -> dict[str, Path]:
+    """The configs that ship with atomgen (the repository's ``configs/``), by name without ``.yaml``."""
+    folder = resources.files("atomgen.configs")
+    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+def config_path(path: str | Path) -> Path:
+    """A YAML file on disk, or a packaged config's name (``digits-ddpm`` or ``configs/digits-ddpm.yaml``).
+
+    A path that exists wins, so a checkout's edited ``configs/`` is used from its root; elsewhere (an
+    installed wheel) the packaged copy of the same name is.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    packaged = packaged_configs()
+    name = path.stem if path.suffix in (".yaml", ".yml") else path.name
+    if path.parent in (Path("."), Path("configs")) and name in packaged:
+        return packaged[name]
+    raise ConfigError(
+        f"config file {str(path)!r} does not exist; give a YAML path or one of the packaged configs "
+        f"{sorted(packaged)}"
+    )
 
 
 @dataclass
@@ -201,9 +227,7 @@ class ExperimentConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
         """Read a YAML file, apply ``key=value`` overrides, validate."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+        path = config_path(path)
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(values).__name__}")

@@ -38,7 +38,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, apply_overrides
+from .config import ExperimentConfig, apply_overrides, config_path
 from .data import load_dataset
 from .hooks import attach
 from .io import write_atomic, write_json, write_text
@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_CONFIG", "METHODS", "MODELS", "DemoConfig", "Method", "run_demo"]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits-ddpm.yaml"
+DEFAULT_CONFIG = "configs/digits-ddpm.yaml"  # the checkout's file from its root, else the packaged copy
 LIBRARY_MODE = inspect.signature(AtomSeparation.__init__).parameters["mode"].default
 
 # The trained models: name → separation.method.
@@ -113,7 +113,7 @@ class DemoConfig:
     atom_guidance: float = 5.0
     particle_guidance: float = 0.2
     inception: bool = False
-    config: str = str(DEFAULT_CONFIG)
+    config: str = DEFAULT_CONFIG
     overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -162,12 +162,7 @@ class DemoConfig:
 
     def experiment(self, model: str, seed: int, out: Path) -> ExperimentConfig:
         """The resolved training config of one model and seed (raises ``ConfigError`` for a bad one)."""
-        path = Path(self.config)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"base config {path} does not exist; run from a checkout of atomgen or pass --config"
-            )
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(config_path(self.config).read_text()) or {}
         values = apply_overrides(values, self.overrides)
         steps = self.steps
         warmup = values.get("train", {}).get("lr_warmup_steps", 100)

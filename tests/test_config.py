@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from atomgen.config import ConfigError, ExperimentConfig, apply_overrides
+from atomgen.config import ConfigError, ExperimentConfig, apply_overrides, config_path, packaged_configs
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -84,3 +84,13 @@ def test_malformed_override_and_missing_file(tmp_path):
         apply_overrides({}, ["train.steps"])
     with pytest.raises(ConfigError, match="does not exist"):
         ExperimentConfig.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: an installed wheel's situation
+    assert {"digits-ddpm", "mnist5k-ddpm", "digits-vae"} <= set(packaged_configs())
+    by_name = ExperimentConfig.from_yaml("digits-ddpm")
+    assert by_name == ExperimentConfig.from_yaml("configs/digits-ddpm.yaml")
+    assert by_name.data.name == "digits" and by_name.train.steps > 0
+    with pytest.raises(ConfigError, match="digits-ddpm"):  # the error lists what ships
+        config_path("digits-dppm")

@@ -167,7 +167,7 @@ def test_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="bogus"):  # refused before any work: nothing is written
         run_demo(tmp_path / "new", overrides=("train.bogus=1",))
     assert not (tmp_path / "new").exists()
-    with pytest.raises(FileNotFoundError, match="--config"):
+    with pytest.raises(ConfigError, match="packaged configs"):
         run_demo(tmp_path / "new", config=DemoConfig(config=str(tmp_path / "missing.yaml")))
 
 

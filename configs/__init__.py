@@ -1,0 +1,1 @@
+"""The experiment configs that ship with atomgen: ``atomgen train digits-ddpm`` finds them by name."""
