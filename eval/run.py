@@ -7,7 +7,6 @@ everything else is an importable function here.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import platform
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import write_json, write_text
 from .classifier import classify, load_digit_classifier
 from .features import EXTRACTORS, FeatureExtractor, compute_features, default_device, load_extractor
 from .lpips import LPIPSFeatures, lpips_diversity
@@ -220,9 +220,8 @@ def _finite(value):
 def write_reports(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.json`` and a readable ``report.md`` (each metric with its direction and definition)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "report.json", out / "report.md"
-    json_path.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    write_json(json_path, _finite(report))
     lines = [
         "# atomgen eval",
         "",
@@ -240,7 +239,7 @@ def write_reports(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     for name, value, extra in _rows(report["metrics"]):
         direction, definition = DESCRIPTIONS[name]
         lines.append(f"| {name} | {value} | {direction} | {definition}{extra} |")
-    md_path.write_text("\n".join(lines) + "\n")
+    write_text(md_path, "\n".join(lines) + "\n")
     logger.info("wrote %s and %s", json_path, md_path)
     return json_path, md_path
 
