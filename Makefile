@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench lint format clean
+.PHONY: test demo bench sweep lint format clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +26,9 @@ bench: $(STAMP)
 	$(PY) bench/separation.py
 	$(PY) bench/guidance.py
 	$(PY) bench/eval.py
+
+sweep: $(STAMP)
+	$(PY) bench/sweep.py --out runs/sweep
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

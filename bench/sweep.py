@@ -2,6 +2,8 @@
 
     python bench/sweep.py --out runs/sweep            # about 45 minutes on 2 CPU cores (2 workers)
     python bench/sweep.py --out /tmp/s --dry-run      # every code path at toy sizes, in seconds
+    python bench/sweep.py --out runs/confirm-mnist5k --confirm runs/sweep/sweep.json \
+        --config configs/mnist5k-ddpm.yaml            # the winners once more on mnist5k, no tuning
 
 Every run uses the demo's sizes (:class:`atomgen.demo.DemoConfig`: 800 steps of ``configs/digits-ddpm.yaml``,
 512 samples, 50 DDIM steps) and the demo's scoring (digit-classifier features, mode coverage, LPIPS
@@ -20,6 +22,9 @@ The rule (:func:`choose`): a setting is *admissible* when its mean FID is at mos
 the baseline's standard deviation over seeds, and its mean precision at least the baseline's minus its
 standard deviation (no worse fidelity, within seed noise). The winner is the admissible setting with the
 highest mean Vendi score (diversity); if none is admissible, the one with the lowest mean FID.
+
+``--confirm SWEEP_JSON`` runs the baseline and the winners of a finished sweep, unchanged, on another
+base config (``--config``), with the same sizes and seeds, and writes ``confirm.json`` and ``confirm.md``.
 
 Runs are resumable: a run whose ``samples.npz`` exists is not redone. ``sweep.json`` holds every score,
 ``sweep.md`` the tables that the README quotes.
@@ -75,6 +80,7 @@ class Sizes:
     sites: tuple[str, ...] = ("down_blocks.1", "up_blocks.0")
     atom_guidance: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0)
     particle_guidance: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0)
+    config: str = "configs/digits-ddpm.yaml"  # the base training config
 
     @classmethod
     def dry_run(cls) -> Sizes:
@@ -132,6 +138,7 @@ def _demo_config(sizes: Sizes, seed: int, setting: Setting):
     if setting.sampler is not None:
         strengths[setting.sampler.replace("-", "_")] = setting.strength
     return DemoConfig(
+        config=sizes.config,
         steps=sizes.steps,
         num_samples=sizes.num_samples,
         num_inference_steps=sizes.num_inference_steps,
@@ -202,7 +209,7 @@ class Scorer:
         from atomgen.data import load_dataset
         from atomgen.demo import DemoConfig, _Scorer
 
-        config = DemoConfig()
+        config = DemoConfig(config=sizes.config)
         experiment = config.experiment("baseline", 0, out)
         self.scorer = _Scorer(load_dataset(experiment.data), config, out / "cache", _cpu(), False)
         self.out, self.sizes = out, sizes
@@ -301,20 +308,54 @@ def sweep(out: Path, sizes: Sizes, workers: int) -> dict[str, Any]:
         ),
     }
     report = {
-        "sizes": dataclasses.asdict(sizes),
-        "rule": __doc__.split("The rule")[1].split("Runs are")[0].strip(),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-        "workers": workers,
-        "wall_seconds": time.perf_counter() - started,
+        **_header(sizes, workers, started),
         "baseline": _row(base, base),
         "stages": {stage: [_row(s, base) for s in rows] for stage, rows in results.items()},
         "winners": {label: _row(s, base) for label, s in winners.items()},
     }
+    _write(out / "sweep", report)
+    return report
+
+
+def confirm(out: Path, sizes: Sizes, workers: int, sweep_json: Path) -> dict[str, Any]:
+    """The baseline and a finished sweep's winners, unchanged, on ``sizes.config``."""
+    started = time.perf_counter()
+    winners = json.loads(sweep_json.read_text())["winners"]
+    settings = {
+        label: Setting(**{**row["setting"], "overrides": tuple(row["setting"]["overrides"])})
+        for label, row in winners.items()
+    }
+    baseline = Setting("baseline", "baseline")
+    run_stage(out, sizes, [baseline, *(s for s in settings.values() if s.trained)], workers)
+    run_stage(out, sizes, [s for s in settings.values() if not s.trained], workers)
+    score = Scorer(out, sizes)
+    base = score(baseline)
+    report = {
+        **_header(sizes, workers, started),
+        "sweep": str(sweep_json),
+        "baseline": _row(base, base),
+        "stages": {},
+        "winners": {label: _row(score(s), base) for label, s in settings.items()},
+    }
+    _write(out / "confirm", report)
+    return report
+
+
+def _header(sizes: Sizes, workers: int, started: float) -> dict[str, Any]:
+    return {
+        "sizes": dataclasses.asdict(sizes),
+        "rule": __doc__.split("The rule")[1].split("``--confirm")[0].strip(),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "workers": workers,
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def _write(stem: Path, report: dict[str, Any]) -> None:
     from atomgen.io import write_json, write_text
 
-    write_json(out / "sweep.json", report)
-    write_text(out / "sweep.md", markdown(report))
-    return report
+    write_json(stem.with_suffix(".json"), report)
+    write_text(stem.with_suffix(".md"), markdown(report))
 
 
 def _row(scores: Scores, baseline: Scores) -> dict[str, Any]:
@@ -356,13 +397,15 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 def markdown(report: dict[str, Any]) -> str:
     sizes = report["sizes"]
+    title = f"Confirmation of {report['sweep']}" if "sweep" in report else "Default sweep"
     lines = [
-        "# Default sweep on digits",
+        f"# {title} on `{sizes['config']}`",
         "",
         f"{sizes['seeds']} seeds; each model {sizes['steps']} training steps; {sizes['num_samples']} samples, "
         f"{sizes['num_inference_steps']} DDIM steps; digit-classifier features. Mean ± std over seeds. "
         f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} logical CPUs, "
-        f"{report['workers']} single-thread workers; {report['wall_seconds'] / 60:.0f} min in all.",
+        f"{report['workers']} single-thread workers; {report['wall_seconds'] / 60:.0f} min for this "
+        "invocation (runs already done are not redone).",
         "",
         f"Rule: {report['rule']}",
         "",
@@ -379,10 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder (resumable)")
     parser.add_argument("--workers", type=int, default=2, help="single-thread worker processes")
     parser.add_argument("--dry-run", action="store_true", help="toy sizes: checks the code paths")
+    parser.add_argument("--confirm", type=Path, metavar="SWEEP_JSON", help="run a sweep's winners again")
+    parser.add_argument("--config", default=Sizes.config, help="base training config (YAML)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    sizes = Sizes.dry_run() if args.dry_run else Sizes()
-    report = sweep(args.out, sizes, args.workers)
+    sizes = dataclasses.replace(Sizes.dry_run() if args.dry_run else Sizes(), config=args.config)
+    if args.confirm:
+        report = confirm(args.out, sizes, args.workers, args.confirm)
+    else:
+        report = sweep(args.out, sizes, args.workers)
     print(markdown(report))
     return 0
 

@@ -63,3 +63,18 @@ def test_sweep_dry_run_writes_every_stage_and_resumes(tmp_path):
     )
     assert (tmp_path / "timings.json").read_text() == timings
     assert json.loads((tmp_path / "sweep.json").read_text())["stages"] == report["stages"]
+    # --confirm runs the baseline and the four winners, unchanged.
+    confirm = [
+        *command[:3],
+        str(tmp_path / "confirm"),
+        "--dry-run",
+        "--confirm",
+        str(tmp_path / "sweep.json"),
+    ]
+    subprocess.run(
+        [*confirm, "--workers", "1"], capture_output=True, text=True, timeout=600, env=env, check=True
+    )
+    confirmed = json.loads((tmp_path / "confirm" / "confirm.json").read_text())
+    assert [row["name"] for row in confirmed["winners"].values()] == [
+        row["name"] for row in report["winners"].values()
+    ]
