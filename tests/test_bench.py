@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -34,14 +36,18 @@ def _sweep_module():
 def test_sweep_rule_prefers_diversity_within_the_baselines_fidelity():
     sweep = _sweep_module()
 
-    def scores(name, fid, precision, vendi):
-        return sweep.Scores(sweep.Setting(name, "atom"), {"fid": fid, "precision": precision, "vendi": vendi})
+    def scores(name, fid, precision, diversity):
+        values = {"fid": fid, "precision": precision}
+        values.update({metric: [diversity] * len(fid) for metric in sweep.DIVERSITY})
+        return sweep.Scores(sweep.Setting(name, "atom"), values)
 
-    baseline = scores("baseline", [10.0, 12.0], [0.8, 0.8], [5.0, 5.0])  # FID 11 ± 1.41
-    close = scores("close", [12.0, 12.0], [0.8, 0.8], [5.5, 5.5])  # within the spread
-    diverse_but_worse = scores("worse", [20.0, 20.0], [0.8, 0.8], [9.0, 9.0])
-    imprecise = scores("imprecise", [10.0, 10.0], [0.5, 0.5], [9.0, 9.0])
-    assert sweep.choose([close, diverse_but_worse, imprecise], baseline) is close
+    baseline = scores("baseline", [10.0, 12.0], [0.8, 0.8], 0.5)  # FID 11 ± 1.41
+    same = scores("same", [11.0, 11.0], [0.8, 0.8], 0.5)
+    close = scores("close", [12.0, 12.0], [0.8, 0.8], 0.55)  # within the spread, 10 % more diverse
+    diverse_but_worse = scores("worse", [20.0, 20.0], [0.8, 0.8], 0.9)
+    imprecise = scores("imprecise", [10.0, 10.0], [0.5, 0.5], 0.9)
+    assert sweep.diversity_gain(close, baseline) == pytest.approx(0.1)
+    assert sweep.choose([same, close, diverse_but_worse, imprecise], baseline) is close
     # Nothing admissible: the best fidelity wins rather than the most diverse.
     assert sweep.choose([diverse_but_worse, imprecise], baseline) is imprecise
 
