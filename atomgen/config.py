@@ -21,6 +21,9 @@ DATASETS = ("digits", "mnist5k", "fashion-mnist", "imagefolder", "torchvision")
 FAMILIES = ("ddpm", "vae")
 METHODS = ("none", "atom", "dispersive")
 PRECISIONS = ("no", "fp16", "bf16")
+# λ of each method when a config gives none: the best of 0.03, 0.1 and 0.3 in the digits sweep
+# (bench/sweep.py; README, "Results"). Dispersive Loss lost fidelity at every weight; 0.03 lost least.
+DEFAULT_WEIGHTS = {"none": 0.0, "atom": 0.3, "dispersive": 0.03}
 
 
 class ConfigError(ValueError):
@@ -139,7 +142,7 @@ class SeparationConfig:
         method: ``none``, ``atom`` (``AtomSeparation``) or ``dispersive`` (``DispersiveLoss``).
         site: dotted module path; ``None`` picks the family's default (UNet ``mid_block``, VAE ``encoder``,
             i.e. the posterior mean).
-        weight: ``λ``.
+        weight: ``λ``; ``None`` takes the method's default, :data:`DEFAULT_WEIGHTS`.
         warmup_steps: ramp ``λ`` linearly from 0 over this many steps.
         options: keyword arguments of ``AtomSeparation`` (``mode``, ``kernel``, ...) or of
             ``DispersiveLoss`` (``tau``); ``dim`` is read from the model.
@@ -147,12 +150,14 @@ class SeparationConfig:
 
     method: str = "none"
     site: str | None = None
-    weight: float = 0.1
+    weight: float | None = None
     warmup_steps: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _choice("separation.method", self.method, METHODS)
+        if self.weight is None:
+            self.weight = DEFAULT_WEIGHTS[self.method]
         if self.weight < 0:
             raise ConfigError(f"separation.weight must be ≥ 0, got {self.weight}")
         if self.warmup_steps < 0:

@@ -193,8 +193,6 @@ def _init_worker() -> None:
 
 def run_stage(out: Path, sizes: Sizes, settings: Iterable[Setting], workers: int) -> None:
     """Every (setting, seed) of a stage whose samples are missing, ``workers`` at a time."""
-    timings_path = out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     jobs = [
         (out, sizes, s, seed)
         for s in settings
@@ -204,13 +202,18 @@ def run_stage(out: Path, sizes: Sizes, settings: Iterable[Setting], workers: int
     if not jobs:
         return
     logger.info("%d runs: %s", len(jobs), sorted({j[2].name for j in jobs}))
-    from atomgen.io import write_json
-
     with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
         for name, seed, seconds in pool.map(_work, jobs):
-            timings[f"{name}/seed-{seed}"] = seconds
-            write_json(timings_path, timings)
+            _record_time(out / "timings.json", f"{name}/seed-{seed}", seconds)
             logger.info("done %s seed %d (%.0f s)", name, seed, seconds)
+
+
+def _record_time(path: Path, key: str, seconds: float) -> None:
+    """Add one run's seconds to ``timings.json``, re-read first: several sweeps may share a folder."""
+    from atomgen.io import write_json
+
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    write_json(path, {**timings, key: seconds})
 
 
 class Scorer:
@@ -260,12 +263,18 @@ def _cpu():
 def sweep(out: Path, sizes: Sizes, workers: int) -> dict[str, Any]:
     started = time.perf_counter()
     baseline = Setting("baseline", "baseline")
-    stage1 = [baseline, Setting("dispersive-w0.1", "dispersive")]
+    # Every setting spells out what it tests, so that changing a library default later leaves it alone.
+    stage1 = [baseline, Setting("dispersive-w0.1", "dispersive", ("separation.weight=0.1",))]
     stage1 += [
         Setting(
             f"atom-{mode}-{kernel}-w0.1",
             "atom",
-            (f"separation.options.mode={mode}", f"separation.options.kernel={kernel}"),
+            (
+                f"separation.options.mode={mode}",
+                f"separation.options.kernel={kernel}",
+                "separation.weight=0.1",
+                "separation.site=mid_block",
+            ),
         )
         for mode in ("signed", "repulsive")
         for kernel in ("coulomb", "gaussian")
@@ -278,9 +287,8 @@ def sweep(out: Path, sizes: Sizes, workers: int) -> dict[str, Any]:
 
     def reweighted(setting: Setting, weight: float) -> Setting:
         stem = setting.name.rsplit("-w", 1)[0]
-        return Setting(
-            f"{stem}-w{weight:g}", setting.model, (*setting.overrides, f"separation.weight={weight}")
-        )
+        kept = tuple(o for o in setting.overrides if not o.startswith("separation.weight="))
+        return Setting(f"{stem}-w{weight:g}", setting.model, (*kept, f"separation.weight={weight}"))
 
     dispersive = stage1[1]
     stage2 = [reweighted(s, w) for s in (atom1.setting, dispersive) for w in sizes.weights]
@@ -290,7 +298,14 @@ def sweep(out: Path, sizes: Sizes, workers: int) -> dict[str, Any]:
     atom2 = choose(atom_weights, base)
 
     stage3 = [
-        Setting(f"{atom2.setting.name}-{site}", "atom", (*atom2.setting.overrides, f"separation.site={site}"))
+        Setting(
+            f"{atom2.setting.name}-{site}",
+            "atom",
+            (
+                *(o for o in atom2.setting.overrides if not o.startswith("separation.site=")),
+                f"separation.site={site}",
+            ),
+        )
         for site in sizes.sites
     ]
     run_stage(out, sizes, stage3, workers)

@@ -102,7 +102,8 @@ class AtomGuidance(EnergyGuidance):
         if self.separation is None:
             width = features.shape[1] if features.ndim == 4 else features.shape[-1]
             with torch.random.fork_rng(devices=[]):  # building it must not move the sampler's RNG
-                self.separation = AtomSeparation(dim=width, learn_roles=False)
+                # The Coulomb kernel: the strengths were measured with it (bench/sweep.py, stage 4).
+                self.separation = AtomSeparation(dim=width, learn_roles=False, kernel="coulomb")
             logger.info("atom guidance at %r: training-free AtomSeparation(dim=%d)", self.site, width)
         if self.separation.device != features.device:
             self.separation.to(features.device)

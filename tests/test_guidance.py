@@ -58,7 +58,9 @@ def energy_gradient(unet, site: str, z: torch.Tensor, t, **kwargs) -> torch.Tens
         unet(z, t, **kwargs)
         hook.remove()
         features = captured["features"]
-        energy = AtomSeparation(dim=features.shape[1], learn_roles=False)(features).energy.sum()
+        energy = AtomSeparation(dim=features.shape[1], learn_roles=False, kernel="coulomb")(
+            features
+        ).energy.sum()
         return torch.autograd.grad(energy, z)[0]
 
 
