@@ -1,6 +1,6 @@
 """Choose atomgen's defaults by measurement: a staged sweep on scikit-learn's digits, 3 seeds.
 
-    python bench/sweep.py --out runs/sweep            # about 45 minutes on 2 CPU cores (2 workers)
+    python bench/sweep.py --out runs/sweep            # about 75 minutes on 2 CPU cores (2 workers)
     python bench/sweep.py --out /tmp/s --dry-run      # every code path at toy sizes, in seconds
     python bench/sweep.py --out runs/confirm-mnist5k --confirm runs/sweep/sweep.json \
         --config configs/mnist5k-ddpm.yaml            # the winners once more on mnist5k, no tuning
@@ -57,7 +57,6 @@ logger = logging.getLogger("bench.sweep")
 
 METRICS = ("fid", "precision", "recall", "coverage", "vendi", "lpips_diversity", "modes_covered", "kl")
 DIVERSITY = ("recall", "coverage", "vendi", "lpips_diversity")
-LOWER_IS_BETTER = {"fid", "kl"}
 
 
 @dataclass(frozen=True)
