@@ -3,7 +3,8 @@
 Run as ``.venv/bin/python bench/separation.py`` (or ``make bench``); ``--help`` lists the options. For token
 features ``(B, n, d)`` (float32, requiring grad) it measures one forward + backward of
 
-* **atomgen**: ``AtomSeparation(dim=d)`` at its defaults (signed Coulomb on the sphere, 256 MB budget);
+* **atomgen**: ``AtomSeparation(dim=d, kernel=--kernel)``, otherwise at its defaults (repulsive, on the
+  sphere, 256 MB budget);
 * **naive**: ``naive_atom_loss`` from ``tests/reference.py``, which materialises every pair (and their
   difference vectors) with autograd; skipped, with its estimated memory, where that exceeds
   ``--naive-limit-gb``;
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import platform
 import statistics
@@ -43,9 +45,11 @@ import torch
 import torch.nn.functional as F
 
 import atomgen
+from atomgen.energy import KERNELS
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR_ROWS = 1024
+DEFAULT_KERNEL = inspect.signature(atomgen.AtomSeparation.__init__).parameters["kernel"].default
 LOADED_NOTE = (
     " The machine was busy: wall-clock times with several threads then measure the other load too;"
     " see --threads 1 --clock cpu (or OMP_WAIT_POLICY=PASSIVE) in this script's docstring."
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     load_after = os.getloadavg()
 
     lines = [
-        f"Machine: {_machine(device)}; torch {torch.__version__}; threads: {torch.get_num_threads()} "
+        f"Machine: {_machine(device)}; torch {torch.__version__}; kernel: {args.kernel}; "
+        f"threads: {torch.get_num_threads()} "
         f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}); "
         f"1-minute load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (this included)."
         + (
@@ -111,6 +116,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=_int_list, default=[16, 64, 256], help="particles n per atom")
     parser.add_argument("--batch", type=int, default=128, help="atoms B")
     parser.add_argument("--dim", type=int, default=256, help="particle width d")
+    parser.add_argument("--kernel", choices=KERNELS, default=DEFAULT_KERNEL, help="AtomSeparation's kernel")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per size")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, …")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -155,8 +161,8 @@ def _measure_size(args, device, n, naive_atom_loss) -> dict:
 
 def _measure(args, device, features: torch.Tensor, label: str, naive_atom_loss) -> dict:
     """Times and peak memory of the three forms on ``features`` ((B, C, H, W) or (B, n, d))."""
-    sep = atomgen.AtomSeparation(dim=features.shape[1] if features.ndim == 4 else features.shape[-1])
-    sep = sep.to(device)
+    width = features.shape[1] if features.ndim == 4 else features.shape[-1]
+    sep = atomgen.AtomSeparation(dim=width, kernel=args.kernel).to(device)
     leaf = features.detach().clone().requires_grad_(True)
     particles, _, _ = sep.tokenize(leaf.detach())
     count, width = particles.shape[0] * particles.shape[1], particles.shape[2]
@@ -281,7 +287,8 @@ def _measure_unet(args, device, naive_atom_loss) -> dict:
     scheduler = build_scheduler(model_config)
     captured = {}
     unet.mid_block.register_forward_hook(lambda module, inputs, output: captured.__setitem__("mid", output))
-    separation = atomgen.AtomSeparation(dim=model_config.block_out_channels[-1]).to(device)
+    separation = atomgen.AtomSeparation(dim=model_config.block_out_channels[-1], kernel=args.kernel)
+    separation = separation.to(device)
     params = list(unet.parameters()) + [p for p in separation.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     images = torch.randn(args.unet_batch, 1, 8, 8, device=device)
