@@ -23,6 +23,10 @@ from .denoiser_hook import DEFAULT_INTERVAL, DenoiserCall, EnergyGuidance
 
 logger = logging.getLogger(__name__)
 
+# The training-free module's kernel: the guidance strengths were measured with it (bench/sweep.py,
+# stage 4), so it stays fixed when AtomSeparation's training default changes.
+GUIDANCE_KERNEL = "coulomb"
+
 
 # --- Atom guidance ------------------------------------------------------------------------------
 
@@ -102,8 +106,7 @@ class AtomGuidance(EnergyGuidance):
         if self.separation is None:
             width = features.shape[1] if features.ndim == 4 else features.shape[-1]
             with torch.random.fork_rng(devices=[]):  # building it must not move the sampler's RNG
-                # The Coulomb kernel: the strengths were measured with it (bench/sweep.py, stage 4).
-                self.separation = AtomSeparation(dim=width, learn_roles=False, kernel="coulomb")
+                self.separation = AtomSeparation(dim=width, learn_roles=False, kernel=GUIDANCE_KERNEL)
             logger.info("atom guidance at %r: training-free AtomSeparation(dim=%d)", self.site, width)
         if self.separation.device != features.device:
             self.separation.to(features.device)

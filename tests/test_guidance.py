@@ -30,6 +30,7 @@ import atomgen.pipelines.pipeline_atom_vae
 from atomgen import AtomSeparation
 from atomgen.pipelines import CADS, AtomDDIMPipeline, AtomGuidance, ParticleGuidance, guide
 from atomgen.pipelines.denoiser_hook import noise_levels
+from atomgen.pipelines.guidance import GUIDANCE_KERNEL
 from atomgen.pipelines.particle_guidance import rbf_potential
 
 
@@ -58,7 +59,7 @@ def energy_gradient(unet, site: str, z: torch.Tensor, t, **kwargs) -> torch.Tens
         unet(z, t, **kwargs)
         hook.remove()
         features = captured["features"]
-        energy = AtomSeparation(dim=features.shape[1], learn_roles=False, kernel="coulomb")(
+        energy = AtomSeparation(dim=features.shape[1], learn_roles=False, kernel=GUIDANCE_KERNEL)(
             features
         ).energy.sum()
         return torch.autograd.grad(energy, z)[0]
