@@ -147,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .config import ConfigError
     from .demo import DemoConfig, run_demo
+    from .train.config import ConfigError
 
     settings = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)
@@ -170,8 +170,8 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .config import ConfigError, ExperimentConfig
     from .train import train
+    from .train.config import ConfigError, ExperimentConfig
 
     try:
         config = ExperimentConfig.from_yaml(args.config, args.overrides)

@@ -2,6 +2,8 @@
 
 Every loader returns an :class:`ImageData`. Only data that ships inside an installed package is loaded by
 default, because nothing may be downloaded at run time (architecture.md, "Facts about this environment").
+This is a library layer: training (:mod:`atomgen.train`) and evaluation (:mod:`atomgen.eval`) both read
+datasets and image folders through it, with plain arguments.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import DataConfig
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DATASETS",
+    "IMAGE_SUFFIXES",
     "ImageData",
+    "image_files",
     "load_dataset",
     "load_digits_images",
     "load_fashion_mnist",
     "load_image_folder",
     "load_mnist5k",
     "load_torchvision",
+    "read_image",
     "to_unit_range",
 ]
 
@@ -96,31 +100,54 @@ def load_digits_images(*, classes: list[int] | None = None) -> ImageData:
     return ImageData(images=images.contiguous(), labels=labels, num_classes=10, name="digits")
 
 
-# ------------------------------------------------------------------------------ the training datasets
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# ------------------------------------------------------------------------------ datasets by name
+DATASETS = ("digits", "mnist5k", "fashion-mnist", "imagefolder", "torchvision")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def load_dataset(config: DataConfig) -> ImageData:
-    """The dataset a :class:`~atomgen.config.DataConfig` names, at its channels, resolution and limit."""
+def load_dataset(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    torchvision_class: str | None = None,
+    resolution: int | None = None,
+    channels: int | None = None,
+    limit: int | None = None,
+    skip_bad_images: bool = False,
+) -> ImageData:
+    """A dataset by name (one of :data:`DATASETS`), at the given channels, resolution and size.
+
+    Args:
+        name: ``digits``, ``mnist5k``, ``fashion-mnist``, ``imagefolder`` (``root``) or ``torchvision``
+            (``torchvision_class`` under ``root``).
+        root: folder of an ``imagefolder`` or ``torchvision`` dataset, or of Fashion-MNIST's files.
+        torchvision_class: e.g. ``"CIFAR10"``; loaded with ``download=False``.
+        resolution: side of the square images (bilinear, antialiased); ``None`` keeps the dataset's.
+        channels: 1 (grey) or 3 (RGB); ``None`` keeps the dataset's.
+        limit: a fixed random subset of this many images (some datasets are sorted by class).
+        skip_bad_images: skip unreadable files of an ``imagefolder`` (named in a warning).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name in ("imagefolder", "torchvision") and not root:
+        raise ValueError(f"dataset {name!r} needs root=, the folder that holds the images")
     loaders = {
         "digits": lambda: load_digits_images(),
         "mnist5k": load_mnist5k,
-        "fashion-mnist": lambda: load_fashion_mnist(config.root),
-        "imagefolder": lambda: load_image_folder(config.root, skip_bad_images=config.skip_bad_images),
-        "torchvision": lambda: load_torchvision(config.torchvision_class, config.root),
+        "fashion-mnist": lambda: load_fashion_mnist(root),
+        "imagefolder": lambda: load_image_folder(root, skip_bad_images=skip_bad_images),
+        "torchvision": lambda: load_torchvision(torchvision_class, str(root)),
     }
-    data = loaders[config.name]()
+    data = loaders[name]()
     images, labels = data.images, data.labels
-    if config.limit is not None:  # a fixed random subset: some datasets are sorted by class
-        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[: config.limit]
-        images, labels = images[keep.sort().values], labels[keep.sort().values]
-    if images.shape[1] != config.channels:  # grey ↔ RGB
-        images = images.mean(1, keepdim=True) if config.channels == 1 else images.expand(-1, 3, -1, -1)
-    if config.resolution is not None and images.shape[-2:] != (config.resolution, config.resolution):
-        images = F.interpolate(
-            images, size=(config.resolution, config.resolution), mode="bilinear", antialias=True
-        ).clamp(-1, 1)
+    if limit is not None:
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        images, labels = images[keep], labels[keep]
+    if channels is not None and images.shape[1] != channels:  # grey ↔ RGB
+        images = images.mean(1, keepdim=True) if channels == 1 else images.expand(-1, 3, -1, -1)
+    if resolution is not None and images.shape[-2:] != (resolution, resolution):
+        images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True)
+        images = images.clamp(-1, 1)
     return ImageData(images=images.contiguous(), labels=labels, num_classes=data.num_classes, name=data.name)
 
 
@@ -166,17 +193,12 @@ def load_image_folder(root: str | Path, *, skip_bad_images: bool = False) -> Ima
     Unreadable files are named in the error, or skipped with a warning that names them.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.root {str(root)!r} is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) below {root}")
+    files = image_files(root)
     classes = sorted({p.parent.relative_to(root).as_posix() for p in files})
     arrays, labels, bad = [], [], []
     for path in files:
         try:
-            with Image.open(path) as image:
-                arrays.append(np.asarray(image.convert("RGB")))
+            arrays.append(read_image(path, "RGB"))
             labels.append(classes.index(path.parent.relative_to(root).as_posix()))
         except (OSError, ValueError) as error:
             bad.append(f"{path} ({error})")
@@ -202,6 +224,31 @@ def load_image_folder(root: str | Path, *, skip_bad_images: bool = False) -> Ima
         num_classes=len(classes),
         name=root.name,
     )
+
+
+# ------------------------------------------------------------------------------ image files
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_files(root: str | Path) -> list[Path]:
+    """Every image file below ``root`` (recursively, by :data:`IMAGE_SUFFIXES`), in sorted path order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) below {root}")
+    return files
+
+
+def read_image(path: str | Path, mode: str) -> np.ndarray:
+    """One image file as a uint8 array in PIL ``mode`` (``"L"``: ``(H, W)``, ``"RGB"``: ``(H, W, 3)``).
+
+    Raises:
+        OSError or ValueError: the file cannot be decoded (PIL's own errors).
+    """
+    with Image.open(path) as image:
+        return np.asarray(image.convert(mode)).copy()
 
 
 def load_torchvision(class_name: str, root: str) -> ImageData:

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 
-from atomgen.config import ExperimentConfig
-from atomgen.models import build_model
 from atomgen.pipelines import AtomDDIMPipeline, ParticleGuidance, guide
+from atomgen.train.config import ExperimentConfig
+from atomgen.train.models import build_model
 
 logger = logging.getLogger("bench.guidance")
 

@@ -275,8 +275,8 @@ def _memory_method(device) -> str:
 
 def _measure_unet(args, device, naive_atom_loss) -> dict:
     """One DDPM training step of a demo-sized UNet2DModel, and the separation at its mid block."""
-    from atomgen.config import ExperimentConfig
-    from atomgen.models import build_model, build_scheduler
+    from atomgen.train.config import ExperimentConfig
+    from atomgen.train.models import build_model, build_scheduler
 
     print("measuring the UNet step …", file=sys.stderr, flush=True)
     model_config = ExperimentConfig.from_yaml(

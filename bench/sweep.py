@@ -162,9 +162,9 @@ def _work(job: tuple[Path, Sizes, Setting, int]) -> tuple[str, int, float]:
     """Train (or load the baseline) and sample one setting at one seed; runs in a worker process."""
     import torch
 
-    from atomgen.demo import METHODS, _sample, _save_samples, _train
-    from atomgen.models import site_of
+    from atomgen.demo.run import METHODS, _sample, _save_samples, _train
     from atomgen.pipelines import AtomDDIMPipeline
+    from atomgen.train.models import site_of
 
     out, sizes, setting, seed = job
     torch.set_num_threads(1)
@@ -219,12 +219,11 @@ class Scorer:
     """The demo's scorer, once per sweep; scores are cached in ``scores.json`` by run."""
 
     def __init__(self, out: Path, sizes: Sizes):
-        from atomgen.data import load_dataset
-        from atomgen.demo import DemoConfig, _Scorer
+        from atomgen.demo.run import DemoConfig, _Scorer
 
         config = DemoConfig(config=sizes.config)
         experiment = config.experiment("baseline", 0, out)
-        self.scorer = _Scorer(load_dataset(experiment.data), config, out / "cache", _cpu(), False)
+        self.scorer = _Scorer(experiment.data.load(), config, out / "cache", _cpu(), False)
         self.out, self.sizes = out, sizes
         self.path = out / "scores.json"
         self.cache: dict[str, dict[str, float]] = (

@@ -12,7 +12,6 @@ Each holds out a fixed, stratified 20 % split (:func:`split_indices`); its accur
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .features import FeatureExtractor, clean_resize, module_device, to_channels
+from .extractor import FeatureExtractor, clean_resize, module_device, to_channels
+from .pinned import read_pinned
 from .sources import ImageSource, open_source
 
 logger = logging.getLogger(__name__)
@@ -139,16 +139,11 @@ def load_digit_classifier(name: str = "digits", weights_dir: str | Path | None =
         raise FileNotFoundError(
             f"{path} is missing; recreate it with `python -m atomgen.eval.train_classifier {name}`"
         )
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry.sha256:
-        raise ValueError(
-            f"{path} has sha256 {digest}, expected {entry.sha256}; restore the committed file, or retrain "
-            f"and update WEIGHTS in {__file__}"
-        )
+    fix = f"restore the committed file, or retrain and update WEIGHTS in {__file__}"
+    data = read_pinned(path, entry.sha256, fix=fix)
     model = DigitClassifier(size=entry.size)
     model.load_state_dict(load(data))
-    model.weights_name = f"digit-classifier-{entry.dataset}-{entry.size}px ({digest[:12]})"
+    model.weights_name = f"digit-classifier-{entry.dataset}-{entry.size}px ({entry.sha256[:12]})"
     return model.eval()
 
 

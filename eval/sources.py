@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atomgen.data import image_files, load_dataset, read_image
+
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 DATASETS = ("digits", "mnist5k", "fashion-mnist")
 
 __all__ = [
@@ -122,15 +123,12 @@ class _FileDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
         path = self.paths[index]
         try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert(self.mode))
+            array = read_image(path, self.mode)
         except (OSError, ValueError) as error:
             raise OSError(f"cannot read image file {path}: {error}") from error
-        tensor = torch.from_numpy(array.copy())
+        tensor = torch.from_numpy(array)
         tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         return tensor, index
 
@@ -148,11 +146,7 @@ class FolderSource(ImageSource):
 
     def __init__(self, root: str | Path, limit: int | None = None):
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
-        paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {self.root}")
+        paths = image_files(self.root)
         self.paths = paths[:limit] if limit is not None else paths
         self.name = str(self.root)
         self.mode = self._colour_mode()
@@ -208,10 +202,7 @@ def _load_dataset(name: str) -> TensorSource:
     """A training dataset by name, through the same loaders training uses (atomgen.data)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    from atomgen.config import DataConfig
-    from atomgen.data import load_dataset
-
-    data = load_dataset(DataConfig(name=name))
+    data = load_dataset(name)
     return TensorSource(data.images, value_range=(-1.0, 1.0), name=data.name, labels=data.labels)
 
 
@@ -230,14 +221,12 @@ class RunSampling:
 
 def _pipeline_class(model_index: dict):
     name = model_index.get("_class_name", "")
-    try:  # atomgen's own pipelines first, then diffusers'
-        import atomgen.pipelines as own
-
-        if hasattr(own, name):
-            return getattr(own, name)
-    except ImportError:
-        pass
     import diffusers
+
+    import atomgen.pipelines as own  # atomgen's own pipelines first, then diffusers'
+
+    if hasattr(own, name):
+        return getattr(own, name)
 
     if hasattr(diffusers, name):
         return getattr(diffusers, name)

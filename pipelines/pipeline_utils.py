@@ -17,7 +17,6 @@ from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
-from atomgen.models import SITE_FILE
 from atomgen.separation import AtomSeparation
 
 from .denoiser_hook import DEFAULT_INTERVAL
@@ -26,6 +25,7 @@ from .guidance import guide
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+SITE_FILE = "site.json"  # beside an exported separation module: the dotted path it was trained at
 # callback_on_step_end(pipe, step_index, timestep, callback_kwargs) -> dict, as in diffusers' pipelines
 StepEndCallback = (
     Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None]

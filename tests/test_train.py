@@ -12,11 +12,11 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DModel
 
-import atomgen.train
+import atomgen.train.loop
 from atomgen import AtomSeparation
-from atomgen.checkpoints import list_checkpoints
-from atomgen.config import ExperimentConfig
 from atomgen.train import TrainingDiverged, train
+from atomgen.train.checkpoints import list_checkpoints
+from atomgen.train.config import ExperimentConfig
 
 ROOT = Path(__file__).parent.parent
 
@@ -36,7 +36,7 @@ def tiny(tmp_path: Path, *overrides: str, family: str = "ddpm") -> ExperimentCon
             "ema_decay": 0.9,
         },
     }
-    from atomgen.config import apply_overrides
+    from atomgen.train.config import apply_overrides
 
     return ExperimentConfig.from_dict(apply_overrides(values, list(overrides)))
 
@@ -114,7 +114,7 @@ def test_dry_run_writes_only_the_config(tmp_path):
 
 
 def test_non_finite_losses_skip_then_stop_with_the_checkpoint_intact(tmp_path, monkeypatch):
-    forward = atomgen.train._DDPMObjective.forward
+    forward = atomgen.train.loop._DDPMObjective.forward
 
     def poisoned(self, draws):
         loss = forward(self, draws)
@@ -127,7 +127,7 @@ def test_non_finite_losses_skip_then_stop_with_the_checkpoint_intact(tmp_path, m
         return calls["n"] > 2  # steps 1–2 train (checkpoint at 2), then every loss is NaN
 
     poisoned.calls_after_checkpoint = after_checkpoint
-    monkeypatch.setattr(atomgen.train._DDPMObjective, "forward", poisoned)
+    monkeypatch.setattr(atomgen.train.loop._DDPMObjective, "forward", poisoned)
     config = tiny(tmp_path, "train.steps=10", "train.max_nonfinite=3")
     with pytest.raises(TrainingDiverged, match=r"3 non-finite losses in a row.*step-0000002"):
         train(config)

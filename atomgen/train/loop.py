@@ -28,14 +28,15 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data import ImageData
+from ..distributed import row_offset
+from ..hooks import AttachHandle, attach
+from ..io import atomic_directory, write_json, write_text
+from ..pipelines.pipeline_utils import SITE_FILE
+from ..separation import AtomOutput, AtomSeparation
 from . import checkpoints
 from .config import ExperimentConfig
-from .data import ImageData, load_dataset
-from .distributed import row_offset
-from .hooks import AttachHandle, attach
-from .io import atomic_directory, write_json, write_text
-from .models import SITE_FILE, build_model, build_scheduler, build_separation, probe_site, site_of
-from .separation import AtomOutput, AtomSeparation
+from .models import build_model, build_scheduler, build_separation, probe_site, site_of
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def train(
     """Train the model of ``config`` and save it where diffusers loads it; returns the run directory.
 
     Args:
-        config: the experiment (see :mod:`atomgen.config`).
+        config: the experiment (see :mod:`atomgen.train.config`).
         resume: ``"latest"`` or a checkpoint directory to continue from.
         dry_run: build everything, write the resolved config, train nothing.
         on_step_end: called as ``on_step_end(step, metrics)`` after every optimizer step.
@@ -101,7 +102,7 @@ def train(
             f" = {cfg.gradient_accumulation_steps} × {processes}"
         )
     torch.manual_seed(cfg.seed)
-    data = load_dataset(config.data)
+    data = config.data.load()
     if len(data) < cfg.batch_size:
         raise ValueError(f"the dataset has {len(data)} images, fewer than train.batch_size={cfg.batch_size}")
     model = build_model(config.model, data.image_shape)

@@ -1,4 +1,4 @@
-"""Generators built from a :class:`~atomgen.config.ModelConfig`, and their separation modules."""
+"""Generators built from a :class:`~atomgen.train.config.ModelConfig`, and their separation modules."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 from torch import nn
 
-from .baselines import DispersiveLoss
+from ..baselines import DispersiveLoss
+from ..hooks import attach
+from ..separation import AtomSeparation
 from .config import ModelConfig, SeparationConfig
-from .hooks import attach
-from .separation import AtomSeparation
 
 DEFAULT_SITES = {"ddpm": "mid_block", "vae": "encoder"}
-SITE_FILE = "site.json"  # beside an exported separation module: the dotted path it was trained at
 
 
 def build_model(config: ModelConfig, image_shape: tuple[int, int, int]) -> nn.Module:

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-DATASETS = ("digits", "mnist5k", "fashion-mnist", "imagefolder", "torchvision")
+from ..data import DATASETS, ImageData, load_dataset
+
 FAMILIES = ("ddpm", "vae")
 METHODS = ("none", "atom", "dispersive")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -94,6 +95,18 @@ class DataConfig:
         _choice("data.channels", self.channels, (1, 3))
         _positive("data.resolution", self.resolution, optional=True)
         _positive("data.limit", self.limit, optional=True)
+
+    def load(self) -> ImageData:
+        """The dataset this section names, prepared as it says (:func:`atomgen.data.load_dataset`)."""
+        return load_dataset(
+            self.name,
+            root=self.root,
+            torchvision_class=self.torchvision_class,
+            resolution=self.resolution,
+            channels=self.channels,
+            limit=self.limit,
+            skip_bad_images=self.skip_bad_images,
+        )
 
 
 @dataclass

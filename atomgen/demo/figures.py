@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .io import write_atomic
+from ..io import write_atomic
 
 __all__ = ["save_grid", "write_figures"]
 
@@ -30,7 +30,7 @@ def write_figures(
 
     Args:
         out: the run directory.
-        report: what :func:`atomgen.report.build` returned (table, attribution, methods).
+        report: what :func:`atomgen.demo.report.build` returned (table, attribution, methods).
         grids: images in [0, 1] per method key, for the sample grids.
         picture: ``images``, ``importance`` and ``grid`` of the atom model, for the heat maps.
     """
@@ -68,7 +68,7 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
 
 def _save_attribution(path: Path, images: torch.Tensor, importance: torch.Tensor, grid: tuple) -> None:
     """:func:`atomgen.eval.save_attribution_grid` (which writes to a path) made atomic."""
-    from .eval import save_attribution_grid
+    from ..eval import save_attribution_grid
 
     with tempfile.TemporaryDirectory() as tmp:
         drawn = save_attribution_grid(images, importance, grid, Path(tmp) / path.name)

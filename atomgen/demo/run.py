@@ -38,12 +38,11 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, apply_overrides, config_path
-from .data import load_dataset
-from .hooks import attach
-from .io import write_atomic, write_json, write_text
-from .models import site_of
-from .separation import MODES, AtomSeparation
+from ..hooks import attach
+from ..io import write_atomic, write_json, write_text
+from ..separation import MODES, AtomSeparation
+from ..train.config import ExperimentConfig, apply_overrides, config_path
+from ..train.models import site_of
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ def run_demo(
         The report, as written to ``report.json``.
 
     Raises:
-        atomgen.config.ConfigError: an override that the training config refuses.
+        atomgen.train.config.ConfigError: an override that the training config refuses.
         FileNotFoundError: the base config does not exist.
 
     Example:
@@ -212,8 +211,8 @@ def run_demo(
         >>> report = run_demo("runs/demo", seeds=3, mode="repulsive")  # doctest: +SKIP
         >>> report["table"]["atom"]["vendi"]  # doctest: +SKIP
     """
+    from ..eval.features import default_device
     from . import figures, report
-    from .eval.features import default_device
 
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DemoConfig)})
     if unknown:
@@ -232,7 +231,7 @@ def run_demo(
     )
     started = time.perf_counter()
     device = default_device()
-    data = load_dataset(first["baseline"].data)
+    data = first["baseline"].data.load()
     site = site_of(first["atom"].separation, first["atom"].model.family)
     scorer = _Scorer(data, config, out / "cache", device, progress)
 
@@ -304,8 +303,8 @@ def run_demo(
 # ---------------------------------------------------------------------------------- the three steps
 def _train(experiment: ExperimentConfig, site: str, device: torch.device) -> tuple[Any, dict[str, Any]]:
     """Train with :func:`atomgen.train.train`; the saved pipeline, and the run's wall time and losses."""
-    from .pipelines import AtomDDIMPipeline
-    from .train import train
+    from ..pipelines import AtomDDIMPipeline
+    from ..train import train
 
     started = time.perf_counter()
     run_dir = train(experiment)
@@ -337,7 +336,7 @@ def _sample(
     pipe: Any, method: Method, config: DemoConfig, seed: int, progress: bool
 ) -> tuple[torch.Tensor, float]:
     """``num_samples`` images in [0, 1], quantised to 8 bits, from the same noise for every method."""
-    from .pipelines import ParticleGuidance
+    from ..pipelines import ParticleGuidance
 
     strength = config.strength(method)
     particle = method.key == "particle-guidance"
@@ -378,8 +377,8 @@ class _Scorer:
     """
 
     def __init__(self, data, config: DemoConfig, cache_dir: Path, device: torch.device, progress: bool):
-        from .eval import LPIPSFeatures, TensorSource, load_extractor, lpips_diversity
-        from .eval.run import DIGIT_DATASETS, METRICS
+        from ..eval import LPIPSFeatures, TensorSource, load_extractor, lpips_diversity
+        from ..eval.run import DIGIT_DATASETS, METRICS
 
         self.real = TensorSource(data.images, value_range=(-1.0, 1.0), name=data.name, labels=data.labels)
         self.extractor = load_extractor("inception", device) if config.inception else "auto"
@@ -389,7 +388,7 @@ class _Scorer:
             if m != "lpips_diversity" and (m != "mode_coverage" or data.name in DIGIT_DATASETS)
         ]
         self.cache_dir, self.device, self.progress = cache_dir, device, progress
-        self.lpips = LPIPSFeatures(resize=None if min(data.image_shape[1:]) >= 64 else 64).to(device)
+        self.lpips = LPIPSFeatures().fit_to(min(data.image_shape[1:])).to(device)
         real = lpips_diversity(self.real, extractor=self.lpips, progress=progress)
         self.description: dict[str, Any] = {
             "real": {"source": data.name, "images": len(data)},
@@ -398,7 +397,7 @@ class _Scorer:
         }
 
     def __call__(self, images: torch.Tensor, name: str) -> dict[str, Any]:
-        from .eval import TensorSource, lpips_diversity, run_eval
+        from ..eval import TensorSource, lpips_diversity, run_eval
 
         started = time.perf_counter()
         fake = TensorSource(images, name=name)
@@ -450,7 +449,7 @@ def _attribution(pipe: Any, site: str, images: torch.Tensor, seed: int) -> tuple
     The samples are re-noised to ``t = PROBE_FRACTION · T`` (nearly clean) and passed through the UNet
     once, with a capture-only hook at the site.
     """
-    from .eval import attribution_faithfulness
+    from ..eval import attribution_faithfulness
 
     separation: AtomSeparation = pipe.separation.eval()
     unet = pipe.unet

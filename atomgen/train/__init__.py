@@ -1,0 +1,10 @@
+"""The training application: configs, model builders, checkpoints and the accelerate loop.
+
+It sits above the library (:mod:`atomgen` core, :mod:`atomgen.pipelines`, :mod:`atomgen.eval`) and
+imports from it; nothing in the library imports from here.
+"""
+
+from .config import ConfigError, ExperimentConfig
+from .loop import TrainingDiverged, train
+
+__all__ = ["ConfigError", "ExperimentConfig", "TrainingDiverged", "train"]
