@@ -9,7 +9,8 @@
 """
 
 from .cads import CADS
-from .denoiser_hook import DenoiserCall, DenoiserHook, EnergyGuidance
+from .denoiser_hook import DenoiserCall, DenoiserHook
+from .energy_guidance import EnergyGuidance
 from .guidance import AtomGuidance, guide
 from .particle_guidance import ParticleGuidance
 from .pipeline_atom_ddim import AtomDDIMPipeline

@@ -86,7 +86,7 @@ class CADS(DenoiserHook):
         self._gamma: torch.Tensor | None = None
         super().__init__(pipe)
 
-    def _setup(self) -> None:
+    def setup(self) -> None:
         embedding = getattr(self.denoiser, "class_embedding", None)
         self._has_class_embedding = isinstance(embedding, nn.Module)
         if self._has_class_embedding:  # the class embedding is computed inside the forward pass
@@ -96,7 +96,7 @@ class CADS(DenoiserHook):
         """``γ(τ)``: 1 for ``τ ≤ τ1``, linear down to 0 at ``τ2``, 0 beyond."""
         return ((self.tau2 - fraction) / (self.tau2 - self.tau1)).clamp(0.0, 1.0)
 
-    def _before_forward(self, call: DenoiserCall) -> bool:
+    def before_forward(self, call: DenoiserCall) -> bool:
         gamma = self.schedule(call.fraction)[call.guided]
         if bool((gamma >= 1.0).all()):
             return False
@@ -118,7 +118,7 @@ class CADS(DenoiserHook):
             )
         return True
 
-    def _after_forward(self, call: DenoiserCall, output: Any) -> Any:
+    def after_forward(self, call: DenoiserCall, output: Any) -> Any:
         self._gamma = None
         return None
 

@@ -1,19 +1,16 @@
-"""The denoiser hook that every sampling-time method here is installed with (method.md §7–8).
+"""The mechanism every sampling-time method here is installed with: :class:`DenoiserHook`.
 
-:class:`DenoiserHook` puts PyTorch forward hooks on a pipeline's denoiser (``pipe.unet``, or
-``pipe.transformer``) and reads each call: the latents ``z_t``, the timestep and its noise levels, and the
+It puts PyTorch forward hooks on a pipeline's denoiser (``pipe.unet``, or ``pipe.transformer``) and reads
+each call as a :class:`DenoiserCall`: the latents ``z_t``, the timestep and its noise levels, and the
 ``[uncond, cond]`` halves of classifier-free guidance. The denoiser stays the same object (its config,
-dtype and device are untouched) and ``remove()`` gives back the stock pipeline. :class:`EnergyGuidance`
-turns the gradient of an energy between the samples into a correction of the model output; atom guidance
-(``guide``) and ``ParticleGuidance`` differ only in their energy, and ``CADS`` anneals the conditioning
-instead.
+dtype and device are untouched) and ``remove()`` gives back the stock pipeline. The methods live one per
+file on top of it: :mod:`.energy_guidance` (the correction shared by atom guidance and Particle
+Guidance), :mod:`.guidance`, :mod:`.particle_guidance`, :mod:`.cads`.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -93,10 +90,12 @@ class DenoiserCall:
 class DenoiserHook:
     """Forward hooks on a pipeline's denoiser that see every call; the base of guidance and CADS.
 
-    A subclass implements :meth:`_before_forward` (decide whether it acts at this call, and change the
-    call's arguments if it must) and, when it changes the model output, :meth:`_after_forward`. The
-    post-hook is registered with ``always_call=True``, so :meth:`_after_forward` also runs (with
-    ``output=None``) when the forward pass raises, and can clean up.
+    A method subclasses it and overrides, as it needs: :meth:`setup` (validate and prepare once),
+    :meth:`is_enabled` (whether it can act at all), :meth:`before_forward` (decide whether it acts at this
+    call, and change the call's arguments if it must) and, when it changes the model output,
+    :meth:`after_forward`. The post-hook is registered with ``always_call=True``, so
+    :meth:`after_forward` also runs (with ``output=None``) when the forward pass raises, and can clean up.
+    A method with ``needs_batch = True`` is refused, with a clear error, a batch of one sample.
 
     Args:
         pipe: a diffusers pipeline with a ``unet`` or ``transformer`` and a scheduler with a
@@ -119,7 +118,7 @@ class DenoiserHook:
             )
         self._call: DenoiserCall | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._setup()
+        self.setup()
         installed.append(self)
         self._handles += [
             self.denoiser.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
@@ -141,30 +140,32 @@ class DenoiserHook:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    # Subclasses: set up, and act on one call.
-    def _setup(self) -> None:
+    # What a method overrides: set up, and act on one call.
+    def setup(self) -> None:
         """Validate and prepare what the method needs on ``self.denoiser``; extra hooks go in
         ``self._handles``, so that :meth:`remove` takes them off too."""
 
-    def _enabled(self) -> bool:
+    def is_enabled(self) -> bool:
         """Whether the method can act at all; when not, the hooks return at once."""
         return True
 
-    def _before_forward(self, call: DenoiserCall) -> bool:
+    def before_forward(self, call: DenoiserCall) -> bool:
         """Return whether the method acts at this call; it may change the call's arguments
         (:meth:`DenoiserCall.replace`)."""
         raise NotImplementedError
 
-    def _after_forward(self, call: DenoiserCall, output: Any) -> Any:
+    def after_forward(self, call: DenoiserCall, output: Any) -> Any:
         """Clean up, and return a replacement for the denoiser's output (or ``None`` to keep it)."""
         return None
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         self._call = None
-        if not self._enabled():
+        if not self.is_enabled():
             return None
         call = self._read_call(args, kwargs)
-        if not self._before_forward(call):
+        if self.needs_batch:
+            self._check_batch(call)
+        if not self.before_forward(call):
             return None
         self._call = call
         return tuple(call.args), call.kwargs
@@ -173,7 +174,7 @@ class DenoiserHook:
         call, self._call = self._call, None
         if call is None:
             return None
-        return self._after_forward(call, output)
+        return self.after_forward(call, output)
 
     def _read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
         call = DenoiserCall(
@@ -211,85 +212,6 @@ class DenoiserHook:
                 f"sample{per}: there is nothing to separate. Sample at least 2 images{per}, e.g. "
                 "batch_size=4, or remove the guidance."
             )
-
-
-# --- Energy guidance: ε̂ ← ε̂ + γ(t) σ_t ∇_{z_t} E ------------------------------------------------------
-
-
-class EnergyGuidance(DenoiserHook):
-    """Guidance by the gradient of an energy ``E`` between the samples of a batch (method.md §7–8).
-
-    At every denoiser call inside the interval the noise prediction is corrected,
-    ``ε̂ ← ε̂ + γ(t) · σ_t · ∇_{z_t} E``, and the correction is converted for v- and sample-prediction
-    models through ``scheduler.config.prediction_type`` (``Δv = Δε / α_t``, ``Δx̂_0 = −σ_t Δε / α_t``).
-    Lowering ``E`` pushes the samples apart. Under classifier-free guidance the energy is taken on the
-    conditional half and the same correction is added to both halves, so the guided output moves by
-    exactly that correction. A subclass implements :meth:`_prepare_energy`, which sets
-    ``call.energy_grad`` (the gradient for the guided rows) before or during the forward pass.
-
-    Args:
-        pipe: the pipeline (see :class:`DenoiserHook`).
-        strength: ``γ``; 0 leaves the pipeline's outputs bit-identical to the stock pipeline's, and a
-            negative value pulls the samples together instead.
-        interval: ``(t_lo, t_hi)``, the part of the trajectory where ``γ(t) = strength``, as fractions
-            ``τ = t / (T − 1)`` of the training timesteps (1 = pure noise); 0 outside. ``None``: on
-            everywhere, unless a subclass defines its own rule.
-    """
-
-    def __init__(
-        self,
-        pipe: DiffusionPipeline,
-        strength: float,
-        interval: tuple[float, float] | None = DEFAULT_INTERVAL,
-    ):
-        if not isinstance(strength, numbers.Real) or not math.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength!r}")
-        self.strength = float(strength)
-        self.interval = None if interval is None else _check_interval(interval)
-        super().__init__(pipe)
-
-    def _prepare_energy(self, call: DenoiserCall) -> None:
-        raise NotImplementedError
-
-    def _is_on(self, call: DenoiserCall) -> torch.Tensor:
-        """Where ``γ(t)`` is on, per row: inside the interval (everywhere without one)."""
-        if self.interval is None:
-            return torch.ones_like(call.fraction, dtype=torch.bool)
-        low, high = self.interval
-        return (call.fraction >= low) & (call.fraction <= high)
-
-    def _enabled(self) -> bool:
-        return self.strength != 0.0
-
-    def _before_forward(self, call: DenoiserCall) -> bool:
-        self._check_batch(call)
-        strength = self.strength * self._is_on(call)[call.guided].double()
-        if not strength.any():
-            return False
-        call.strength = strength
-        self._prepare_energy(call)
-        return True
-
-    def _after_forward(self, call: DenoiserCall, output: Any) -> Any:
-        if output is None:  # the forward pass raised; nothing to correct
-            return None
-        if call.energy_grad is None:
-            raise RuntimeError(f"{type(self).__name__} computed no energy gradient at this call")
-        guided = call.sample[call.guided]
-        grad = call.energy_grad.to(guided.dtype)
-        sigma, alpha = call.sigma[call.guided], call.alpha[call.guided].clamp_min(1e-8)
-        # §7: Δε = γ(t) σ_t ∇_{z_t} E, then to the model's parameterisation.
-        delta_eps = call.per_row(call.strength * sigma, grad) * grad
-        prediction_type = _prediction_type(self.pipe.scheduler)
-        if prediction_type == "epsilon":
-            delta = delta_eps
-        elif prediction_type == "v_prediction":  # v = α ε − σ x_0, ε = α v + σ z_t  ⇒  Δv = Δε / α
-            delta = delta_eps / call.per_row(alpha, grad)
-        else:  # x̂_0 = (z_t − σ ε̂) / α  ⇒  Δx̂_0 = −σ Δε / α
-            delta = -delta_eps * call.per_row(sigma / alpha, grad)
-        if call.doubled:  # the same correction for the unconditional and the conditional half
-            delta = torch.cat([delta, delta])
-        return _add_to_prediction(output, delta)
 
 
 # --- Helpers ------------------------------------------------------------------------------------
@@ -344,10 +266,10 @@ def _check_scheduler(scheduler: Any) -> None:
             f"(alphas_cumprod), such as DDPMScheduler, DDIMScheduler or EulerDiscreteScheduler; got "
             f"{type(scheduler).__name__}"
         )
-    _prediction_type(scheduler)
+    prediction_type(scheduler)
 
 
-def _prediction_type(scheduler: Any) -> str:
+def prediction_type(scheduler: Any) -> str:
     prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(
@@ -357,7 +279,7 @@ def _prediction_type(scheduler: Any) -> str:
     return prediction_type
 
 
-def _check_interval(interval: tuple[float, float]) -> tuple[float, float]:
+def check_interval(interval: tuple[float, float]) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in interval)
     except (TypeError, ValueError):
@@ -373,7 +295,7 @@ def _check_interval(interval: tuple[float, float]) -> tuple[float, float]:
 def _is_doubled(pipe: Any, call: DenoiserCall) -> bool:
     """Whether this call is the ``[uncond, cond]`` batch of classifier-free guidance: the two halves of
     the latents are equal, and the pipeline says it guides (Stable Diffusion pipelines have
-    ``do_classifier_free_guidance``) or, for pipelines that do not say, the halves' prompts differ."""
+    ``do_classifier_free_guidance``) or, for pipelines that do not say, the halves' prompts or class labels differ."""
     sample, rows = call.sample, call.sample.shape[0]
     half = rows // 2
     if rows < 2 or rows % 2 or not torch.equal(sample[:half], sample[half:]):
@@ -384,11 +306,14 @@ def _is_doubled(pipe: Any, call: DenoiserCall) -> bool:
         says = None
     if says is not None:
         return bool(says)
-    prompts = call.get("encoder_hidden_states")
-    return isinstance(prompts, torch.Tensor) and not torch.equal(prompts[:half], prompts[half:])
+    for name in ("encoder_hidden_states", "class_labels"):  # prompts, or class labels with a null label
+        condition = call.get(name)
+        if isinstance(condition, torch.Tensor) and condition.shape[:1] == (rows,):
+            return not torch.equal(condition[:half], condition[half:])
+    return False
 
 
-def _add_to_prediction(output: Any, delta: torch.Tensor) -> Any:
+def add_to_prediction(output: Any, delta: torch.Tensor) -> Any:
     """The denoiser output with ``delta`` added to its prediction (learned-variance channels kept)."""
     if isinstance(output, torch.Tensor):
         prediction = output
@@ -421,6 +346,8 @@ __all__ = [
     "PREDICTION_TYPES",
     "DenoiserCall",
     "DenoiserHook",
-    "EnergyGuidance",
+    "add_to_prediction",
+    "check_interval",
     "noise_levels",
+    "prediction_type",
 ]

@@ -19,7 +19,8 @@ from torch import nn
 from atomgen.hooks import pick_features, resolve_site
 from atomgen.separation import AtomSeparation
 
-from .denoiser_hook import DEFAULT_INTERVAL, DenoiserCall, EnergyGuidance
+from .denoiser_hook import DEFAULT_INTERVAL, DenoiserCall
+from .energy_guidance import EnergyGuidance
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,13 @@ class AtomGuidance(EnergyGuidance):
         self._grad_enabled = False
         super().__init__(pipe, strength, interval)
 
-    def _setup(self) -> None:
+    def setup(self) -> None:
         self.site, self.separation = _choose_site_and_separation(
             self.pipe, self.denoiser, self.site, self.separation
         )
         self._site_module = resolve_site(self.denoiser, self.site)
 
-    def _prepare_energy(self, call: DenoiserCall) -> None:
+    def prepare_energy(self, call: DenoiserCall) -> None:
         # One forward pass serves both the prediction and the gradient: it runs with gradient for
         # z_t up to the site, where the hook computes ∇_{z_t} E and switches gradient off again for
         # the rest of the network. Only the path z_t → site is differentiated.
@@ -90,7 +91,7 @@ class AtomGuidance(EnergyGuidance):
             torch.set_grad_enabled(self._grad_enabled)
         call.energy_grad = grad[call.guided]
 
-    def _after_forward(self, call: DenoiserCall, output: Any) -> Any:
+    def after_forward(self, call: DenoiserCall, output: Any) -> Any:
         if self._site_hook is not None:  # the forward pass raised, or never reached the site
             self._site_hook.remove()
             self._site_hook = None
@@ -100,7 +101,7 @@ class AtomGuidance(EnergyGuidance):
                     f"the denoiser's forward pass never reached site {self.site!r}; choose a module it "
                     "calls, e.g. 'mid_block'"
                 )
-        return super()._after_forward(call, output)
+        return super().after_forward(call, output)
 
     def _separation_for(self, features: torch.Tensor) -> nn.Module:
         if self.separation is None:

@@ -2,7 +2,7 @@
 
 An RBF kernel on the flattened latents, ``K_ij = exp(−‖z_i − z_j‖² / h)`` with the median heuristic for
 ``h``, and the gradient of ``Φ = Σ_{i≠j} K_ij`` corrects the noise prediction exactly as atom guidance
-does (``ε̂ ← ε̂ + γ σ_t ∇_{z_t} Φ``, through the same :class:`~atomgen.pipelines.denoiser_hook.EnergyGuidance`
+does (``ε̂ ← ε̂ + γ σ_t ∇_{z_t} Φ``, through the same :class:`~atomgen.pipelines.energy_guidance.EnergyGuidance`
 hook), by default while ``σ_t / α_t ≥ 1``, as in the paper.
 """
 
@@ -13,7 +13,8 @@ import math
 import torch
 from diffusers import DiffusionPipeline
 
-from .denoiser_hook import DenoiserCall, EnergyGuidance
+from .denoiser_hook import DenoiserCall
+from .energy_guidance import EnergyGuidance
 
 
 class ParticleGuidance(EnergyGuidance):
@@ -52,12 +53,12 @@ class ParticleGuidance(EnergyGuidance):
     ):
         super().__init__(pipe, strength, interval)
 
-    def _is_on(self, call: DenoiserCall) -> torch.Tensor:
+    def is_on(self, call: DenoiserCall) -> torch.Tensor:
         if self.interval is None:  # the paper's rule: while the noise level σ_t / α_t is at least 1
             return call.sigma >= call.alpha
-        return super()._is_on(call)
+        return super().is_on(call)
 
-    def _prepare_energy(self, call: DenoiserCall) -> None:
+    def prepare_energy(self, call: DenoiserCall) -> None:
         # The potential acts on the latents themselves: no pass through the denoiser is needed.
         with torch.enable_grad():
             latents = call.sample[call.guided].detach().float().requires_grad_()
