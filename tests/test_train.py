@@ -16,7 +16,7 @@ import atomgen.train.loop
 from atomgen import AtomSeparation
 from atomgen.train import TrainingDiverged, train
 from atomgen.train.checkpoints import list_checkpoints
-from atomgen.train.config import ExperimentConfig
+from atomgen.train.config import ConfigError, ExperimentConfig
 
 ROOT = Path(__file__).parent.parent
 
@@ -51,7 +51,16 @@ def test_ddpm_run_writes_config_metrics_checkpoints_and_a_loadable_pipeline(tmp_
     assert ExperimentConfig.from_yaml(run / "config.yaml") == config
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3, 4]
-    for key in ("task_loss", "separation_loss", "energy", "atom_distance", "importance_entropy", "step_time"):
+    for key in (
+        "L_task",
+        "L_atom",
+        "L_sep",
+        "C_p",
+        "C_s",
+        "atom_distance",
+        "importance_entropy",
+        "step_time",
+    ):
         assert all(key in line for line in lines), key
     assert [step for step, _ in list_checkpoints(run)] == [4]  # keep_checkpoints=1
     assert not any(p.name.endswith(".tmp") for p in (run / "checkpoints").iterdir())
@@ -104,7 +113,7 @@ def test_dispersive_and_no_separation_runs_with_gradient_accumulation(tmp_path):
         overrides = (f"separation.method={method}", "train.steps=2", "train.gradient_accumulation_steps=2")
         run = train(tiny(tmp_path / method, *overrides))
         line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-        assert ("separation_loss" in line) == (method == "dispersive")
+        assert ("L_disp" in line) == (method == "dispersive") and "L_atom" not in line
         assert not (run / "pipeline" / "separation").exists()
 
 
@@ -162,8 +171,49 @@ def test_two_processes_match_one_process(tmp_path):
         return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
     for a, b in zip(log(single), log(two), strict=True):
-        for key in ("task_loss", "separation_loss", "energy", "spacing", "participation"):
+        for key in ("L_task", "L_atom", "L_sep", "C_s", "C_p"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     # Only the main process writes the outputs: one metrics line per step, one pipeline.
     assert len(log(two)) == 2
     assert (two / "pipeline" / "model_index.json").is_file()
+
+
+def test_class_conditional_v_prediction_run_exports_a_cfg_pipeline(tmp_path):
+    from atomgen.pipelines import AtomClassConditionalPipeline
+
+    config = tiny(tmp_path, "model.num_classes=10", "model.objective=v_prediction", "train.label_dropout=0.5")
+    run = train(config)
+    pipe = AtomClassConditionalPipeline.from_pretrained(run / "pipeline")
+    assert pipe.unet.config.num_class_embeds == 11  # ten digits and the null label
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert isinstance(pipe.separation, AtomSeparation)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=[0, 1, 2], guidance_scale=2.0, num_inference_steps=2, output_type="pt").images
+    assert images.shape == (3, 1, 8, 8)
+
+
+def test_label_dropout_draws_the_null_label_and_unconditional_draws_are_unchanged(tmp_path):
+    from accelerate import Accelerator
+
+    from atomgen.train.loop import _Draws
+
+    data = tiny(tmp_path).data.load()
+    chunk = torch.arange(16)
+    accelerator = Accelerator(cpu=True)
+    plain = _Draws(chunk, data, 0, 3, 0, tiny(tmp_path), accelerator)
+    conditional = _Draws(chunk, data, 0, 3, 0, tiny(tmp_path, "model.num_classes=10"), accelerator)
+    dropped = _Draws(
+        chunk, data, 0, 3, 0, tiny(tmp_path, "model.num_classes=10", "train.label_dropout=0.99"), accelerator
+    )
+    assert plain.labels is None and torch.equal(plain.noise, conditional.noise)
+    assert torch.equal(
+        conditional.labels[conditional.labels < 10], data.labels[chunk][conditional.labels < 10]
+    )
+    assert (dropped.labels == 10).float().mean() > 0.8
+
+
+def test_class_conditional_needs_matching_labels(tmp_path):
+    with pytest.raises(ValueError, match=r"has 10 classes; set model\.num_classes: 10"):
+        train(tiny(tmp_path, "model.num_classes=5"))
+    with pytest.raises(ConfigError, match="ddpm family only"):
+        tiny(tmp_path, "model.num_classes=10", family="vae")

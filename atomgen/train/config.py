@@ -20,6 +20,7 @@ import yaml
 from ..data import DATASETS, ImageData, load_dataset
 
 FAMILIES = ("ddpm", "vae")
+OBJECTIVES = ("epsilon", "v_prediction")
 METHODS = ("none", "atom", "dispersive")
 PRECISIONS = ("no", "fp16", "bf16")
 # λ of each method when a config gives none: the best of 0.03, 0.1 and 0.3 in the digits sweep
@@ -123,6 +124,11 @@ class ModelConfig:
         beta_schedule: DDPM schedule (``linear``, ``squaredcos_cap_v2``, ...).
         latent_channels: VAE latent channels.
         kl_weight: ``β`` of the VAE's ``reconstruction + β · KL``.
+        num_classes: class-conditional DDPM with this many classes (``None``: unconditional). The UNet's
+            class embedding gets one extra index, ``num_classes``, the null label of classifier-free
+            guidance; ``train.label_dropout`` trains it.
+        objective: what the DDPM's UNet predicts: ``epsilon`` (the noise) or ``v_prediction``
+            (``v = α_t ε − σ_t x_0``, better behaved at high guidance scales).
     """
 
     family: str = "ddpm"
@@ -134,9 +140,15 @@ class ModelConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     latent_channels: int = 2
     kl_weight: float = 1e-3
+    num_classes: int | None = None
+    objective: str = "epsilon"
 
     def __post_init__(self) -> None:
         _choice("model.family", self.family, FAMILIES)
+        _choice("model.objective", self.objective, OBJECTIVES)
+        _positive("model.num_classes", self.num_classes, optional=True)
+        if self.family == "vae" and (self.num_classes is not None or self.objective != "epsilon"):
+            raise ConfigError("model.num_classes and model.objective apply to the ddpm family only")
         if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ConfigError(
                 f"model.block_out_channels={self.block_out_channels} must be non-empty and each entry "
@@ -198,6 +210,9 @@ class TrainConfig:
         max_nonfinite: stop after this many non-finite losses in a row.
         tensorboard: also log to tensorboard.
         seed: seed of everything random.
+        label_dropout: with ``model.num_classes``, the share of labels replaced by the null label, so
+            that one model learns the conditional and the unconditional prediction (classifier-free
+            guidance).
     """
 
     output_dir: str = "runs/train"
@@ -216,8 +231,11 @@ class TrainConfig:
     max_nonfinite: int = 5
     tensorboard: bool = False
     seed: int = 0
+    label_dropout: float = 0.1
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"train.label_dropout must lie in [0, 1), got {self.label_dropout}")
         for name in ("steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every"):
             _positive(f"train.{name}", getattr(self, name))
         for name in ("keep_checkpoints", "log_every", "max_nonfinite"):

@@ -84,8 +84,9 @@ def train(
         progress: show the progress bar (on the main process).
 
     The run directory receives ``config.yaml`` (before training), ``metrics.jsonl``, ``checkpoints/``
-    and, at the end, ``pipeline/`` (a ``DDPMPipeline`` with the separation module in
-    ``pipeline/separation``) or ``vae/`` (an ``AutoencoderKL``).
+    and, at the end, ``pipeline/`` (a ``DDPMPipeline``, or an ``AtomClassConditionalPipeline`` for a
+    class-conditional model, with the separation module in ``pipeline/separation``) or ``vae/`` (an
+    ``AutoencoderKL``).
     """
     cfg = config.train
     run_dir = Path(cfg.output_dir)
@@ -105,6 +106,7 @@ def train(
     data = config.data.load()
     if len(data) < cfg.batch_size:
         raise ValueError(f"the dataset has {len(data)} images, fewer than train.batch_size={cfg.batch_size}")
+    _check_labels(data, config.model.num_classes)
     model = build_model(config.model, data.image_shape)
     site = site_of(config.separation, config.model.family)
     site_shape = probe_site(model, site, data.image_shape)
@@ -195,7 +197,7 @@ def train(
                 if not finite:
                     break
                 accelerator.backward(loss)
-            _accumulate(totals, {"task_loss": task.detach(), **parts}, cfg.gradient_accumulation_steps)
+            _accumulate(totals, {"L_task": task.detach(), **parts}, cfg.gradient_accumulation_steps)
 
         if finite:
             if separation_params:  # not wrapped in DDP: average its gradients like DDP would
@@ -234,7 +236,7 @@ def train(
         )
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
             _log(run_dir, metrics, accelerator)
-            bar.set_postfix(loss=f"{metrics.get('task_loss', float('nan')):.4f}")
+            bar.set_postfix(loss=f"{metrics.get('L_task', float('nan')):.4f}")
         due = state.step % cfg.checkpoint_every == 0 and not state.nonfinite_in_row
         if due or state.step == cfg.steps:  # no periodic checkpoint during a run of skipped steps
             last_good = _save_checkpoint(accelerator, run_dir, state.step, cfg.keep_checkpoints)
@@ -285,15 +287,23 @@ class _Draws:
         else:
             noise = torch.randn(images.shape, generator=generator)
         timesteps = torch.randint(0, config.model.num_train_timesteps, (size,), generator=generator)
+        labels = None
+        if config.model.num_classes is not None:  # drawn last: unconditional runs keep their stream
+            labels = data.labels[chunk].clone()
+            labels[torch.rand(size, generator=generator) < config.train.label_dropout] = (
+                config.model.num_classes
+            )
         share = size // accelerator.num_processes
         local = slice(accelerator.process_index * share, (accelerator.process_index + 1) * share)
         self.images = images[local].to(accelerator.device)
         self.noise = noise[local].to(accelerator.device)
         self.timesteps = timesteps[local].to(accelerator.device)
+        self.labels = None if labels is None else labels[local].to(accelerator.device)
 
 
 class _DDPMObjective(nn.Module):
-    """Epsilon-prediction MSE of a ``UNet2DModel`` (the module accelerate wraps, so DDP sees a forward)."""
+    """The MSE of a ``UNet2DModel``'s ε- or v-prediction, class-conditional when the draws carry labels
+    (the module accelerate wraps, so DDP sees a forward)."""
 
     def __init__(self, unet: nn.Module, scheduler: DDPMScheduler):
         super().__init__()
@@ -301,8 +311,12 @@ class _DDPMObjective(nn.Module):
 
     def forward(self, draws: _Draws) -> torch.Tensor:
         noisy = self.scheduler.add_noise(draws.images, draws.noise, draws.timesteps)
-        prediction = self.model(noisy, draws.timesteps).sample
-        return F.mse_loss(prediction.float(), draws.noise.float())
+        prediction = self.model(noisy, draws.timesteps, class_labels=draws.labels).sample
+        if self.scheduler.config.prediction_type == "v_prediction":  # v = α_t ε − σ_t x_0
+            target = self.scheduler.get_velocity(draws.images, draws.noise, draws.timesteps)
+        else:
+            target = draws.noise
+        return F.mse_loss(prediction.float(), target.float())
 
 
 class _VAEObjective(nn.Module):
@@ -320,6 +334,22 @@ class _VAEObjective(nn.Module):
         return F.mse_loss(reconstruction.float(), draws.images.float()) + self.kl_weight * kl
 
 
+def _check_labels(data: ImageData, num_classes: int | None) -> None:
+    """A class-conditional model needs a dataset whose labels fit its classes."""
+    if num_classes is None:
+        return
+    if data.num_classes < 2:
+        raise ValueError(
+            f"model.num_classes={num_classes}, but the dataset {data.name!r} has no class labels (one "
+            "class); put the images of each class in its own sub-folder, or set model.num_classes: null"
+        )
+    if data.num_classes != num_classes:
+        raise ValueError(
+            f"model.num_classes={num_classes}, but the dataset {data.name!r} has {data.num_classes} classes; "
+            f"set model.num_classes: {data.num_classes}"
+        )
+
+
 def _separation_term(handle: AttachHandle | None, processes: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """``λ · L`` scaled for DDP (which averages gradients over processes), and its parts for the log."""
     if handle is None:
@@ -331,9 +361,11 @@ def _separation_term(handle: AttachHandle | None, processes: int) -> tuple[torch
         return torch.tensor(float("nan")), {}
     # Each process's L is its share of the whole batch's loss; DDP divides the gradient by `processes`.
     term = handle.weight * output.loss * processes
-    parts: dict[str, Any] = {"separation_loss": output.loss.detach()}
-    if isinstance(output, AtomOutput):
+    if isinstance(output, AtomOutput):  # method.md §4: L_atom = L_sep + μ_n C_n + μ_p C_p + μ_s C_s
+        parts: dict[str, Any] = {"L_atom": output.loss.detach()}
         parts.update(_atom_parts(output))
+    else:  # method.md §8
+        parts = {"L_disp": output.loss.detach()}
     return term, parts
 
 
@@ -347,10 +379,10 @@ def _atom_parts(output: AtomOutput) -> dict[str, torch.Tensor]:
     share = importance / importance.sum(1, keepdim=True).clamp_min(1e-12)
     entropy = -(share * share.clamp_min(1e-12).log()).sum(1).mean()
     return {
-        "energy": output.separation.detach(),
-        "neutrality": output.neutrality.detach(),
-        "participation": output.participation.detach(),
-        "spacing": output.spacing.detach(),
+        "L_sep": output.separation.detach(),
+        "C_n": output.neutrality.detach(),
+        "C_p": output.participation.detach(),
+        "C_s": output.spacing.detach(),
         "atom_distance": distance[others].mean() if others.any() else distance.new_zeros(()),
         "importance_entropy": entropy,
     }
@@ -368,7 +400,7 @@ def _accumulate(totals: dict[str, Any], values: dict[str, Any], parts: int) -> N
 
 
 # Losses sum over processes (each process holds its share); the others are means over processes.
-_SUMMED = ("separation_loss", "energy", "neutrality", "participation", "spacing")
+_SUMMED = ("L_atom", "L_disp", "L_sep", "C_n", "C_p", "C_s")
 
 
 def _metrics(totals: dict[str, Any], accelerator: Accelerator, processes: int) -> dict[str, float]:
@@ -427,6 +459,10 @@ def _export(
     with atomic_directory(target) as tmp:
         if isinstance(final, AutoencoderKL):
             final.save_pretrained(tmp)
+        elif config.model.num_classes is not None:  # no stock diffusers pipeline samples a class UNet2D
+            from ..pipelines import AtomClassConditionalPipeline
+
+            AtomClassConditionalPipeline(final, build_scheduler(config.model)).save_pretrained(tmp)
         else:
             DDPMPipeline(unet=final, scheduler=build_scheduler(config.model)).save_pretrained(tmp)
         if isinstance(separation, AtomSeparation):

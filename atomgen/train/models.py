@@ -50,6 +50,7 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int]) -> nn.Mo
         norm_num_groups=config.norm_num_groups,
         down_block_types=tuple(down),
         up_block_types=tuple(up),
+        num_class_embeds=None if config.num_classes is None else config.num_classes + 1,  # + the null label
     )
 
 
@@ -57,7 +58,7 @@ def build_scheduler(config: ModelConfig) -> DDPMScheduler:
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
-        prediction_type="epsilon",
+        prediction_type=config.objective,
     )
 
 
@@ -74,7 +75,10 @@ def probe_site(model: nn.Module, site: str, image_shape: tuple[int, int, int]) -
         if isinstance(model, AutoencoderKL):
             model.encode(images)
         else:
-            model(images, torch.zeros(2, dtype=torch.long, device=device))
+            labels = (
+                torch.zeros(2, dtype=torch.long, device=device) if model.config.num_class_embeds else None
+            )
+            model(images, torch.zeros(2, dtype=torch.long, device=device), class_labels=labels)
         return handle.features.shape
 
 
