@@ -193,6 +193,21 @@ class AtomSeparation(ModelMixin, ConfigMixin):
             features: ``(B, C, H, W)``, ``(B, n, d)`` or ``(B, d)`` activations.
             mask: optional ``(B, n)`` particle mask (1 keeps a particle, 0 drops it).
         """
+        # Notation (method.md §1 and §4), code name → symbol; "_all" marks the atoms of every process
+        # (the all-gather of §6), shape (B_all, ...), against this process's B atoms:
+        #   particles → h (B, n, d·p²)             positions → x (B, n, k)
+        #   mask → m (B, n)                         roles → r = (r^e, r^p, r^n) (B, n, 3)
+        #   charge → q = r^p − r^e (B, n)           importance → s = 1 − r^n (B, n)
+        #   weight → w, the pair-weight factor: q ("signed", w_ij = q_i q_j) or s ("repulsive", s_i s_j)
+        #   masked_weight → m·w, masked_importance → m·s (B, n)
+        #   count → Σ_i m_i, mass → Σ_i m_i s_i (B,)
+        #   energy_sum → Σ_ij m m w k(u), distance_sum → Σ_ij m m s s sqrt(u + ε²) (B, B_all)
+        #   pair_energy → E_AB, atom_distance → d̄_AB (B, B_all); pairs → [A ≠ B, both non-empty]
+        #   separation → L_sep, energy → e_A = mean_{B≠A} E_AB (B,)
+        #   neutrality → C_n, participation → C_p, spacing → C_s
+        #   cfg.neutrality_weight, cfg.participation_weight, cfg.spacing_weight → μ_n, μ_p, μ_s
+        #   cfg.min_participation → κ, cfg.min_distance → δ, cfg.epsilon → ε, cfg.sigma → σ
+        #   loss → L_atom = L_sep + μ_n C_n + μ_p C_p + μ_s C_s
         cfg = self.config
         # The sum is a cheap first check; only a non-finite sum (overflow included) needs the full one.
         if not torch.isfinite(features.sum()) and not torch.isfinite(features).all():
@@ -204,22 +219,27 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         dtype = torch.promote_types(features.dtype, torch.float32)
         particles, mask, grid = self.tokenize(features.to(dtype), mask)
         roles = self._roles(particles)
-        charge = roles[..., 1] - roles[..., 0]
-        importance = 1.0 - roles[..., 2]
+        r_electron, r_proton, r_neutron = roles.unbind(-1)
+        charge = r_proton - r_electron
+        importance = 1.0 - r_neutron
         positions = self._positions(particles, mask)
 
         weight = charge if cfg.mode == "signed" else importance
+        masked_weight, masked_importance = mask * weight, mask * importance
         # Everything the pair sums need from the other atoms, gathered across processes with gradient.
-        local = (positions, mask * weight, mask * importance, mask)
-        positions_all, weight_all, importance_all, mask_all = (distributed.gather(t) for t in local)
-        offset = distributed.row_offset(positions.shape[0])
+        positions_all = distributed.gather(positions)
+        masked_weight_all = distributed.gather(masked_weight)
+        masked_importance_all = distributed.gather(masked_importance)
+        mask_all = distributed.gather(mask)
+        batch, batch_all = positions.shape[0], positions_all.shape[0]
+        offset = distributed.row_offset(batch)
         energy_sum, distance_sum = pair_sums(
             positions,
-            local[1],
-            local[2],
+            masked_weight,
+            masked_importance,
             positions_all,
-            weight_all,
-            importance_all,
+            masked_weight_all,
+            masked_importance_all,
             kernel=cfg.kernel,
             epsilon=cfg.epsilon,
             sigma=cfg.sigma,
@@ -227,15 +247,15 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         )
         # §4: E_AB = Σ m m w k / Σ m m, and d̄_AB = Σ m m s s g / Σ m m s s, over pairs A ≠ B.
         count, count_all = mask.sum(1), mask_all.sum(1)
-        mass, mass_all = local[2].sum(1), importance_all.sum(1)
+        mass, mass_all = masked_importance.sum(1), masked_importance_all.sum(1)
         pair_energy = energy_sum / (count[:, None] * count_all[None, :]).clamp_min(1e-12)
         atom_distance = distance_sum / (mass[:, None] * mass_all[None, :]).clamp_min(1e-12)
         valid = (count > 0)[:, None] & (count_all > 0)[None, :]
-        rows = torch.arange(positions.shape[0], device=valid.device)
+        rows = torch.arange(batch, device=valid.device)
         valid[rows, rows + offset] = False  # an atom does not repel itself
         pairs = valid.to(dtype)
         num_pairs = distributed.total(pairs.sum())
-        if positions_all.shape[0] < 2 and not self._warned_single_atom:
+        if batch_all < 2 and not self._warned_single_atom:
             logger.warning("AtomSeparation got a batch of one atom: nothing to separate, the loss is 0")
             self._warned_single_atom = True
         separation = (pair_energy * pairs).sum() / num_pairs.clamp_min(1)
@@ -244,7 +264,7 @@ class AtomSeparation(ModelMixin, ConfigMixin):
 
         atoms = (count > 0).to(dtype)
         num_atoms = distributed.total(atoms.sum()).clamp_min(1)
-        fraction = (local[2].sum(1) / count.clamp_min(1e-12)) * atoms
+        fraction = (mass / count.clamp_min(1e-12)) * atoms  # Σ m s / Σ m, per atom
         participation = (F.relu(cfg.min_participation - fraction).square() * atoms).sum() / num_atoms
         if cfg.mode == "signed" and cfg.learn_roles:
             net_charge = (mask * charge).sum(1) / count.clamp_min(1e-12)
@@ -287,9 +307,9 @@ class AtomSeparation(ModelMixin, ConfigMixin):
             return z / norms.clamp_min(1e-12)[..., None]
         # Euclidean: divide by ρ, the batch's mean particle norm, without gradient (scale cannot cheat).
         with torch.no_grad():
-            total = distributed.total(torch.stack([(norms * mask).sum(), mask.sum()]))
-            mean_norm = total[0] / total[1].clamp_min(1)
-            rho = torch.where(total[1] > 0, mean_norm, 1.0).clamp_min(1e-12)  # all masked: any scale
+            norm_sum, count = distributed.total(torch.stack([(norms * mask).sum(), mask.sum()])).unbind()
+            mean_norm = norm_sum / count.clamp_min(1)
+            rho = torch.where(count > 0, mean_norm, 1.0).clamp_min(1e-12)  # all masked: any scale
         return z / rho
 
     def _check_width(self, width: int, features: torch.Tensor) -> None:
