@@ -2,12 +2,15 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from atomgen import DispersiveLoss
 from atomgen.cli import build_parser, main
 from atomgen.data import load_digits_images
 from atomgen.demo.report import COLUMNS, aggregate
@@ -128,6 +131,29 @@ def test_training_runs_and_samples_are_reusable(demo_run):
     again = run_eval("digits", samples, ["fid"], "digits", progress=False)
     recorded = report["table"]["particle-guidance"]["fid"]["values"][1]
     assert again["metrics"]["fid"] == pytest.approx(recorded, rel=1e-6)
+
+
+def test_report_states_the_settings_the_runs_used(demo_run):
+    """λ, τ and γ in the report are what the trainings and the sampling used (atom 0.3 ≠ dispersive 0.03)."""
+    out, report = demo_run
+    text = (out / "report.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    methods = report["settings"]["methods"]
+    assert config["methods"] == methods
+    for model, label in (("atom", "atom separation"), ("dispersive", "Dispersive Loss")):
+        used = yaml.safe_load((out / "seed-0" / model / "config.yaml").read_text())["separation"]
+        assert used["weight"] == config["training"][model]["separation"]["weight"]
+        assert methods[model]["weight"] == used["weight"]
+        stated = re.search(rf"^- {label}: at `[^`]+`, weight λ = ([0-9.e+-]+)", text, re.MULTILINE)
+        assert stated and float(stated.group(1)) == pytest.approx(used["weight"]), (model, stated)
+    assert methods["atom"]["weight"] != methods["dispersive"]["weight"]  # the defaults differ: a real check
+    tau = DispersiveLoss().tau
+    assert methods["dispersive"]["options"]["tau"] == tau and f"τ = {tau:g}" in text
+    demo = report["settings"]["demo"]
+    for key, field in (("atom-guidance", "atom_guidance"), ("particle-guidance", "particle_guidance")):
+        assert methods[key]["strength"] == demo[field]
+        row = next(m for m in report["methods"] if m["key"] == key)
+        assert row["strength"] == demo[field] and f"{row['label']}, γ = {demo[field]:g}" in text
 
 
 def test_weight_zero_replays_the_baseline(tmp_path):

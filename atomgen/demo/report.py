@@ -80,7 +80,9 @@ def build(
     """The content of ``report.json``: settings, the table (mean ± std over seeds), the per-seed runs.
 
     Args:
-        settings: what was run (the demo config, the mode the atom model used, the site, the dataset).
+        settings: what was run (the demo config, the mode the atom model used, the site, the dataset,
+            and under ``methods`` each method's λ or γ as :func:`atomgen.demo.run.method_settings`
+            recorded them for the run).
         methods: the table's rows (:class:`atomgen.demo.Method`).
         runs: one entry per seed and method: ``metrics``, ``train_seconds``, ``sample_seconds``, ...
         trainings: one entry per seed and trained model: wall time and final losses.
@@ -124,7 +126,7 @@ def build(
                 "label": m.label,
                 "model": m.model,
                 "kind": m.kind,
-                "strength": _strength(settings["demo"], m.key),
+                "strength": settings["methods"][m.key]["strength"],
             }
             for m in methods
         ],
@@ -143,10 +145,6 @@ def build(
         "machine": machine(),
         "versions": versions(),
     }
-
-
-def _strength(demo: dict[str, Any], key: str) -> float | None:
-    return {"atom-guidance": demo["atom_guidance"], "particle-guidance": demo["particle_guidance"]}.get(key)
 
 
 def machine() -> dict[str, Any]:
@@ -351,6 +349,10 @@ def _decimals(key: str) -> int | None:
 def _setup(report: dict[str, Any]) -> list[str]:
     settings = report["settings"]
     demo, model, train = settings["demo"], settings["model"], settings["train"]
+    # Every λ, γ and τ below is what the run used (run.method_settings), never a default restated here.
+    atom, dispersive = settings["methods"]["atom"], settings["methods"]["dispersive"]
+    atom_guidance = settings["methods"]["atom-guidance"]["strength"]
+    particle_guidance = settings["methods"]["particle-guidance"]["strength"]
     source = settings["atom_mode_source"]
     mode_line = f"**mode = {settings['atom_mode']}**" + (
         " (the library default)"
@@ -367,18 +369,23 @@ def _setup(report: dict[str, Any]) -> list[str]:
         f"`{Path(demo['config']).name}`, overrides: {overrides}",
         f"- training: {demo['steps']} steps of {train['batch_size']} images, AdamW lr {train['learning_rate']:g}, "
         f"EMA {train['ema_decay']}, `atomgen.train.train`",
-        f"- atom separation: at `{settings['site']}`, weight λ = {settings['separation_weight']:g}, {mode_line}",
-        f"- Dispersive Loss: at `{settings['site']}`, weight λ = {settings['separation_weight']:g}, "
-        "its default τ",
-        f"- atom guidance: γ = {demo['atom_guidance']:g} on the baseline model, training-free "
+        f"- atom separation: at `{atom['site']}`, weight λ = {atom['weight']:g}{_warmup(atom)}, {mode_line}",
+        f"- Dispersive Loss: at `{dispersive['site']}`, weight λ = {dispersive['weight']:g}"
+        f"{_warmup(dispersive)}, τ = {dispersive['options']['tau']:g}",
+        f"- atom guidance: γ = {atom_guidance:g} on the baseline model, training-free "
         "(every particle a proton), on over the noisier 60 % of the trajectory",
-        f"- Particle Guidance: γ = {demo['particle_guidance']:g} on the baseline model, RBF kernel on the "
+        f"- Particle Guidance: γ = {particle_guidance:g} on the baseline model, RBF kernel on the "
         "latents, on while σ_t/α_t ≥ 1",
         f"- sampling: `AtomDDIMPipeline`, {demo['num_inference_steps']} DDIM steps (η = 0), "
         f"{demo['num_samples']} images per method and seed in batches of at most {demo['sample_batch_size']} "
         "(the guidance methods separate the samples within a batch), quantised to 8 bits before scoring",
         f"- device: {settings['device']}",
     ]
+
+
+def _warmup(method: dict[str, Any]) -> str:
+    steps = method.get("warmup_steps") or 0
+    return f" (ramped up from 0 over {steps} steps)" if steps else ""
 
 
 def _training_table(report: dict[str, Any]) -> list[str]:

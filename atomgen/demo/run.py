@@ -8,7 +8,8 @@ model is also sampled with the two sampling-time methods, atom guidance and
 :class:`~atomgen.pipelines.ParticleGuidance`. Every set of samples is scored by :mod:`atomgen.eval`, the
 atom model's importances are drawn and checked with deletion curves, and the run directory receives:
 
-    config.json               the demo settings and the resolved training configs, before any work
+    config.json               the demo settings, the resolved training configs and each method's settings
+                              (:func:`method_settings`), before any work
     report.md, report.json    the table (mean ± std over seeds), the machine, the versions
     samples-<method>.png      a sample grid per method (first seed)
     attribution.png           the atom model's importance maps over its samples (first seed)
@@ -38,6 +39,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ..baselines import DispersiveLoss
 from ..hooks import attach
 from ..io import write_atomic, write_json, write_text
 from ..separation import MODES, AtomSeparation
@@ -46,10 +48,11 @@ from ..train.models import site_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CONFIG", "METHODS", "MODELS", "DemoConfig", "Method", "run_demo"]
+__all__ = ["DEFAULT_CONFIG", "METHODS", "MODELS", "DemoConfig", "Method", "method_settings", "run_demo"]
 
 DEFAULT_CONFIG = "configs/digits-ddpm.yaml"  # the checkout's file from its root, else the packaged copy
 LIBRARY_MODE = inspect.signature(AtomSeparation.__init__).parameters["mode"].default
+DISPERSIVE_TAU = inspect.signature(DispersiveLoss.__init__).parameters["tau"].default
 
 # The trained models: name → separation.method.
 MODELS = {"baseline": "none", "atom": "atom", "dispersive": "dispersive"}
@@ -183,6 +186,43 @@ class DemoConfig:
         return ExperimentConfig.from_dict(apply_overrides(values, demo))
 
 
+def method_settings(
+    config: DemoConfig, experiments: dict[str, ExperimentConfig]
+) -> dict[str, dict[str, Any]]:
+    """What each method of the table runs with: the one home of the demo's per-method settings.
+
+    The trained models' separation (``method``, ``λ`` as ``weight``, ``warmup_steps``, ``site`` and the
+    loss's ``options``) is read from the resolved training configs that :func:`atomgen.train.train`
+    receives; the sampling-time methods' ``strength`` ``γ`` from ``config``. Sampling takes the strengths
+    from here, ``config.json`` and ``report.json`` record this dict, and the report states what it says.
+
+    Args:
+        config: the demo's settings.
+        experiments: the resolved training config of each model (a key of :data:`MODELS`) for one seed.
+    """
+    settings: dict[str, dict[str, Any]] = {}
+    for method in METHODS:
+        experiment = experiments[method.model]
+        entry: dict[str, Any] = {"model": method.model, "kind": method.kind, "strength": None}
+        if method.kind == "training":
+            separation = experiment.separation
+            entry["separation"] = separation.method
+            if separation.method != "none":
+                options = dict(separation.options)
+                if separation.method == "dispersive":
+                    options.setdefault("tau", DISPERSIVE_TAU)
+                entry.update(
+                    weight=separation.weight,
+                    warmup_steps=separation.warmup_steps,
+                    site=site_of(separation, experiment.model.family),
+                    options=options,
+                )
+        else:
+            entry["strength"] = config.strength(method)
+        settings[method.key] = entry
+    return settings
+
+
 # ------------------------------------------------------------------------------------------ the demo
 def run_demo(
     out_dir: str | os.PathLike[str],
@@ -224,10 +264,15 @@ def run_demo(
         seed: {model: config.experiment(model, seed, out) for model in MODELS} for seed in config.seed_list
     }
     first = experiments[config.seed]
+    methods = method_settings(config, first)
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "config.json",
-        {"demo": dataclasses.asdict(config), "training": {m: c.to_dict() for m, c in first.items()}},
+        {
+            "demo": dataclasses.asdict(config),
+            "training": {m: c.to_dict() for m, c in first.items()},
+            "methods": methods,
+        },
     )
     started = time.perf_counter()
     device = default_device()
@@ -249,7 +294,8 @@ def run_demo(
         seconds_of = {t["model"]: t["train_seconds"] for t in trainings if t["seed"] == seed}
         samples = {}
         for method in METHODS:
-            images, seconds = _sample(pipes[method.model], method, config, seed, progress)
+            strength = methods[method.key]["strength"]
+            images, seconds = _sample(pipes[method.model], method, strength, config, seed, progress)
             _save_samples(out / f"seed-{seed}" / "samples" / f"{method.key}.npz", images)
             scored = scorer(images, f"{method.key} (seed {seed})")
             logger.info("seed %d, %s: %s", seed, method.key, _brief(scored["metrics"]))
@@ -278,7 +324,7 @@ def run_demo(
         "library_default_mode": LIBRARY_MODE,
         "atom_options": first["atom"].separation.options,
         "site": site,
-        "separation_weight": first["atom"].separation.weight,
+        "methods": methods,
         "dataset": {"name": data.name, "images": len(data), "image_shape": list(data.image_shape)},
         "model": dataclasses.asdict(first["baseline"].model),
         "train": dataclasses.asdict(first["baseline"].train),
@@ -315,15 +361,25 @@ def _train(experiment: ExperimentConfig, site: str, device: torch.device) -> tup
 
 
 def _final_losses(run_dir: Path) -> dict[str, float]:
-    """Means over the last 10 % of the logged steps (at least one line) of ``metrics.jsonl``."""
-    keys = ("task_loss", "separation_loss", "atom_distance", "importance_entropy")
+    """Means over the last 10 % of the logged steps (at least one line) of ``metrics.jsonl``.
+
+    The training log names its losses after the method (``L_task``; ``L_atom`` or ``L_disp``, λ-free);
+    the report's keys name what they are for every model.
+    """
+    keys = {
+        "task_loss": ("L_task",),
+        "separation_loss": ("L_atom", "L_disp"),
+        "atom_distance": ("atom_distance",),
+        "importance_entropy": ("importance_entropy",),
+    }
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     tail = lines[-max(1, len(lines) // 10) :]
-    return {
-        f"final_{key}": float(np.mean([line[key] for line in tail]))
-        for key in keys
-        if all(key in line for line in tail)
-    }
+    final = {}
+    for key, logged in keys.items():
+        name = next((n for n in logged if all(n in line for line in tail)), None)
+        if name is not None:
+            final[f"final_{key}"] = float(np.mean([line[name] for line in tail]))
+    return final
 
 
 def _batch_sizes(total: int, batch: int) -> list[int]:
@@ -333,12 +389,14 @@ def _batch_sizes(total: int, batch: int) -> list[int]:
 
 
 def _sample(
-    pipe: Any, method: Method, config: DemoConfig, seed: int, progress: bool
+    pipe: Any, method: Method, strength: float | None, config: DemoConfig, seed: int, progress: bool
 ) -> tuple[torch.Tensor, float]:
-    """``num_samples`` images in [0, 1], quantised to 8 bits, from the same noise for every method."""
+    """``num_samples`` images in [0, 1], quantised to 8 bits, from the same noise for every method.
+
+    ``strength`` is the method's ``γ`` from :func:`method_settings` (``None`` for the trained models).
+    """
     from ..pipelines import ParticleGuidance
 
-    strength = config.strength(method)
     particle = method.key == "particle-guidance"
     installed = ParticleGuidance(pipe, strength) if particle else contextlib.nullcontext()
     pipe.set_progress_bar_config(disable=True)
