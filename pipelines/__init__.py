@@ -11,14 +11,17 @@
 from .cads import CADS
 from .denoiser_hook import DenoiserCall, DenoiserHook
 from .energy_guidance import EnergyGuidance
+from .feature_guidance import FeatureGuidance, guide_features
 from .guidance import AtomGuidance, guide
 from .particle_guidance import ParticleGuidance
+from .pipeline_atom_class_conditional import AtomClassConditionalPipeline
 from .pipeline_atom_ddim import AtomDDIMPipeline
 from .pipeline_atom_ddpm import AtomDDPMPipeline
 from .pipeline_atom_vae import AtomVAEPipeline
 
 __all__ = [
     "CADS",
+    "AtomClassConditionalPipeline",
     "AtomDDIMPipeline",
     "AtomDDPMPipeline",
     "AtomGuidance",
@@ -26,6 +29,8 @@ __all__ = [
     "DenoiserCall",
     "DenoiserHook",
     "EnergyGuidance",
+    "FeatureGuidance",
     "ParticleGuidance",
     "guide",
+    "guide_features",
 ]

@@ -1,5 +1,8 @@
 """Energy guidance: ε̂ ← ε̂ + γ(t) σ_t ∇_{z_t} E, on the shared :class:`~.denoiser_hook.DenoiserHook`.
 
+With ``normalize=True`` the correction is instead ``Δε = γ(t) ‖ε̂‖ ∇E / ‖∇E‖`` per sample, so that one
+``γ`` (a fraction of the noise prediction's norm) transfers across models, sites and energies.
+
 Atom guidance (:mod:`.guidance`) and Particle Guidance (:mod:`.particle_guidance`) differ only in their
 energy ``E``; both subclass :class:`EnergyGuidance` and implement :meth:`EnergyGuidance.prepare_energy`.
 """
@@ -34,6 +37,16 @@ class EnergyGuidance(DenoiserHook):
     exactly that correction. A subclass implements :meth:`prepare_energy`, which sets
     ``call.energy_grad`` (the gradient for the guided rows) before or during the forward pass.
 
+    With ``normalize=True`` only the direction of the gradient is kept, and its length is a fraction
+    of the noise prediction's: per guided sample ``A``,
+
+        Δε_A = γ(t) · ‖ε̂_A‖ · g_A / ‖g_A‖,        g_A = ∇_{z_t,A} E
+
+    where ``ε̂_A`` is the model's noise prediction of that row (v- and sample-predictions converted to
+    ``ε̂`` first; under classifier-free guidance, the conditional half's). The raw gradient's scale
+    depends on the model, the site, the energy and ``σ_t``; the normalised ``γ`` does not, so one value
+    transfers between them. The correction is then converted to the model's parameterisation as above.
+
     Args:
         pipe: the pipeline (see :class:`DenoiserHook`).
         strength: ``γ``; 0 leaves the pipeline's outputs bit-identical to the stock pipeline's, and a
@@ -41,6 +54,8 @@ class EnergyGuidance(DenoiserHook):
         interval: ``(t_lo, t_hi)``, the part of the trajectory where ``γ(t) = strength``, as fractions
             ``τ = t / (T − 1)`` of the training timesteps (1 = pure noise); 0 outside. ``None``: on
             everywhere, unless a subclass defines its own rule.
+        normalize: whether ``γ`` is a fraction of ``‖ε̂‖`` (the normalised correction above) rather than
+            a multiplier of ``σ_t ∇E``. ``False`` keeps the unnormalised formula of method.md §7.
     """
 
     def __init__(
@@ -48,10 +63,14 @@ class EnergyGuidance(DenoiserHook):
         pipe: DiffusionPipeline,
         strength: float,
         interval: tuple[float, float] | None = DEFAULT_INTERVAL,
+        normalize: bool = False,
     ):
         if not isinstance(strength, numbers.Real) or not math.isfinite(strength):
             raise ValueError(f"strength must be a finite number, got {strength!r}")
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True or False, got {normalize!r}")
         self.strength = float(strength)
+        self.normalize = normalize
         self.interval = None if interval is None else check_interval(interval)
         super().__init__(pipe)
 
@@ -84,9 +103,14 @@ class EnergyGuidance(DenoiserHook):
         guided = call.sample[call.guided]
         grad = call.energy_grad.to(guided.dtype)
         sigma, alpha = call.sigma[call.guided], call.alpha[call.guided].clamp_min(1e-8)
-        # §7: Δε = γ(t) σ_t ∇_{z_t} E, then to the model's parameterisation.
-        delta_eps = call.per_row(call.strength * sigma, grad) * grad
         parameterisation = prediction_type(self.pipe.scheduler)
+        if self.normalize:  # Δε = γ(t) ‖ε̂‖ g / ‖g‖, per sample
+            eps = self._noise_prediction(call, output, parameterisation)
+            scale = row_norm(eps) / row_norm(grad).clamp_min(torch.finfo(grad.dtype).tiny)
+            delta_eps = call.per_row(call.strength, grad) * scale * grad
+        else:  # §7: Δε = γ(t) σ_t ∇_{z_t} E
+            delta_eps = call.per_row(call.strength * sigma, grad) * grad
+        # then to the model's parameterisation
         if parameterisation == "epsilon":
             delta = delta_eps
         elif parameterisation == "v_prediction":  # v = α ε − σ x_0, ε = α v + σ z_t  ⇒  Δv = Δε / α
@@ -96,6 +120,31 @@ class EnergyGuidance(DenoiserHook):
         if call.doubled:  # the same correction for the unconditional and the conditional half
             delta = torch.cat([delta, delta])
         return add_to_prediction(output, delta)
+
+    @staticmethod
+    def _noise_prediction(call: DenoiserCall, output: Any, parameterisation: str) -> torch.Tensor:
+        """``ε̂`` of the guided rows, from the denoiser's prediction in its own parameterisation."""
+        z_t = call.sample[call.guided].detach()
+        prediction = _prediction_tensor(output)[call.guided, : z_t.shape[1]].to(z_t.dtype)
+        alpha, sigma = call.per_row(call.alpha[call.guided], z_t), call.per_row(call.sigma[call.guided], z_t)
+        if parameterisation == "epsilon":
+            return prediction
+        if parameterisation == "v_prediction":  # ε = α v + σ z_t
+            return alpha * prediction + sigma * z_t
+        return (z_t - alpha * prediction) / sigma.clamp_min(1e-8)  # ε = (z_t − α x̂_0) / σ
+
+
+def _prediction_tensor(output: Any) -> torch.Tensor:
+    """The prediction tensor of a denoiser output: a tensor, the first of a tuple, or ``.sample``."""
+    prediction = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+    if not isinstance(prediction, torch.Tensor):
+        raise TypeError(f"unsupported denoiser output {type(output).__name__}: no prediction tensor")
+    return prediction
+
+
+def row_norm(x: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each row of ``x`` (over every dimension but the first), shape ``(N, 1, …)``."""
+    return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))
 
 
 __all__ = ["EnergyGuidance"]

@@ -48,14 +48,15 @@ class AtomGuidance(EnergyGuidance):
         interval: tuple[float, float] = DEFAULT_INTERVAL,
         site: str | None = None,
         separation: AtomSeparation | None = None,
+        normalize: bool = False,
     ):
         self.site, self.separation = site, separation
         self._site_hook: torch.utils.hooks.RemovableHandle | None = None
         self._grad_enabled = False
-        super().__init__(pipe, strength, interval)
+        super().__init__(pipe, strength, interval, normalize=normalize)
 
     def setup(self) -> None:
-        self.site, self.separation = _choose_site_and_separation(
+        self.site, self.separation = choose_site_and_separation(
             self.pipe, self.denoiser, self.site, self.separation
         )
         self._site_module = resolve_site(self.denoiser, self.site)
@@ -76,7 +77,7 @@ class AtomGuidance(EnergyGuidance):
         self._site_hook = None
         try:
             features = pick_features(output, self.site)[call.guided]
-            separation = self._separation_for(features)
+            self.separation = separation = separation_for(self.separation, features, self.site)
             try:
                 atoms = separation(features)
             except (ValueError, FloatingPointError) as error:
@@ -103,18 +104,10 @@ class AtomGuidance(EnergyGuidance):
                 )
         return super().after_forward(call, output)
 
-    def _separation_for(self, features: torch.Tensor) -> nn.Module:
-        if self.separation is None:
-            width = features.shape[1] if features.ndim == 4 else features.shape[-1]
-            with torch.random.fork_rng(devices=[]):  # building it must not move the sampler's RNG
-                self.separation = AtomSeparation(dim=width, learn_roles=False, kernel=GUIDANCE_KERNEL)
-            logger.info("atom guidance at %r: training-free AtomSeparation(dim=%d)", self.site, width)
-        if self.separation.device != features.device:
-            self.separation.to(features.device)
-        return self.separation
-
     def __repr__(self) -> str:
-        return f"AtomGuidance(site={self.site!r}, strength={self.strength}, interval={self.interval})"
+        options = f"strength={self.strength}, interval={self.interval}"
+        options += ", normalize=True" if self.normalize else ""
+        return f"AtomGuidance(site={self.site!r}, {options})"
 
 
 def guide(
@@ -123,6 +116,7 @@ def guide(
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     site: str | None = None,
     separation: AtomSeparation | None = None,
+    normalize: bool = False,
 ) -> AtomGuidance:
     r"""Training-free atom guidance: push the samples of a batch apart while they are sampled.
 
@@ -140,7 +134,8 @@ def guide(
             and a negative value pulls samples together. ``∇_{z_t} E`` is not normalised, so the useful
             range depends on the model and the site: sweep it. On the 8×8 digits DDPM of
             ``bench/guidance.py`` 2–10 raise diversity at little cost in precision and 20 already
-            breaks the samples; untrained test UNets take tens to hundreds.
+            breaks the samples; untrained test UNets take tens to hundreds. With ``normalize=True`` it
+            is a fraction of the noise prediction's norm instead (below), which transfers.
         interval: ``(t_lo, t_hi)`` in ``[0, 1]``, where guidance is on (default: the noisier 60 %).
         site: dotted module path of the denoiser, e.g. ``"mid_block"`` or ``"down_blocks.1"``. Default:
             the site of the pipeline's trained ``separation`` (Atom pipelines), else ``"mid_block"``, or
@@ -148,6 +143,11 @@ def guide(
         separation: the :class:`~atomgen.AtomSeparation` to use. Default: the pipeline's trained
             ``separation`` component at its own site, else a training-free one
             (``learn_roles=False``: every particle a proton) built for the site's width.
+        normalize: when ``True``, the correction of each sample is ``Δε_A = γ(t) ‖ε̂_A‖ g_A / ‖g_A‖``
+            (``g_A = ∇_{z_t,A} E``, ``ε̂_A`` its noise prediction; under classifier-free guidance the
+            conditional half's), so that ``γ`` is a fraction of ``‖ε̂‖`` and one value transfers across
+            models and sites; see :class:`~atomgen.pipelines.EnergyGuidance`. ``False`` (default) is the
+            unnormalised formula above.
 
     Returns:
         An :class:`AtomGuidance` handle: ``.remove()`` (or leaving a ``with`` block) restores the stock
@@ -171,13 +171,15 @@ def guide(
         >>> handle, images.shape
         (AtomGuidance(site='mid_block', strength=2.0, interval=(0.4, 1.0)), torch.Size([4, 1, 8, 8]))
     """
-    return AtomGuidance(pipe, strength=strength, interval=interval, site=site, separation=separation)
+    return AtomGuidance(
+        pipe, strength=strength, interval=interval, site=site, separation=separation, normalize=normalize
+    )
 
 
-# --- Choosing the site ---------------------------------------------------------------------------
+# --- Choosing the site and the separation module (shared with feature_guidance) -------------------
 
 
-def _choose_site_and_separation(
+def choose_site_and_separation(
     pipe: Any, denoiser: nn.Module, site: str | None, separation: AtomSeparation | None
 ) -> tuple[str, AtomSeparation | None]:
     """The site to guide at, and the pipeline's trained separation when it belongs to that site."""
@@ -198,6 +200,19 @@ def _choose_site_and_separation(
             site,
         )
     return site, None
+
+
+def separation_for(separation: AtomSeparation | None, features: torch.Tensor, site: str) -> AtomSeparation:
+    """``separation`` on the features' device; when ``None``, a training-free one for their width
+    (``learn_roles=False``, :data:`GUIDANCE_KERNEL`), built without moving the sampler's RNG."""
+    if separation is None:
+        width = features.shape[1] if features.ndim == 4 else features.shape[-1]
+        with torch.random.fork_rng(devices=[]):  # building it must not move the sampler's RNG
+            separation = AtomSeparation(dim=width, learn_roles=False, kernel=GUIDANCE_KERNEL)
+        logger.info("guidance at %r: training-free AtomSeparation(dim=%d)", site, width)
+    if separation.device != features.device:
+        separation.to(features.device)
+    return separation
 
 
 def _default_site(denoiser: nn.Module) -> str:

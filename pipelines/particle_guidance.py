@@ -29,6 +29,8 @@ class ParticleGuidance(EnergyGuidance):
         strength: ``γ``; 0 leaves the pipeline's outputs identical to the stock pipeline's.
         interval: ``(t_lo, t_hi)`` fractions of the trajectory where guidance is on, as for atom
             guidance; ``None`` (default) follows the paper: on while ``σ_t / α_t ≥ 1``.
+        normalize: when ``True``, ``γ`` is a fraction of the noise prediction's norm,
+            ``Δε = γ ‖ε̂‖ ∇Φ / ‖∇Φ‖`` per sample (see :class:`~atomgen.pipelines.EnergyGuidance`).
 
     Example:
         >>> import torch
@@ -50,8 +52,9 @@ class ParticleGuidance(EnergyGuidance):
         pipe: DiffusionPipeline,
         strength: float,
         interval: tuple[float, float] | None = None,
+        normalize: bool = False,
     ):
-        super().__init__(pipe, strength, interval)
+        super().__init__(pipe, strength, interval, normalize=normalize)
 
     def is_on(self, call: DenoiserCall) -> torch.Tensor:
         if self.interval is None:  # the paper's rule: while the noise level σ_t / α_t is at least 1
@@ -68,7 +71,8 @@ class ParticleGuidance(EnergyGuidance):
 
     def __repr__(self) -> str:
         interval = "σ_t/α_t ≥ 1" if self.interval is None else self.interval
-        return f"ParticleGuidance(strength={self.strength}, interval={interval})"
+        normalize = ", normalize=True" if self.normalize else ""
+        return f"ParticleGuidance(strength={self.strength}, interval={interval}{normalize})"
 
 
 def rbf_potential(points: torch.Tensor) -> torch.Tensor:

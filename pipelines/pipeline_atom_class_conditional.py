@@ -1,0 +1,337 @@
+"""``AtomClassConditionalPipeline``: class-conditional DDIM sampling with classifier-free guidance."""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+from diffusers.guiders import AdaptiveProjectedGuidance, AdaptiveProjectedMixGuidance, BaseGuidance
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from torch import nn
+
+from atomgen.separation import AtomSeparation
+
+from .denoiser_hook import DEFAULT_INTERVAL, noise_levels, prediction_type
+from .pipeline_utils import AtomUNetPipeline, StepEndCallback
+
+logger = logging.getLogger(__name__)
+
+# The guiders that combine exactly one conditional and one unconditional prediction, which this
+# pipeline computes in one batched call. Guiders that change the denoiser per batch (PAG, SLG, SEG,
+# AutoGuidance) need a call per batch and are refused.
+GUIDER_PREDICTIONS = ["pred_cond", "pred_uncond"]
+# APG projects the guidance update against the conditional *denoised* prediction x̂_0; its authors apply
+# it there (diffusers PR #10173), so the pipeline hands these guiders x̂_0 and converts back.
+X0_GUIDERS = (AdaptiveProjectedGuidance, AdaptiveProjectedMixGuidance)
+
+
+class AtomClassConditionalPipeline(AtomUNetPipeline):
+    r"""Class-conditional DDIM sampling of a ``UNet2DModel`` with classifier-free guidance (CFG).
+
+    The UNet's class embedding has ``num_class_embeds = num_classes + 1`` entries; the last one,
+    ``num_class_embeds − 1``, is the null label the model was trained with (label dropout) and gives the
+    unconditional prediction. With ``w = guidance_scale > 1`` each step makes one batched UNet call on
+    ``[z_t, z_t]`` with labels ``[null, y]`` and combines
+
+        ε̂ = ε̂_u + w (ε̂_c − ε̂_u)
+
+    (as diffusers' ``DiTPipeline``; the same linear rule in the model's parameterisation for v- or
+    sample-prediction); with ``w ≤ 1`` only the conditional batch is computed. A diffusers guider
+    (``guider=``) can replace that rule. Atom guidance, :func:`~atomgen.pipelines.guide_features`,
+    Particle Guidance and CADS install on it as on any pipeline; they see the doubled batch through
+    :attr:`do_classifier_free_guidance` and guide its conditional half.
+
+    Parameters:
+        unet ([`UNet2DModel`]): the class-conditional denoiser (built with ``num_class_embeds``).
+        scheduler ([`DDIMScheduler`]): its scheduler; any diffusers scheduler config is converted to
+            [`DDIMScheduler`], as ``DDIMPipeline`` does.
+        separation ([`AtomSeparation`], *optional*): the separation module trained with the UNet.
+        separation_site (`str`, defaults to `"mid_block"`): the UNet module it was attached to.
+
+    Example:
+        >>> import torch
+        >>> from diffusers import DDIMScheduler, UNet2DModel
+        >>> from atomgen.pipelines import AtomClassConditionalPipeline
+        >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        ...     norm_num_groups=4, num_class_embeds=11, down_block_types=("DownBlock2D", "DownBlock2D"),
+        ...     up_block_types=("UpBlock2D", "UpBlock2D"))
+        >>> pipe = AtomClassConditionalPipeline(unet, DDIMScheduler())
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> pipe.num_classes, pipe.null_class_label
+        (10, 10)
+        >>> images = pipe(class_labels=[0, 1, 2, 3], guidance_scale=2.0, num_inference_steps=5,
+        ...     generator=torch.Generator().manual_seed(0), output_type="pt").images
+        >>> images.shape
+        torch.Size([4, 1, 8, 8])
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: DDIMScheduler,
+        separation: AtomSeparation | None = None,
+        separation_site: str = "mid_block",
+    ):
+        super().__init__()
+        num_class_embeds = getattr(unet.config, "num_class_embeds", None)
+        if not isinstance(getattr(unet, "class_embedding", None), nn.Embedding) or num_class_embeds is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a class-conditional UNet2DModel with a label embedding "
+                f"(num_class_embeds = num_classes + 1, the last index the null label); got "
+                f"{type(unet).__name__} with num_class_embeds={num_class_embeds} and class_embed_type="
+                f"{getattr(unet.config, 'class_embed_type', None)!r}. Build the UNet with "
+                "num_class_embeds=num_classes + 1, or sample an unconditional UNet with AtomDDIMPipeline."
+            )
+        if num_class_embeds < 2:
+            raise ValueError(
+                f"num_class_embeds={num_class_embeds} leaves no class besides the null label; it must be "
+                "num_classes + 1 ≥ 2"
+            )
+        # make sure the scheduler can always be converted to DDIM
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+        self._register(unet, scheduler, separation, separation_site)
+        self._do_classifier_free_guidance = False
+
+    # --- what the hooks and the caller read -------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes: ``num_class_embeds − 1``."""
+        return self.unet.config.num_class_embeds - 1
+
+    @property
+    def null_class_label(self) -> int:
+        """The label of the unconditional half: the last class embedding, ``num_class_embeds − 1``."""
+        return self.unet.config.num_class_embeds - 1
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the UNet call of the current step is the doubled ``[uncond, cond]`` batch (the
+        sampling-time hooks read it); ``False`` outside a call."""
+        return self._do_classifier_free_guidance
+
+    # --- steps of __call__ ------------------------------------------------------------------------
+
+    def check_class_labels(self, class_labels: torch.Tensor | list[int] | int | None) -> torch.Tensor:
+        """``class_labels`` as a ``(batch_size,)`` long tensor on the execution device, validated."""
+        if class_labels is None:
+            raise ValueError(
+                f"{type(self).__name__} samples one image per class label: pass class_labels, e.g. "
+                f"class_labels=[0, 1, 2, 3] (labels 0…{self.num_classes - 1})"
+            )
+        labels = torch.as_tensor(class_labels)
+        if labels.numel() == 0:
+            raise ValueError("class_labels is empty: pass one label per image to sample")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.ndim > 1:
+            raise ValueError(
+                f"class_labels must be integers, one per image (a list or a 1-d tensor); got "
+                f"{labels.dtype} of shape {tuple(labels.shape)}"
+            )
+        labels = labels.flatten().long()
+        bad = labels[(labels < 0) | (labels > self.null_class_label)]
+        if bad.numel():
+            raise ValueError(
+                f"class_labels must lie in [0, {self.num_classes - 1}] (this UNet has num_class_embeds="
+                f"{self.unet.config.num_class_embeds}: {self.num_classes} classes, and the null label "
+                f"{self.null_class_label}, which samples unconditionally); got {sorted(set(bad.tolist()))}"
+            )
+        return labels.to(self._execution_device)
+
+    @staticmethod
+    def check_guider(guider: BaseGuidance | None, guidance_scale: float) -> None:
+        if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        if guider is None:
+            return
+        if not isinstance(guider, BaseGuidance):
+            raise TypeError(
+                f"guider must be a diffusers guider (diffusers.guiders.BaseGuidance), got "
+                f"{type(guider).__name__}"
+            )
+        if (
+            list(type(guider)._input_predictions) != GUIDER_PREDICTIONS
+            or type(guider).prepare_models is not BaseGuidance.prepare_models
+        ):
+            raise TypeError(
+                f"{type(guider).__name__} needs the predictions {type(guider)._input_predictions} or "
+                "changes the denoiser between them; this pipeline computes the conditional and the "
+                "unconditional prediction in one batched call, so it takes guiders that combine those "
+                "two: ClassifierFreeGuidance, AdaptiveProjectedGuidance, TangentialClassifierFreeGuidance…"
+            )
+
+    def apply_guider(
+        self,
+        guider: BaseGuidance,
+        batches: list[Any],
+        pred_cond: torch.Tensor,
+        pred_uncond: torch.Tensor,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+    ) -> torch.Tensor:
+        """Combine the two predictions through ``guider`` (its ``__call__`` on the batches that its
+        ``prepare_inputs`` returned), in x̂_0 space for APG and in the model's own space otherwise."""
+        in_x0 = isinstance(guider, X0_GUIDERS)
+        if in_x0:
+            pred_cond, pred_uncond = (self.to_x0(p, latents, timestep) for p in (pred_cond, pred_uncond))
+        # prepare_inputs returns the batches in the order of GUIDER_PREDICTIONS: conditional first
+        batches[0].noise_pred, batches[1].noise_pred = pred_cond, pred_uncond
+        pred = guider(batches).pred
+        return self.from_x0(pred, latents, timestep) if in_x0 else pred
+
+    def to_x0(
+        self, model_output: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor
+    ) -> torch.Tensor:
+        """``x̂_0`` from the model's prediction of ``z_t = α_t x_0 + σ_t ε``."""
+        alpha, sigma = self._levels(latents, timestep)
+        kind = prediction_type(self.scheduler)
+        if kind == "epsilon":
+            return (latents - sigma * model_output) / alpha
+        if kind == "v_prediction":  # v = α ε − σ x_0  ⇒  x_0 = α z_t − σ v
+            return alpha * latents - sigma * model_output
+        return model_output
+
+    def from_x0(self, x0: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The model's parameterisation of ``x̂_0`` at ``z_t`` (the inverse of :meth:`to_x0`)."""
+        alpha, sigma = self._levels(latents, timestep)
+        kind = prediction_type(self.scheduler)
+        if kind == "sample":
+            return x0
+        eps = (latents - alpha * x0) / sigma
+        return eps if kind == "epsilon" else alpha * eps - sigma * x0
+
+    def _levels(self, latents: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, alpha, sigma = noise_levels(self.scheduler, torch.as_tensor(timestep).flatten().cpu())
+        return alpha.to(latents.device, latents.dtype), sigma.to(latents.device, latents.dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: torch.Tensor | list[int] | int,
+        guidance_scale: float = 4.0,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        latents: torch.Tensor | None = None,
+        guider: BaseGuidance | None = None,
+        guidance_strength: float = 0.0,
+        guidance_interval: tuple[float, float] = DEFAULT_INTERVAL,
+        guidance_site: str | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Sample one image per class label, with classifier-free guidance.
+
+        Args:
+            class_labels (`list[int]`, `torch.Tensor` or `int`): one label per image, in
+                ``[0, num_classes)``; the null label ``num_classes`` samples unconditionally.
+            guidance_scale (`float`, defaults to 4.0): ``w`` of ``ε̂ = ε̂_u + w (ε̂_c − ε̂_u)``; CFG is on
+                when ``w > 1``, and ``w ≤ 1`` samples the conditional model alone (one batch). Ignored
+                when a ``guider`` is given: the guider's own ``guidance_scale`` is used.
+            num_inference_steps (`int`, defaults to 50): denoising steps.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): for reproducible
+                sampling.
+            eta (`float`, defaults to 0.0): η of DDIM: 0 is deterministic DDIM, 1 is DDPM.
+            latents (`torch.Tensor`, *optional*): the initial noise, instead of drawing it.
+            guider (`diffusers.guiders.BaseGuidance`, *optional*): combines the conditional and the
+                unconditional prediction instead of the rule above, e.g.
+                ``ClassifierFreeGuidance(guidance_scale=w, start=a, stop=b)`` (guidance only on the steps
+                ``[a N, b N)``: the guidance interval of Kynkäänniemi et al. 2024) or
+                ``AdaptiveProjectedGuidance(guidance_scale=w, eta=η)`` (APG, Sadat et al. 2024; applied
+                to the denoised predictions ``x̂_0``, as its authors do). It is given the step with
+                ``set_state`` and its batches with ``prepare_inputs`` (which also resets APG's momentum
+                at step 0); at steps where it asks for one prediction only, only the conditional batch is
+                computed and used as it is.
+            guidance_strength (`float`, defaults to 0.0): ``γ`` of atom guidance
+                ([`~atomgen.pipelines.guide`]); 0 samples as without it.
+            guidance_interval (`tuple[float, float]`, defaults to `(0.4, 1.0)`): where atom guidance is
+                on, as fractions of the trajectory (1 = pure noise).
+            guidance_site (`str`, *optional*): the UNet module to separate at; defaults to
+                ``separation_site``.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
+            return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as ``callback_on_step_end(pipe, i, t,
+                callback_kwargs)`` after each step; it may return ``{"latents": ...}`` to replace them.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors passed in
+                ``callback_kwargs``; only `"latents"`.
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`: the images, in ``[0, 1]``.
+        """
+        # 1. Check inputs
+        tensor_inputs = self.tensor_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"]
+        )
+        class_labels = self.check_class_labels(class_labels)
+        batch_size = class_labels.numel()
+        self.check_inputs(batch_size, generator, output_type, tensor_inputs)
+        self.check_guider(guider, guidance_scale)
+        if not 0.0 <= eta <= 1.0:
+            logger.warning(
+                "`eta` should be between 0 and 1 (inclusive), but received %s. A value of 0 corresponds "
+                "to DDIM and 1 corresponds to DDPM. Unexpected results may occur for values outside this "
+                "range.",
+                eta,
+            )
+
+        # 2. Sample gaussian noise to begin the loop; the unconditional half gets the null label
+        latents = self.prepare_latents(batch_size, generator, latents)
+        null_labels = torch.full_like(class_labels, self.null_class_label)
+
+        # 3. Set the timesteps
+        self.scheduler.set_timesteps(num_inference_steps)
+        timesteps = self.scheduler.timesteps
+
+        # 4. Denoising loop; atom guidance, when on, corrects the UNet's output in a hook on the UNet
+        with self.guidance(guidance_strength, guidance_interval, guidance_site):
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                # 4.1 whether this step guides: the guider decides per step (an interval), else w > 1
+                if guider is not None:
+                    guider.set_state(step=i, num_inference_steps=len(timesteps), timestep=t)
+                    batches = guider.prepare_inputs({"class_labels": (class_labels, null_labels)})
+                    self._do_classifier_free_guidance = len(batches) == 2
+                else:
+                    self._do_classifier_free_guidance = guidance_scale > 1.0
+
+                # 4.2 expand the latents for classifier-free guidance: [uncond, cond]
+                if self.do_classifier_free_guidance:
+                    latent_model_input = torch.cat([latents, latents])
+                    labels_input = torch.cat([null_labels, class_labels])
+                else:
+                    latent_model_input, labels_input = latents, class_labels
+
+                # 4.3 predict the noise, both halves in one call
+                model_output = self.unet(latent_model_input, t, class_labels=labels_input).sample
+
+                # 4.4 classifier-free guidance: ε̂ = ε̂_u + w (ε̂_c − ε̂_u), or the guider's rule
+                if self.do_classifier_free_guidance:
+                    pred_uncond, pred_cond = model_output.chunk(2)
+                    if guider is None:
+                        model_output = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+                    else:
+                        model_output = self.apply_guider(guider, batches, pred_cond, pred_uncond, latents, t)
+
+                # 4.5 compute the previous sample x_t -> x_t-1, with the variance that η asks for
+                latents = self.scheduler.step(
+                    model_output, t, latents, eta=eta, generator=generator
+                ).prev_sample
+
+                # 4.6 let the callback see (and replace) the latents
+                latents = self.step_end(callback_on_step_end, tensor_inputs, i, t, latents)
+        self._do_classifier_free_guidance = False
+
+        # 5. Post-process
+        image = self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+
+__all__ = ["AtomClassConditionalPipeline"]
