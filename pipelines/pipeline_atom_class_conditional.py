@@ -288,42 +288,48 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         timesteps = self.scheduler.timesteps
 
         # 4. Denoising loop; atom guidance, when on, corrects the UNet's output in a hook on the UNet
-        with self.guidance(guidance_strength, guidance_interval, guidance_site):
-            for i, t in enumerate(self.progress_bar(timesteps)):
-                # 4.1 whether this step guides: the guider decides per step (an interval), else w > 1
-                if guider is not None:
-                    guider.set_state(step=i, num_inference_steps=len(timesteps), timestep=t)
-                    batches = guider.prepare_inputs({"class_labels": (class_labels, null_labels)})
-                    self._do_classifier_free_guidance = len(batches) == 2
-                else:
-                    self._do_classifier_free_guidance = guidance_scale > 1.0
-
-                # 4.2 expand the latents for classifier-free guidance: [uncond, cond]
-                if self.do_classifier_free_guidance:
-                    latent_model_input = torch.cat([latents, latents])
-                    labels_input = torch.cat([null_labels, class_labels])
-                else:
-                    latent_model_input, labels_input = latents, class_labels
-
-                # 4.3 predict the noise, both halves in one call
-                model_output = self.unet(latent_model_input, t, class_labels=labels_input).sample
-
-                # 4.4 classifier-free guidance: ε̂ = ε̂_u + w (ε̂_c − ε̂_u), or the guider's rule
-                if self.do_classifier_free_guidance:
-                    pred_uncond, pred_cond = model_output.chunk(2)
-                    if guider is None:
-                        model_output = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+        try:
+            with self.guidance(guidance_strength, guidance_interval, guidance_site):
+                for i, t in enumerate(self.progress_bar(timesteps)):
+                    # 4.1 whether this step guides: the guider decides per step (an interval), else w > 1
+                    if guider is not None:
+                        guider.set_state(step=i, num_inference_steps=len(timesteps), timestep=t)
+                        # prepare_inputs also resets APG's momentum at step 0 (prepare_models and
+                        # cleanup_models serve guiders that change the UNet per batch: refused)
+                        batches = guider.prepare_inputs({"class_labels": (class_labels, null_labels)})
+                        self._do_classifier_free_guidance = len(batches) == 2
                     else:
-                        model_output = self.apply_guider(guider, batches, pred_cond, pred_uncond, latents, t)
+                        self._do_classifier_free_guidance = guidance_scale > 1.0
 
-                # 4.5 compute the previous sample x_t -> x_t-1, with the variance that η asks for
-                latents = self.scheduler.step(
-                    model_output, t, latents, eta=eta, generator=generator
-                ).prev_sample
+                    # 4.2 expand the latents for classifier-free guidance: [uncond, cond]
+                    if self.do_classifier_free_guidance:
+                        latent_model_input = torch.cat([latents, latents])
+                        labels_input = torch.cat([null_labels, class_labels])
+                    else:
+                        latent_model_input, labels_input = latents, class_labels
 
-                # 4.6 let the callback see (and replace) the latents
-                latents = self.step_end(callback_on_step_end, tensor_inputs, i, t, latents)
-        self._do_classifier_free_guidance = False
+                    # 4.3 predict the noise, both halves in one call
+                    model_output = self.unet(latent_model_input, t, class_labels=labels_input).sample
+
+                    # 4.4 classifier-free guidance: ε̂ = ε̂_u + w (ε̂_c − ε̂_u), or the guider's rule
+                    if self.do_classifier_free_guidance:
+                        pred_uncond, pred_cond = model_output.chunk(2)
+                        if guider is None:
+                            model_output = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+                        else:
+                            model_output = self.apply_guider(
+                                guider, batches, pred_cond, pred_uncond, latents, t
+                            )
+
+                    # 4.5 compute the previous sample x_t -> x_t-1, with the variance that η asks for
+                    latents = self.scheduler.step(
+                        model_output, t, latents, eta=eta, generator=generator
+                    ).prev_sample
+
+                    # 4.6 let the callback see (and replace) the latents
+                    latents = self.step_end(callback_on_step_end, tensor_inputs, i, t, latents)
+        finally:  # outside a call the hooks must not read a doubled batch
+            self._do_classifier_free_guidance = False
 
         # 5. Post-process
         image = self.postprocess(latents, output_type)
