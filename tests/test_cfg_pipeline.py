@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 from diffusers.guiders import (
     AdaptiveProjectedGuidance,
     ClassifierFreeGuidance,
@@ -354,6 +354,10 @@ CHILD = textwrap.dedent(
     images = pipe(class_labels=[1, 2, 3, 4], num_inference_steps=4, guidance_scale=3.0,
                   generator=torch.Generator().manual_seed(0), output_type="pt", guidance_strength=50.0).images
     assert torch.equal(images, expected), (images - expected).abs().max()
+
+    trained = AtomClassConditionalPipeline.from_pretrained(f"{root}/stock_layout")  # as `atomgen train` writes
+    assert isinstance(trained.scheduler, DDIMScheduler) and isinstance(trained.separation, AtomSeparation)
+    assert trained.null_class_label == 10
     print("loaded")
     """
 )
@@ -370,6 +374,8 @@ def test_save_and_load_round_trip_in_a_fresh_process(tmp_path):
         )
     )
     pipe.save_pretrained(tmp_path / "pipe")
+    DDPMPipeline(pipe.unet, DDPMScheduler()).save_pretrained(tmp_path / "stock_layout")
+    separation.save_pretrained(tmp_path / "stock_layout" / "separation")
     expected = pipe(
         class_labels=LABELS,
         num_inference_steps=4,
