@@ -193,8 +193,8 @@ def method_settings(
 
     The trained models' separation (``method``, ``λ`` as ``weight``, ``warmup_steps``, ``site`` and the
     loss's ``options``) is read from the resolved training configs that :func:`atomgen.train.train`
-    receives; the sampling-time methods' ``strength`` ``γ`` from ``config``. Sampling takes the strengths
-    from here, ``config.json`` and ``report.json`` record this dict, and the report states what it says.
+    receives; the sampling-time methods' ``strength`` ``γ`` from :meth:`DemoConfig.strength`, which sampling
+    uses. ``config.json`` and ``report.json`` record this dict, and the report states what it says.
 
     Args:
         config: the demo's settings.
@@ -294,8 +294,7 @@ def run_demo(
         seconds_of = {t["model"]: t["train_seconds"] for t in trainings if t["seed"] == seed}
         samples = {}
         for method in METHODS:
-            strength = methods[method.key]["strength"]
-            images, seconds = _sample(pipes[method.model], method, strength, config, seed, progress)
+            images, seconds = _sample(pipes[method.model], method, config, seed, progress)
             _save_samples(out / f"seed-{seed}" / "samples" / f"{method.key}.npz", images)
             scored = scorer(images, f"{method.key} (seed {seed})")
             logger.info("seed %d, %s: %s", seed, method.key, _brief(scored["metrics"]))
@@ -389,14 +388,12 @@ def _batch_sizes(total: int, batch: int) -> list[int]:
 
 
 def _sample(
-    pipe: Any, method: Method, strength: float | None, config: DemoConfig, seed: int, progress: bool
+    pipe: Any, method: Method, config: DemoConfig, seed: int, progress: bool
 ) -> tuple[torch.Tensor, float]:
-    """``num_samples`` images in [0, 1], quantised to 8 bits, from the same noise for every method.
-
-    ``strength`` is the method's ``γ`` from :func:`method_settings` (``None`` for the trained models).
-    """
+    """``num_samples`` images in [0, 1], quantised to 8 bits, from the same noise for every method."""
     from ..pipelines import ParticleGuidance
 
+    strength = config.strength(method)  # what method_settings records for the report
     particle = method.key == "particle-guidance"
     installed = ParticleGuidance(pipe, strength) if particle else contextlib.nullcontext()
     pipe.set_progress_bar_config(disable=True)
