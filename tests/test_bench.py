@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
+@pytest.mark.slow
 def test_gpu_script_dry_run(tmp_path):
     env = {"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -52,6 +53,7 @@ def test_sweep_rule_prefers_diversity_within_the_baselines_fidelity():
     assert sweep.choose([diverse_but_worse, imprecise], baseline) is imprecise
 
 
+@pytest.mark.slow
 def test_sweep_dry_run_writes_every_stage_and_resumes(tmp_path):
     command = [sys.executable, str(ROOT / "bench" / "sweep.py"), "--out", str(tmp_path), "--dry-run"]
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

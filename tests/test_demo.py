@@ -55,6 +55,7 @@ def test_digits_loader():
         load_digits_images(classes=[10])
 
 
+@pytest.mark.slow
 def test_report_json_has_every_method_and_metric(demo_run):
     out, report = demo_run
     assert report["seeds"] == [0, 1]
@@ -88,6 +89,7 @@ def test_report_json_has_every_method_and_metric(demo_run):
     assert not list(out.rglob(".*.tmp"))  # atomic writes leave no temporaries behind
 
 
+@pytest.mark.slow
 def test_report_md_and_pictures(demo_run):
     out, report = demo_run
     text = (out / "report.md").read_text()
@@ -113,6 +115,7 @@ def test_report_md_and_pictures(demo_run):
         assert grid.size == (8 * 42 + 2, 2 * 42 + 2)
 
 
+@pytest.mark.slow
 def test_training_runs_and_samples_are_reusable(demo_run):
     """The runs are stock ``atomgen train`` directories, and ``atomgen eval`` reproduces the table."""
     from atomgen.eval import run_eval
@@ -133,6 +136,7 @@ def test_training_runs_and_samples_are_reusable(demo_run):
     assert again["metrics"]["fid"] == pytest.approx(recorded, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_report_states_the_settings_the_runs_used(demo_run):
     """λ, τ and γ in the report are what the trainings and the sampling used (atom 0.3 ≠ dispersive 0.03)."""
     out, report = demo_run
@@ -156,6 +160,7 @@ def test_report_states_the_settings_the_runs_used(demo_run):
         assert row["strength"] == demo[field] and f"{row['label']}, γ = {demo[field]:g}" in text
 
 
+@pytest.mark.slow
 def test_weight_zero_replays_the_baseline(tmp_path):
     """With λ = 0 the atom run is an exact replay of the baseline: same weights, batches, noise, samples."""
     overrides = (*TINY["overrides"], "separation.weight=0")

@@ -53,6 +53,7 @@ def _worker(rank: int, init_file: str, out_dir: str, options: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(o.values()))
 def test_two_processes_match_one(tmp_path, options):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), options), nprocs=WORLD, join=True)

@@ -45,6 +45,7 @@ def _state(directory: Path, cls) -> dict[str, torch.Tensor]:
     return cls.from_pretrained(directory).state_dict()
 
 
+@pytest.mark.slow
 def test_ddpm_run_writes_config_metrics_checkpoints_and_a_loadable_pipeline(tmp_path):
     config = tiny(tmp_path, "train.keep_checkpoints=1", "separation.site=down_blocks.1")
     run = train(config)
@@ -152,6 +153,7 @@ def test_resume_without_checkpoint_is_explained(tmp_path):
         train(tiny(tmp_path), resume="latest")
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     """accelerate launch --num_processes 2 on the CPU (gloo): same global batch, same losses."""
     common = ["train.steps=2", "train.ema_decay=null", "train.checkpoint_every=100"]
