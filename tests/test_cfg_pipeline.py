@@ -363,6 +363,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip_in_a_fresh_process(tmp_path):
     separation = AtomSeparation(dim=16, max_grid=4)
     pipe = quiet(
