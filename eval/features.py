@@ -29,7 +29,7 @@ from .statistics import FeatureSet, FeatureStatistics, cache_key
 
 logger = logging.getLogger(__name__)
 
-EXTRACTORS = ("inception", "digits", "mnist", "pixels")
+EXTRACTORS = ("inception", "digits", "mnist", "fashion", "pixels")
 
 __all__ = [
     "EXTRACTORS",
@@ -50,12 +50,13 @@ def load_extractor(name: str, device: torch.device | str | None = None) -> Featu
     Args:
         name: ``"inception"`` (FID Inception-v3, 2048-d pool features, 299×299 clean resize),
             ``"digits"`` (the 8×8 digit classifier's 64-d features), ``"mnist"`` (the 28×28 one),
-            ``"pixels"`` (raw pixels, flattened).
+            ``"fashion"`` (the 28×28 Fashion-MNIST classifier's 64-d features), ``"pixels"`` (raw
+            pixels, flattened).
     """
     device = torch.device(device) if device is not None else default_device()
     if name == "inception":
         extractor: FeatureExtractor = load_inception()
-    elif name in ("digits", "mnist"):
+    elif name in ("digits", "mnist", "fashion"):
         extractor = DigitFeatures(load_digit_classifier(name))
     elif name == "pixels":
         extractor = ModuleFeatures(nn.Flatten(), name="pixels")

@@ -45,13 +45,15 @@ DESCRIPTIONS = {
 __all__ = ["METRICS", "add_eval_arguments", "eval_command", "run_eval", "write_reports"]
 
 
-DIGIT_DATASETS = {"digits": "digits", "mnist5k": "mnist"}  # dataset name → its digit classifier
+# dataset name → its committed classifier (features for "auto", labels for mode coverage)
+CLASSIFIER_OF_DATASET = {"digits": "digits", "mnist5k": "mnist", "fashion-mnist": "fashion"}
+DIGIT_DATASETS = CLASSIFIER_OF_DATASET  # the old name, still used by atomgen.demo
 
 
 def _digit_classifier_name(source: ImageSource) -> str | None:
     """The digit classifier for grey square digits: ``"digits"`` up to 16 px, ``"mnist"`` up to 32 px."""
-    if source.name in DIGIT_DATASETS:
-        return DIGIT_DATASETS[source.name]
+    if source.name in CLASSIFIER_OF_DATASET:
+        return CLASSIFIER_OF_DATASET[source.name]
     first = next(iter(source.batches(1)))
     channels, height, width = first.shape[1:]
     if channels != 1 or height != width:
@@ -104,9 +106,10 @@ def run_eval(
     sampling = RunSampling(num_samples, batch_size, num_inference_steps)
     real_source = open_source(real, sampling=sampling, device=device)
     fake_source = open_source(fake, sampling=sampling, device=device)
-    # The digit classifier serves as extractor ("auto") and by default for mode coverage only when the real
-    # data is a digit dataset by name; other grey images (Fashion-MNIST, folders) get it only on request.
-    known_digits = real_source.name in DIGIT_DATASETS
+    # A committed classifier serves as extractor ("auto") and by default for mode coverage only when the
+    # real data is its dataset by name (digits, mnist5k, fashion-mnist); other grey images (folders) get the
+    # digit classifier only on request.
+    known_digits = real_source.name in CLASSIFIER_OF_DATASET
     digit_kind = _digit_classifier_name(real_source)
     if metrics is None:
         metrics = [m for m in METRICS if m != "mode_coverage" or known_digits]
