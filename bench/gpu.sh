@@ -3,6 +3,8 @@
 #
 #   bench/gpu.sh RESULTS_DIR             on a CUDA machine (fails fast without one)
 #   bench/gpu.sh RESULTS_DIR --dry-run   tiny sizes on the CPU: checks that every step runs
+#   bench/gpu.sh RESULTS_DIR --cfg       instead: the classifier-free guidance benchmark at its GPU preset
+#                                        (bench/cfg.py --preset gpu: 5 seeds, 500 samples per class)
 #
 # 1. the device; 2. AtomSeparation at B=256, n=256, d=512 against the bare Gram products (time, memory);
 # 3. a short mnist5k DDPM training, baseline and atom separation, at a GPU batch size; 4. Inception
@@ -14,6 +16,11 @@ mode=${2:-}
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
 mkdir -p "$out"
+
+if [ "$mode" = "--cfg" ]; then
+    "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
+    exec "$py" bench/cfg.py --out "$out/cfg" --preset gpu --results "$out/cfg"
+fi
 
 if [ "$mode" = "--dry-run" ]; then
     device=cpu
@@ -86,7 +93,7 @@ for method in ("none", "atom"):
     log = [json.loads(x) for x in out.joinpath(f"train-{method}/metrics.jsonl").read_text().splitlines()]
     seconds = out.joinpath(f"train-{method}.seconds").read_text().strip()
     last = log[-1]
-    extra = f", separation {last['separation_loss']:.3g}" if "separation_loss" in last else ""
-    print(f"| mnist5k {method} | {last['step']} steps in {seconds} s, task loss {last['task_loss']:.4f}{extra} |")
+    extra = f", L_atom {last['L_atom']:.3g}" if "L_atom" in last else ""
+    print(f"| mnist5k {method} | {last['step']} steps in {seconds} s, L_task {last['L_task']:.4f}{extra} |")
 print(f"| Inception features | {out.joinpath('inception.txt').read_text().strip()} images/s |")
 EOF
