@@ -91,7 +91,7 @@ class Preset:
             return cls(
                 seeds=2,
                 steps=4,
-                samples_per_class=4,
+                samples_per_class=6,
                 inference_steps=2,
                 scales=(1.0, 2.0, 3.0),
                 strengths=tuple((m, s[:1]) for m, s in cls.strengths),
