@@ -313,16 +313,17 @@ def _is_doubled(pipe: Any, call: DenoiserCall) -> bool:
     return False
 
 
-def add_to_prediction(output: Any, delta: torch.Tensor) -> Any:
-    """The denoiser output with ``delta`` added to its prediction (learned-variance channels kept)."""
-    if isinstance(output, torch.Tensor):
-        prediction = output
-    elif isinstance(output, tuple):
-        prediction = output[0]
-    else:
-        prediction = getattr(output, "sample", None)
+def prediction_tensor(output: Any) -> torch.Tensor:
+    """The prediction tensor of a denoiser output: a tensor, the first of a tuple, or ``.sample``."""
+    prediction = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
     if not isinstance(prediction, torch.Tensor):
         raise TypeError(f"unsupported denoiser output {type(output).__name__}: no prediction tensor")
+    return prediction
+
+
+def add_to_prediction(output: Any, delta: torch.Tensor) -> Any:
+    """The denoiser output with ``delta`` added to its prediction (learned-variance channels kept)."""
+    prediction = prediction_tensor(output)
     channels, delta = delta.shape[1], delta.to(prediction.dtype)
     if prediction.shape == delta.shape:
         corrected = prediction + delta
@@ -349,5 +350,6 @@ __all__ = [
     "add_to_prediction",
     "check_interval",
     "noise_levels",
+    "prediction_tensor",
     "prediction_type",
 ]

@@ -22,6 +22,7 @@ from .denoiser_hook import (
     DenoiserHook,
     add_to_prediction,
     check_interval,
+    prediction_tensor,
     prediction_type,
 )
 
@@ -125,21 +126,13 @@ class EnergyGuidance(DenoiserHook):
     def _noise_prediction(call: DenoiserCall, output: Any, parameterisation: str) -> torch.Tensor:
         """``ε̂`` of the guided rows, from the denoiser's prediction in its own parameterisation."""
         z_t = call.sample[call.guided].detach()
-        prediction = _prediction_tensor(output)[call.guided, : z_t.shape[1]].to(z_t.dtype)
+        prediction = prediction_tensor(output)[call.guided, : z_t.shape[1]].to(z_t.dtype)
         alpha, sigma = call.per_row(call.alpha[call.guided], z_t), call.per_row(call.sigma[call.guided], z_t)
         if parameterisation == "epsilon":
             return prediction
         if parameterisation == "v_prediction":  # ε = α v + σ z_t
             return alpha * prediction + sigma * z_t
         return (z_t - alpha * prediction) / sigma.clamp_min(1e-8)  # ε = (z_t − α x̂_0) / σ
-
-
-def _prediction_tensor(output: Any) -> torch.Tensor:
-    """The prediction tensor of a denoiser output: a tensor, the first of a tuple, or ``.sample``."""
-    prediction = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-    if not isinstance(prediction, torch.Tensor):
-        raise TypeError(f"unsupported denoiser output {type(output).__name__}: no prediction tensor")
-    return prediction
 
 
 def row_norm(x: torch.Tensor) -> torch.Tensor:
