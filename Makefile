@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-all demo bench sweep lint format clean
+.PHONY: test test-all demo bench sweep cfg lint format clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 
 sweep: $(STAMP)
 	$(PY) bench/sweep.py --out runs/sweep
+
+# The classifier-free guidance benchmark (hours on 2 CPU cores; resumable: run it again to go on).
+cfg: $(STAMP)
+	$(PY) bench/cfg.py --out runs/cfg --results results
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -58,6 +58,7 @@ TUNE, CONFIRM = "mnist5k", "fashion-mnist"
 METRICS = ("fid", "precision", "recall", "density", "coverage", "vendi", "lpips", "accuracy")
 HIGHER_IS_BETTER = {m: m != "fid" for m in METRICS}
 PRECISION_SLACK, ACCURACY_SLACK = 0.01, 0.01  # "matched precision" and "at most 1 point lower"
+PEERS = ("interval", "apg", "cads", "pg")  # what atom guidance must beat at matched precision
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,15 @@ class Preset:
     )
     combined: tuple[str, ...] = ("atom+interval", "atom+apg")
     batch_size: int = 500
+    # the strength sweeps run on the first `tune_seeds` seeds (None: all); the chosen strengths on all
+    tune_seeds: int | None = 1
 
     @classmethod
     def named(cls, name: str) -> Preset:
         if name == "cpu":
             return cls()
         if name == "gpu":
-            return cls(seeds=5, samples_per_class=500, inference_steps=25, batch_size=5000)
+            return cls(seeds=5, samples_per_class=500, inference_steps=25, batch_size=5000, tune_seeds=None)
         if name == "dry-run":
             return cls(
                 seeds=2,
@@ -248,13 +251,13 @@ def choose_strength(candidates: dict[float, dict[str, float]], cfg: dict[str, fl
     return max(candidates, key=lambda s: candidates[s]["precision"])
 
 
-def paired_interval(differences: list[float]) -> tuple[float, float, float]:
-    """Mean of per-seed paired differences and its 95 % t-interval (nan half-width for one seed)."""
+def paired_interval(differences: list[float]) -> tuple[float, float | None, float | None]:
+    """Mean of per-seed paired differences and its 95 % t-interval (none for one seed)."""
     from scipy import stats
 
     mean = statistics.fmean(differences)
     if len(differences) < 2:
-        return mean, float("nan"), float("nan")
+        return mean, None, None
     half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / len(differences) ** 0.5
     return mean, mean - half, mean + half
 
@@ -312,10 +315,12 @@ class Bench:
         logger.info("%s seed %d %s: %s", dataset, seed, setting.name, _brief(scores))
         return scores
 
-    def scores(self, dataset: str, settings: list[Setting]) -> dict[Setting, list[dict[str, float]]]:
-        """Every setting on every seed (one pipeline load per seed)."""
+    def scores(
+        self, dataset: str, settings: list[Setting], seeds: int | None = None
+    ) -> dict[Setting, list[dict[str, float]]]:
+        """Every setting on the first ``seeds`` seeds (default: all; one pipeline load per seed)."""
         table: dict[Setting, list[dict[str, float]]] = {s: [] for s in settings}
-        for seed in range(self.preset.seeds):
+        for seed in range(min(seeds or self.preset.seeds, self.preset.seeds)):
             pipe = self.pipeline(dataset, seed)
             for setting in settings:
                 table[setting].append(self.score(dataset, seed, setting, pipe))
@@ -331,10 +336,13 @@ class Bench:
             cfg = Setting("cfg", w)
             if dataset == TUNE or not chosen:  # tune every method's strength here, once
                 sweeps = {
-                    method: self.scores(dataset, [Setting(method, w, s) for s in strengths])
+                    method: self.scores(
+                        dataset, [Setting(method, w, s) for s in strengths], self.preset.tune_seeds
+                    )
                     for method, strengths in self.preset.strengths
                 }
-                cfg_mean = {m: _mean(grid[cfg], m) for m in METRICS}
+                tuning = grid[cfg][: self.preset.tune_seeds]  # plain CFG on the same seeds
+                cfg_mean = {m: _mean(tuning, m) for m in METRICS}
                 for method, table in sweeps.items():
                     means = {s.strength: {m: _mean(rows, m) for m in METRICS} for s, rows in table.items()}
                     chosen[method] = choose_strength(means, cfg_mean)
@@ -354,6 +362,7 @@ class Bench:
                 "grid": [_row(s, rows, grid[Setting("cfg", s.scale)]) for s, rows in grid.items()],
                 "methods": [_row(s, rows, grid[cfg]) for s, rows in {**sweeps_rows, **table}.items()],
                 "chosen": dict(chosen),
+                "targets": targets(grid[Setting("cfg", 1.0)], grid[cfg], table),
             }
         report["machine"] = {
             "platform": platform.platform(),
@@ -362,6 +371,36 @@ class Bench:
             "threads": torch.get_num_threads(),
         }
         return report
+
+
+def targets(
+    unguided: list[dict[str, float]],
+    cfg: list[dict[str, float]],
+    table: dict[Setting, list[dict[str, float]]],
+) -> dict[str, Any]:
+    """The issue's targets for every atom method: the share of the recall CFG lost (``w = 1`` → ``w*``)
+    that it recovers at matched fidelity, and its paired recall difference to each peer, with the
+    precision difference that says whether the two were matched (±0.01)."""
+    lost = _mean(unguided, "recall") - _mean(cfg, "recall")
+    rows = {setting.method: rows for setting, rows in table.items()}
+    cfg_mean = {m: _mean(cfg, m) for m in METRICS}
+    result: dict[str, Any] = {"recall_lost": lost}
+    for method in (m for m in rows if m.startswith("atom")):
+        mine = rows[method]
+        means = {m: _mean(mine, m) for m in METRICS}
+        peers = {}
+        for peer in PEERS:
+            recall = paired_interval(
+                [a["recall"] - b["recall"] for a, b in zip(mine, rows[peer], strict=True)]
+            )
+            precision = _mean(mine, "precision") - _mean(rows[peer], "precision")
+            peers[peer] = {"recall": recall, "precision_diff": precision}
+        result[method] = {
+            "recovered": (means["recall"] - cfg_mean["recall"]) / lost if lost > 0 else None,
+            "matched": admissible(means, cfg_mean),
+            "peers": peers,
+        }
+    return result
 
 
 def _mean(rows: list[dict[str, float]], metric: str) -> float:
@@ -374,7 +413,8 @@ def _row(setting: Setting, rows: list[dict[str, float]], cfg_rows: list[dict[str
     row["strength"] = setting.strength if not setting.parts else dict(setting.parts)
     for metric in METRICS:
         values = [r[metric] for r in rows]
-        diff = paired_interval([a[metric] - b[metric] for a, b in zip(rows, cfg_rows, strict=True)])
+        pairs = zip(rows, cfg_rows[: len(rows)], strict=True)  # a sweep's rows cover the tuning seeds only
+        diff = paired_interval([a[metric] - b[metric] for a, b in pairs])
         row[metric] = {
             "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -416,7 +456,37 @@ def markdown(report: dict[str, Any]) -> str:
             "",
         ]
         lines += _table(part["methods"], diffs=True)
+        lines += ["", "### Targets", "", *_targets(part["targets"])]
     return "\n".join(lines) + "\n"
+
+
+def _targets(targets: dict[str, Any]) -> list[str]:
+    lines = [
+        f"CFG lost {targets['recall_lost']:.3f} recall from w = 1 to w*. Recovered = the share of it that a "
+        "method wins back over plain CFG (target ≥ 0.5 at matched fidelity). Δ recall to each peer: paired, "
+        "[95 % interval]; the peer's precision gap in parentheses (matched when within ±0.01).",
+        "",
+        "| method | recovered | matched fidelity | " + " | ".join(f"Δ recall vs {p}" for p in PEERS) + " |",
+        "|---" * (3 + len(PEERS)) + "|",
+    ]
+    for method, row in targets.items():
+        if method == "recall_lost":
+            continue
+        cells = [f"{_interval(*p['recall'])} ({p['precision_diff']:+.3f})" for p in row["peers"].values()]
+        lines.append(
+            f"| {method} | {_number(row['recovered'], '.2f')} | {'yes' if row['matched'] else 'no'} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
+def _interval(mean: float, low: float | None, high: float | None) -> str:
+    return f"{mean:+.3f} " + (f"[{low:+.3f}, {high:+.3f}]" if low is not None else "(one seed: no interval)")
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _table(rows: list[dict[str, Any]], diffs: bool) -> list[str]:
@@ -428,7 +498,7 @@ def _table(rows: list[dict[str, Any]], diffs: bool) -> list[str]:
             value = row[metric]
             cell = f"{value['mean']:.3f} ± {value['std']:.3f}"
             if diffs and row["method"] != "cfg":
-                cell += f"<br>Δ {value['diff']:+.3f} [{value['low']:+.3f}, {value['high']:+.3f}]"
+                cell += f"<br>Δ {_interval(value['diff'], value['low'], value['high'])}"
             cells.append(cell)
         lines.append(f"| {row['setting']} | " + " | ".join(cells) + " |")
     return lines

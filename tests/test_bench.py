@@ -86,3 +86,75 @@ def test_sweep_dry_run_writes_every_stage_and_resumes(tmp_path):
     assert [row["name"] for row in confirmed["winners"].values()] == [
         row["name"] for row in report["winners"].values()
     ]
+
+
+def _cfg_module():
+    spec = importlib.util.spec_from_file_location("bench_cfg", ROOT / "bench" / "cfg.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cfg_rules_pick_the_scale_and_the_strength_at_matched_fidelity():
+    cfg = _cfg_module()
+    # Accuracy rises up to w = 3 and falls after: w* = 3, even though it rises again at 6.
+    assert cfg.benchmark_scale({1.0: 0.90, 2.0: 0.95, 3.0: 0.96, 4.0: 0.955, 6.0: 0.97}) == 3.0
+    assert cfg.benchmark_scale({1.0: 0.90, 2.0: 0.80}) == 1.0
+    plain = {"precision": 0.90, "recall": 0.70, "accuracy": 0.95}
+    candidates = {
+        0.1: {"precision": 0.895, "recall": 0.75, "accuracy": 0.95},  # admissible
+        0.2: {"precision": 0.891, "recall": 0.80, "accuracy": 0.945},  # admissible, more recall
+        0.4: {"precision": 0.85, "recall": 0.90, "accuracy": 0.95},  # spread off the data
+        0.8: {"precision": 0.90, "recall": 0.95, "accuracy": 0.93},  # wrong classes
+    }
+    assert cfg.choose_strength(candidates, plain) == 0.2
+    # Nothing admissible: the most precise strength, not the most diverse.
+    assert cfg.choose_strength({k: candidates[k] for k in (0.4, 0.8)}, plain) == 0.8
+
+
+def test_cfg_paired_interval_and_targets():
+    cfg = _cfg_module()
+    mean, low, high = cfg.paired_interval([0.02, 0.03, 0.04])
+    assert mean == pytest.approx(0.03) and low == pytest.approx(0.03 - 4.303 * 0.01 / 3**0.5, abs=1e-3)
+    assert high == pytest.approx(2 * mean - low)
+    assert cfg.paired_interval([0.1]) == (0.1, None, None)
+
+    def rows(recall, precision=0.9):
+        return [
+            {**dict.fromkeys(cfg.METRICS, 0.0), "recall": r, "precision": precision, "accuracy": 0.95}
+            for r in recall
+        ]
+
+    unguided, plain = rows([0.96, 0.96, 0.96]), rows([0.80, 0.82, 0.84])  # CFG lost 0.14 recall
+    table = {cfg.Setting(peer, 3.0, 0.1): rows([0.81, 0.83, 0.85]) for peer in cfg.PEERS}
+    table[cfg.Setting("atom", 3.0, 0.1)] = rows([0.87, 0.89, 0.91], precision=0.895)
+    result = cfg.targets(unguided, plain, table)
+    assert result["recall_lost"] == pytest.approx(0.14)
+    assert result["atom"]["recovered"] == pytest.approx(0.5) and result["atom"]["matched"]
+    recall, low, high = result["atom"]["peers"]["apg"]["recall"]
+    assert recall == pytest.approx(0.06) and low == pytest.approx(0.06) == high  # no spread: exact
+    assert result["atom"]["peers"]["apg"]["precision_diff"] == pytest.approx(-0.005)
+
+
+@pytest.mark.slow
+def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
+    command = [sys.executable, str(ROOT / "bench" / "cfg.py"), "--out", str(tmp_path), "--dry-run"]
+    command += ["--datasets", "mnist5k"]  # Fashion-MNIST is not installed everywhere
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=True)
+    report = json.loads((tmp_path / "cfg.json").read_text())
+    part = report["datasets"]["mnist5k"]
+    assert [row["scale"] for row in part["grid"]] == [1.0, 2.0, 3.0]
+    methods = {row["method"] for row in part["methods"]}
+    assert {"interval", "apg", "cads", "pg", "atom", "atom-feature", "atom+interval", "atom+apg"} <= methods
+    assert {"atom", "atom-feature", "atom+interval", "atom+apg"} <= set(part["targets"])
+    assert (tmp_path / "cfg-front.png").stat().st_size > 0 and "### Targets" in (
+        tmp_path / "cfg.md"
+    ).read_text()
+    markdown = (tmp_path / "cfg.md").read_text()
+    scores = sorted((tmp_path / "mnist5k").glob("seed*/scores/*.json"))
+    stamps = [path.stat().st_mtime_ns for path in scores]
+    subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=True)
+    assert [path.stat().st_mtime_ns for path in scores] == stamps  # a second run redoes nothing
+    assert (tmp_path / "cfg.md").read_text() == markdown  # (nan intervals of the 1-seed sweeps: text)
