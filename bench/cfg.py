@@ -69,7 +69,7 @@ class Preset:
     steps: int | None = None  # training steps (None: the config's)
     samples_per_class: int = 200  # 2,000 per setting over 10 classes
     inference_steps: int = 15
-    scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+    scales: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0)
     # each method's strength sweep (the interval: the step fraction where guidance starts)
     strengths: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("interval", (0.2, 0.4)),

@@ -6,9 +6,12 @@ Guidance.
 
 1. **Speed.** Per-step time of sampling with atom guidance on at every step (``interval=(0, 1)``) against
    plain sampling, through the real pipelines: ``DDIMPipeline`` with the demo-sized ``UNet2DModel``
-   (8×8, one channel, ``block_out_channels=(32, 64)``) and ``StableDiffusionPipeline`` (classifier-free
-   guidance, a doubled batch) with a small UNet2DConditionModel of Stable Diffusion's shape. The target
-   is a ratio of at most 1.6. Particle Guidance, which needs no pass through the denoiser, is timed too.
+   (8×8, one channel, ``block_out_channels=(32, 64)``), ``AtomClassConditionalPipeline`` with the CFG
+   benchmark's 16×16 class-conditional UNet (classifier-free guidance, a doubled batch) and
+   ``StableDiffusionPipeline`` (CFG too) with a small UNet2DConditionModel of Stable Diffusion's shape.
+   Latent-gradient atom guidance (target ratio ≤ 1.6) and feature-space atom guidance (``guide_features``,
+   no backward pass to the latents; target ≤ 1.15) are timed, and Particle Guidance, which needs no pass
+   through the denoiser.
 2. **Diversity per fidelity** (needs ``atomgen.eval``). On a trained 8×8 digits pipeline (``atomgen train
    configs/digits-ddpm.yaml`` writes ``runs/digits-ddpm/pipeline``): samples at several strengths of atom
    guidance and of Particle Guidance; diversity = Vendi score, fidelity = precision (k = 5) against
@@ -30,7 +33,13 @@ from pathlib import Path
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 
-from atomgen.pipelines import AtomDDIMPipeline, ParticleGuidance, guide
+from atomgen.pipelines import (
+    AtomClassConditionalPipeline,
+    AtomDDIMPipeline,
+    ParticleGuidance,
+    guide,
+    guide_features,
+)
 from atomgen.train.config import ExperimentConfig
 from atomgen.train.models import build_model
 
@@ -43,8 +52,10 @@ class SpeedRow:
     batch: str
     plain_ms: float
     atom_ms: float
+    feature_ms: float
     particle_ms: float
     atom_ratio: float
+    feature_ratio: float
     particle_ratio: float
 
 
@@ -52,6 +63,7 @@ class SpeedRow:
 
 
 DIGITS_CONFIG = Path(__file__).parent.parent / "configs" / "digits-ddpm.yaml"
+CFG_CONFIG = Path(__file__).parent.parent / "configs" / "mnist5k-cfg.yaml"
 
 
 def demo_unet() -> UNet2DModel:
@@ -86,10 +98,11 @@ def small_sd_unet() -> UNet2DConditionModel:
 
 def time_methods(
     pipe, run: Callable[[], object], steps: int, repeats: int, atom: float, particle: float
-) -> tuple[float, float, float, float, float]:
-    """Per-step times (ms) of plain, atom-guided and particle-guided runs, and the two ratios.
+) -> tuple[float, ...]:
+    """Per-step times (ms) of plain, atom-guided (latent gradient), feature-guided and particle-guided
+    runs, then the three ratios to plain.
 
-    The three are timed in turn within each round, after a warm-up round, so that a machine shared with
+    The four are timed in turn within each round, after a warm-up round, so that a machine shared with
     other work loads them alike; times are medians over rounds, ratios medians of per-round ratios.
     """
     separation = None
@@ -98,11 +111,13 @@ def time_methods(
         nonlocal separation
         if name == "atom":
             return guide(pipe, strength=atom, interval=(0.0, 1.0), separation=separation)
+        if name == "feature":  # the strength does not change the cost
+            return guide_features(pipe, strength=0.2, interval=(0.0, 1.0), separation=separation)
         if name == "particle":
             return ParticleGuidance(pipe, strength=particle, interval=(0.0, 1.0))
         return None
 
-    times: dict[str, list[float]] = {"plain": [], "atom": [], "particle": []}
+    times: dict[str, list[float]] = {"plain": [], "atom": [], "feature": [], "particle": []}
     for round_ in range(repeats + 1):
         for name, seconds in times.items():
             handle = install(name)
@@ -117,9 +132,10 @@ def time_methods(
     per_step = {name: 1000.0 * statistics.median(seconds) / steps for name, seconds in times.items()}
     ratio = {
         name: statistics.median(a / b for a, b in zip(times[name], times["plain"], strict=True))
-        for name in ("atom", "particle")
+        for name in ("atom", "feature", "particle")
     }
-    return per_step["plain"], per_step["atom"], per_step["particle"], ratio["atom"], ratio["particle"]
+    methods = ("atom", "feature", "particle")
+    return per_step["plain"], *(per_step[m] for m in methods), *(ratio[m] for m in methods)
 
 
 def bench_demo(batch: int, steps: int, repeats: int) -> SpeedRow:
@@ -132,6 +148,26 @@ def bench_demo(batch: int, steps: int, repeats: int) -> SpeedRow:
 
     times = time_methods(pipe, run, steps, repeats, atom=10.0, particle=1.0)
     return SpeedRow("demo UNet2DModel 8×8 (32, 64)", str(batch), *times)
+
+
+def bench_class_conditional(batch: int, steps: int, repeats: int) -> SpeedRow:
+    """The CFG benchmark's model (configs/mnist5k-cfg.yaml: 16×16, (32, 64), ten classes) under
+    classifier-free guidance at w = 1.5: a doubled batch, as in bench/cfg.py."""
+    torch.manual_seed(0)
+    model = ExperimentConfig.from_yaml(CFG_CONFIG).model
+    unet = build_model(model, (1, 16, 16)).eval()
+    pipe = AtomClassConditionalPipeline(unet, DDIMScheduler(prediction_type=model.objective))
+    pipe.set_progress_bar_config(disable=True)
+    labels = torch.arange(batch) % model.num_classes
+
+    def run():
+        generator = torch.Generator().manual_seed(0)
+        return pipe(
+            labels, guidance_scale=1.5, num_inference_steps=steps, generator=generator, output_type="pt"
+        )
+
+    times = time_methods(pipe, run, steps, repeats, atom=0.1, particle=0.1)
+    return SpeedRow("class-conditional UNet2DModel 16×16 (32, 64), CFG", f"{batch} (×2)", *times)
 
 
 def bench_stable_diffusion(batch: int, steps: int, repeats: int) -> SpeedRow:
@@ -255,6 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--demo-batch", type=int, nargs="+", default=[16, 64], help="batches of the demo UNet"
     )
+    parser.add_argument(
+        "--cfg-batch", type=int, default=64, help="images of the class-conditional UNet (doubled by CFG)"
+    )
     parser.add_argument("--sd-batch", type=int, default=4, help="images per prompt of the SD-shaped UNet")
     parser.add_argument("--pipeline", type=Path, default=None, help="a trained 8×8 digits pipeline directory")
     parser.add_argument("--samples", type=int, default=512, help="samples per method (efficacy)")
@@ -267,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     speed = [bench_demo(batch, args.steps, args.repeats) for batch in args.demo_batch]
+    speed.append(bench_class_conditional(args.cfg_batch, args.steps, args.repeats))
     speed.append(bench_stable_diffusion(args.sd_batch, args.sd_steps, args.repeats))
     device = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     print(
@@ -277,13 +317,14 @@ def main(argv: list[str] | None = None) -> None:
         f"SD-shaped one), medians of {args.repeats} rounds\n"
     )
     print(
-        "| denoiser | batch | plain (ms) | atom guidance (ms) | ratio (target ≤ 1.6) | Particle G. (ms) | ratio |"
+        "| denoiser | batch | plain (ms) | atom guidance (ms) | ratio (target ≤ 1.6) | feature guidance (ms) "
+        "| ratio (target ≤ 1.15) | Particle G. (ms) | ratio |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in speed:
         print(
             f"| {r.model} | {r.batch} | {r.plain_ms:.1f} | {r.atom_ms:.1f} | {r.atom_ratio:.2f} | "
-            f"{r.particle_ms:.1f} | {r.particle_ratio:.2f} |"
+            f"{r.feature_ms:.1f} | {r.feature_ratio:.2f} | {r.particle_ms:.1f} | {r.particle_ratio:.2f} |"
         )
     results: dict[str, object] = {"speed": [asdict(r) for r in speed]}
 

@@ -202,14 +202,21 @@ def choose_site_and_separation(
     return site, None
 
 
-def separation_for(separation: AtomSeparation | None, features: torch.Tensor, site: str) -> AtomSeparation:
+def separation_for(
+    separation: AtomSeparation | None, features: torch.Tensor, site: str, max_grid: int = 8
+) -> AtomSeparation:
     """``separation`` on the features' device; when ``None``, a training-free one for their width
-    (``learn_roles=False``, :data:`GUIDANCE_KERNEL`), built without moving the sampler's RNG."""
+    (``learn_roles=False``, :data:`GUIDANCE_KERNEL`, feature maps pooled to at most ``max_grid`` ×
+    ``max_grid`` particles), built without moving the sampler's RNG."""
     if separation is None:
         width = features.shape[1] if features.ndim == 4 else features.shape[-1]
         with torch.random.fork_rng(devices=[]):  # building it must not move the sampler's RNG
-            separation = AtomSeparation(dim=width, learn_roles=False, kernel=GUIDANCE_KERNEL)
-        logger.info("guidance at %r: training-free AtomSeparation(dim=%d)", site, width)
+            separation = AtomSeparation(
+                dim=width, learn_roles=False, kernel=GUIDANCE_KERNEL, max_grid=max_grid
+            )
+        logger.info(
+            "guidance at %r: training-free AtomSeparation(dim=%d, max_grid=%d)", site, width, max_grid
+        )
     if separation.device != features.device:
         separation.to(features.device)
     return separation
