@@ -105,10 +105,10 @@ def time_methods(
     The four are timed in turn within each round, after a warm-up round, so that a machine shared with
     other work loads them alike; times are medians over rounds, ratios medians of per-round ratios.
     """
-    separation = None
+    separations: dict[str, object] = {}  # each method's own (feature guidance pools to a smaller grid)
 
     def install(name: str):
-        nonlocal separation
+        separation = separations.get(name)
         if name == "atom":
             return guide(pipe, strength=atom, interval=(0.0, 1.0), separation=separation)
         if name == "feature":  # the strength does not change the cost
@@ -125,7 +125,7 @@ def time_methods(
             run()
             elapsed = time.perf_counter() - start
             if handle is not None:
-                separation = getattr(handle, "separation", separation)  # built once, at the first call
+                separations[name] = getattr(handle, "separation", None)  # built once, at the first call
                 handle.remove()
             if round_ > 0:
                 seconds.append(elapsed)

@@ -82,12 +82,14 @@ def run_eval(
     """Evaluate generated images against real ones; optionally write ``report.json`` and ``report.md``.
 
     Args:
-        real, fake: image folders, ``.npz`` arrays, dataset names (``digits``, ``mnist5k``), run
+        real, fake: image folders, ``.npz`` arrays, dataset names (``digits``, ``mnist5k``,
+            ``fashion-mnist``), run
             directories (saved samples, or samples drawn from the saved pipeline), tensors or sources.
         metrics: any of :data:`METRICS`; default all, but ``mode_coverage`` only when ``real`` is a digit
-            dataset (``digits``, ``mnist5k``); on request it accepts any grey digit images up to 32 px.
-        extractor: ``"auto"`` (the dataset's digit classifier when ``real`` is ``digits`` or ``mnist5k``,
-            else the FID Inception-v3),
+            dataset (``digits``, ``mnist5k``, ``fashion-mnist``: its ten classes are the modes); on
+            request it accepts any grey images up to 32 px.
+        extractor: ``"auto"`` (the dataset's classifier when ``real`` is one of
+            :data:`CLASSIFIER_OF_DATASET`, else the FID Inception-v3),
             a name from :data:`~atomgen.eval.features.EXTRACTORS`, or a :class:`FeatureExtractor`.
         out_dir: where to write the reports (``None``: return the dict only).
         batch_size, num_workers: images per forward pass; loader processes for image folders.
@@ -284,7 +286,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXAMPLES
     parser.add_argument(
-        "--real", required=True, help="folder, .npz, dataset name (digits, mnist5k) or run directory"
+        "--real",
+        required=True,
+        help="folder, .npz, dataset name (digits, mnist5k, fashion-mnist) or run directory",
     )
     parser.add_argument("--fake", required=True, help="folder, .npz, dataset name or run directory")
     parser.add_argument("--metrics", nargs="+", choices=METRICS, default=None, help="default: all that apply")
