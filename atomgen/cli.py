@@ -14,8 +14,9 @@ from . import __version__
 
 DEMO_EPILOG = """\
 examples:
-  atomgen demo                                   # about 8 minutes on 2 CPU cores
-  atomgen demo --quick --out runs/smoke          # under 2 minutes
+  atomgen demo                                   # about 10 minutes on 2 CPU cores
+  atomgen demo --quick --out runs/smoke          # under 3 minutes
+  atomgen demo --no-cfg                          # without the classifier-free-guidance section
   atomgen demo --seeds 3 --mode repulsive        # mean ± std over 3 seeds, the repulsive atom loss
   atomgen demo --inception --num-samples 1000    # FID Inception-v3 features (slow on a CPU)
   atomgen demo --set separation.weight=0.5 --set model.block_out_channels=[32,64]
@@ -55,7 +56,9 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
         description="Train a small DDPM on scikit-learn's 8×8 digits three times with the same seed (plain,\n"
         "atom separation, Dispersive Loss), sample each, and sample the plain one with atom guidance and\n"
         "Particle Guidance; score all five with atomgen.eval and write report.md, report.json, sample\n"
-        "grids, attribution heat maps, deletion curves and a diversity-fidelity plot to --out.",
+        "grids, attribution heat maps, deletion curves and a diversity-fidelity plot to --out. A last\n"
+        "section trains a class-conditional model and compares plain classifier-free guidance over a\n"
+        "grid of w with atom and feature guidance (--no-cfg skips it).",
         epilog=DEMO_EPILOG,
         formatter_class=_HelpFormatter,
     )
@@ -66,7 +69,7 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
     demo.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke-test sizes, under 2 minutes (steps={small.steps}, samples={small.num_samples}, "
+        help=f"smoke-test sizes, under 3 minutes (steps={small.steps}, samples={small.num_samples}, "
         f"inference steps={small.num_inference_steps}); explicit options still win",
     )
     demo.add_argument("--seeds", type=int, default=defaults.seeds, help="repeat with N seeds: mean ± std")
@@ -100,8 +103,30 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a field of the base config for all three trainings (separation.options.*: "
+        help="override a field of the base config for every training (separation.options.*: "
         "AtomSeparation arguments, for the atom model only)",
+    )
+    demo.add_argument(
+        "--no-cfg",
+        dest="cfg",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="skip the classifier-free-guidance section (run by default)",
+    )
+    demo.add_argument(
+        "--cfg-steps", type=int, default=defaults.cfg_steps, help="training steps of the CFG section's model"
+    )
+    demo.add_argument(
+        "--cfg-samples-per-class",
+        type=int,
+        default=defaults.cfg_samples_per_class,
+        help="CFG section: images per class and setting",
+    )
+    demo.add_argument(
+        "--cfg-inference-steps",
+        type=int,
+        default=defaults.cfg_inference_steps,
+        help="CFG section: DDIM sampling steps",
     )
     demo.add_argument("--no-progress", action="store_true", help="hide the sampling and scoring bars")
     demo.set_defaults(handler=_demo, command_parser=demo)

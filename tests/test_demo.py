@@ -13,11 +13,13 @@ from PIL import Image
 from atomgen import DispersiveLoss
 from atomgen.cli import build_parser, main
 from atomgen.data import load_digits_images
+from atomgen.demo import cfg
 from atomgen.demo.report import COLUMNS, aggregate
 from atomgen.demo.run import METHODS, DemoConfig, _batch_sizes, run_demo
 from atomgen.train.config import ConfigError
 
-# A tiny UNet, two training steps, twelve samples: seconds, and every code path of the real demo.
+# A tiny UNet, two training steps, twelve samples (six per class in the CFG section): seconds, and every
+# code path of the real demo.
 TINY_SETS = ["model.block_out_channels=[8,16]", "model.norm_num_groups=4", "train.batch_size=16"]
 TINY = {
     "steps": 2,
@@ -25,8 +27,12 @@ TINY = {
     "num_inference_steps": 2,
     "sample_batch_size": 6,
     "overrides": tuple(TINY_SETS),
+    "cfg_steps": 2,
+    "cfg_samples_per_class": 6,
+    "cfg_inference_steps": 2,
 }
 TINY_ARGS = ["--steps", "2", "--num-samples", "12", "--num-inference-steps", "2"]
+TINY_ARGS += ["--cfg-steps", "2", "--cfg-samples-per-class", "6", "--cfg-inference-steps", "2"]
 for item in TINY_SETS:
     TINY_ARGS += ["--set", item]
 
@@ -161,10 +167,47 @@ def test_report_states_the_settings_the_runs_used(demo_run):
 
 
 @pytest.mark.slow
+def test_cfg_section(demo_run):
+    """One class-conditional run (first seed), every setting scored, the table and the front in the report."""
+    out, report = demo_run
+    section = report["cfg"]
+    assert [row["setting"] for row in section["rows"]] == [s.key for s in cfg.SETTINGS]
+    for row in section["rows"]:
+        for key in ("w", "precision", "recall", "coverage", "accuracy", "sample_seconds"):
+            assert _finite(row[key]), (row["setting"], key)
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["precision"] <= 1
+        assert (row["strength"] is None) == (row["method"] == "cfg")
+    assert [row["w"] for row in section["rows"] if row["method"] == "cfg"] == list(cfg.SCALES)
+    assert {row["w"] for row in section["rows"] if row["method"] != "cfg"} == {cfg.GUIDED_SCALE}
+    assert section["samples_per_class"] == 6 and section["num_inference_steps"] == 2
+    assert section["scoring"]["classifier"] == "digits"
+
+    trained = json.loads((out / "config.json").read_text())["training"]["cfg"]
+    assert trained["model"]["num_classes"] == 10 and trained["model"]["objective"] == "v_prediction"
+    assert trained["train"]["label_dropout"] == 0.1 and trained["separation"]["method"] == "none"
+    assert trained["train"]["steps"] == 2 and trained["model"]["block_out_channels"] == [8, 16]
+    assert (out / "seed-0" / "cfg" / "pipeline" / "model_index.json").is_file()
+    assert not (out / "seed-1" / "cfg").exists()  # one seed only
+
+    text = (out / "report.md").read_text()
+    assert "## Classifier-free guidance" in text and "bench/cfg.py" in text
+    assert "not statistically meaningful" in text
+    for setting in cfg.SETTINGS:
+        assert f"| {setting.label} | {setting.scale:g} |" in text
+    assert report["figures"]["cfg_front"] == "cfg-front.png" and "(cfg-front.png)" in text
+    with Image.open(out / "cfg-front.png") as image:
+        image.load()
+        assert image.format == "PNG" and min(image.size) > 16
+
+
+@pytest.mark.slow
 def test_weight_zero_replays_the_baseline(tmp_path):
-    """With λ = 0 the atom run is an exact replay of the baseline: same weights, batches, noise, samples."""
+    """With λ = 0 the atom run is an exact replay of the baseline: same weights, batches, noise, samples.
+
+    The CFG section is off (``cfg=False``): no class-conditional run, no section, no front.
+    """
     overrides = (*TINY["overrides"], "separation.weight=0")
-    report = run_demo(tmp_path, progress=False, **{**TINY, "overrides": overrides})
+    report = run_demo(tmp_path, progress=False, **{**TINY, "overrides": overrides, "cfg": False})
     for column in COLUMNS:
         assert report["table"]["atom"][column.key] == report["table"]["baseline"][column.key]
     with (
@@ -173,6 +216,10 @@ def test_weight_zero_replays_the_baseline(tmp_path):
     ):
         assert np.array_equal(a["images"], b["images"])
     assert report["settings"]["atom_mode_source"] == "library default"
+    assert "cfg" not in report and "cfg_front" not in report["figures"]
+    assert not (tmp_path / "cfg-front.png").exists() and not (tmp_path / "seed-0" / "cfg").exists()
+    assert "Classifier-free guidance" not in (tmp_path / "report.md").read_text()
+    assert "cfg" not in json.loads((tmp_path / "config.json").read_text())["training"]
 
 
 def test_aggregate_and_batches():
@@ -193,6 +240,12 @@ def test_config_validation(tmp_path):
         DemoConfig(mode="attractive")
     with pytest.raises(ValueError, match="atom_guidance must be a finite number"):
         DemoConfig(atom_guidance=float("nan"))
+    with pytest.raises(ValueError, match="cfg_steps must be a positive integer"):
+        DemoConfig(cfg_steps=0)
+    with pytest.raises(ValueError, match="cfg_samples_per_class must be an integer of at least 6"):
+        DemoConfig(cfg_samples_per_class=5)
+    with pytest.raises(ValueError, match="cfg must be True or False"):
+        DemoConfig(cfg="no")
     with pytest.raises(TypeError, match="unknown settings"):
         run_demo(tmp_path, stpes=3)
     with pytest.raises(ConfigError, match="bogus"):  # refused before any work: nothing is written
@@ -211,12 +264,16 @@ def test_cli_help_defaults_and_user_errors(capsys, tmp_path):
     quick = build_parser(quick=True).parse_args(["demo", "--quick"])
     assert (quick.steps, quick.num_samples) == (DemoConfig.quick().steps, DemoConfig.quick().num_samples)
     assert build_parser(quick=True).parse_args(["demo", "--quick", "--steps", "7"]).steps == 7
+    assert quick.cfg_steps == DemoConfig.quick().cfg_steps < DemoConfig().cfg_steps
+    assert build_parser().parse_args(["demo", "--no-cfg"]).cfg is False
+    assert not hasattr(build_parser().parse_args(["demo"]), "cfg") and DemoConfig().cfg  # the default: on
 
     bad = (
         ["demo", "--bogus"],
         ["demo", "--steps", "0"],
         ["demo", "--seeds", "0"],
         ["demo", "--atom-guidance", "abc"],
+        ["demo", "--cfg-samples-per-class", "3"],
         ["demo", "--mode", "x"],
         ["demo", "--out", str(tmp_path / "a"), "--set", "train.bogus=1"],
         [],

@@ -1,7 +1,8 @@
 """The demo application: ``atomgen demo`` trains, samples, scores and writes the report.
 
-:mod:`.run` is the experiment, :mod:`.report` turns its measurements into tables, :mod:`.figures` draws
-them. It uses the training application and the library; nothing below imports from here.
+:mod:`.run` is the experiment, :mod:`.cfg` its classifier-free-guidance section, :mod:`.report` turns
+the measurements into tables, :mod:`.figures` draws them. It uses the training application and the
+library; nothing below imports from here.
 """
 
 from .run import DEFAULT_CONFIG, LIBRARY_MODE, METHODS, MODELS, DemoConfig, Method, run_demo

@@ -1,4 +1,5 @@
-"""The demo's pictures: sample grids, attribution heat maps, deletion curves, diversity against fidelity.
+"""The demo's pictures: sample grids, attribution heat maps, deletion curves, diversity against fidelity,
+and the CFG section's front (recall against precision).
 
 Every file is written atomically (:mod:`atomgen.io`). Plots use matplotlib's object API (a ``Figure``
 without ``pyplot``, so no global backend state is touched); the grids use PIL.
@@ -30,7 +31,8 @@ def write_figures(
 
     Args:
         out: the run directory.
-        report: what :func:`atomgen.demo.report.build` returned (table, attribution, methods).
+        report: what :func:`atomgen.demo.report.build` returned (table, attribution, methods), and
+            the CFG section's ``cfg`` entry if it ran.
         grids: images in [0, 1] per method key, for the sample grids.
         picture: ``images``, ``importance`` and ``grid`` of the atom model, for the heat maps.
     """
@@ -46,6 +48,9 @@ def write_figures(
     _save_figure(out / files["deletion"], _deletion_plot(report["attribution"]["per_seed"]))
     files["diversity_fidelity"] = "diversity-fidelity.png"
     _save_figure(out / files["diversity_fidelity"], _diversity_fidelity_plot(report))
+    if "cfg" in report:
+        files["cfg_front"] = "cfg-front.png"
+        _save_figure(out / files["cfg_front"], _cfg_front_plot(report["cfg"]))
     return files
 
 
@@ -148,4 +153,47 @@ def _diversity_fidelity_plot(report: dict[str, Any]):
             axes.legend(fontsize=7, frameon=False, loc="best")
     extractor = report["scoring"]["features"]["extractor"]
     figure.suptitle(f"Diversity against fidelity ({extractor} features)", fontsize=10)
+    return figure
+
+
+def _cfg_front_plot(section: dict[str, Any]):
+    """Recall against precision: plain CFG as a line through its ``w`` grid, the guidances as markers."""
+    figure = _figure(5.0, 3.8)
+    axes = figure.add_subplot()
+    grid = [row for row in section["rows"] if row["method"] == "cfg"]
+    axes.plot(
+        [row["precision"] for row in grid],
+        [row["recall"] for row in grid],
+        marker="o",
+        color="tab:grey",
+        label="plain CFG",
+    )
+    for row in grid:
+        axes.annotate(
+            f"w = {row['w']:g}",
+            (row["precision"], row["recall"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
+        )
+    markers = {"atom-guidance": ("s", "tab:red"), "feature-guidance": ("D", "tab:blue")}
+    for row in section["rows"]:
+        if row["method"] in markers:
+            marker, colour = markers[row["method"]]
+            axes.plot(
+                row["precision"],
+                row["recall"],
+                marker=marker,
+                markersize=9,
+                markerfacecolor="none",
+                markeredgewidth=1.5,
+                color=colour,
+                linestyle="none",
+                label=f"{row['label']}, γ = {row['strength']:g} (w = {row['w']:g})",
+            )
+    axes.set_xlabel("precision (fidelity) ↑")
+    axes.set_ylabel("recall (diversity) ↑")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, frameon=False, loc="best")
+    axes.set_title("Classifier-free guidance (per class, mean over classes; one seed)", fontsize=9)
     return figure

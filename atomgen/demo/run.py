@@ -6,7 +6,10 @@ timesteps — plain (``separation.method=none``), with atom separation and with 
 sampled through :class:`~atomgen.pipelines.AtomDDIMPipeline` from the same initial noise, and the plain
 model is also sampled with the two sampling-time methods, atom guidance and
 :class:`~atomgen.pipelines.ParticleGuidance`. Every set of samples is scored by :mod:`atomgen.eval`, the
-atom model's importances are drawn and checked with deletion curves, and the run directory receives:
+atom model's importances are drawn and checked with deletion curves. Last, unless ``cfg=False``, the
+classifier-free-guidance section (:mod:`.cfg`, first seed) trains a class-conditional model from the same
+base config and compares plain CFG over a grid of ``w`` with atom and feature guidance. The run directory
+receives:
 
     config.json               the demo settings, the resolved training configs and each method's settings
                               (:func:`method_settings`), before any work
@@ -15,7 +18,11 @@ atom model's importances are drawn and checked with deletion curves, and the run
     attribution.png           the atom model's importance maps over its samples (first seed)
     deletion.png              deletion curves: importance order against random order (all seeds)
     diversity-fidelity.png    diversity against fidelity, one point per method
+    cfg-front.png             the CFG section (:mod:`.cfg`, skipped with ``cfg=False``): recall against
+                              precision of a class-conditional model under plain CFG over a grid of ``w``
+                              and under atom and feature guidance; its table is in the report
     seed-<S>/<model>/         each training run (config.yaml, metrics.jsonl, checkpoints/, pipeline/)
+    seed-<S>/cfg/             the CFG section's class-conditional run (first seed only)
     seed-<S>/samples/<method>.npz   the evaluated samples (uint8): ``atomgen eval --fake`` reads them
     cache/                    feature cache of the real images
 """
@@ -30,6 +37,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +93,8 @@ DELETION_ATOMS = 256  # atoms (samples) in the deletion curves
 # ---------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the demo does; the defaults take about 8 minutes on 2 CPU cores (measured with one thread).
+    """What the demo does; the defaults take about 10 minutes on 2 CPU cores (measured with one thread):
+    about 8 for the five methods and about 2 for the CFG section.
 
     Args:
         steps: training steps of each model (``train.steps``).
@@ -101,8 +110,14 @@ class DemoConfig:
         particle_guidance: ``γ`` of Particle Guidance on the baseline model.
         inception: score with FID Inception-v3 features instead of the digit classifier's.
         config: the base training config (YAML).
-        overrides: ``key=value`` overrides of the base config, applied to all three trainings, except
-            ``separation.options.*``: those are ``AtomSeparation`` keyword arguments, for the atom model.
+        overrides: ``key=value`` overrides of the base config, applied to all three trainings (and the
+            CFG section's), except ``separation.options.*``: those are ``AtomSeparation`` keyword
+            arguments, for the atom model.
+        cfg: run the classifier-free-guidance section (:mod:`atomgen.demo.cfg`, first seed only).
+        cfg_steps: training steps of its class-conditional model.
+        cfg_samples_per_class: images sampled per class and setting (the scores are per class, with 5
+            neighbours).
+        cfg_inference_steps: its DDIM steps.
     """
 
     steps: int = 800
@@ -119,9 +134,21 @@ class DemoConfig:
     inception: bool = False
     config: str = DEFAULT_CONFIG
     overrides: tuple[str, ...] = ()
+    cfg: bool = True
+    cfg_steps: int = 500
+    cfg_samples_per_class: int = 40
+    cfg_inference_steps: int = 15
 
     def __post_init__(self) -> None:
-        for name in ("steps", "num_inference_steps", "sample_batch_size", "seeds"):
+        names = (
+            "steps",
+            "num_inference_steps",
+            "sample_batch_size",
+            "seeds",
+            "cfg_steps",
+            "cfg_inference_steps",
+        )
+        for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -134,6 +161,17 @@ class DemoConfig:
                 f"num_samples must be an integer of at least 8 (precision and recall use 5 neighbours), "
                 f"got {self.num_samples!r}"
             )
+        if (
+            isinstance(self.cfg_samples_per_class, bool)
+            or not isinstance(self.cfg_samples_per_class, int)
+            or self.cfg_samples_per_class < 6
+        ):
+            raise ValueError(
+                f"cfg_samples_per_class must be an integer of at least 6 (precision and recall within a "
+                f"class use 5 neighbours), got {self.cfg_samples_per_class!r}"
+            )
+        if not isinstance(self.cfg, bool):
+            raise ValueError(f"cfg must be True or False, got {self.cfg!r}")
         if self.sample_batch_size < 2:
             raise ValueError("sample_batch_size must be at least 2: guidance separates samples of a batch")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -150,8 +188,16 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
-        """A smoke-test size, under 2 minutes on 2 CPU cores (the samples are blurry digits at best)."""
-        sizes = {"steps": 150, "num_samples": 256, "num_inference_steps": 20}
+        """A smoke-test size, under 3 minutes on 2 CPU cores, about 40 s of it the CFG section (the samples
+        are blurry digits at best)."""
+        sizes = {
+            "steps": 150,
+            "num_samples": 256,
+            "num_inference_steps": 20,
+            "cfg_steps": 150,
+            "cfg_samples_per_class": 20,
+            "cfg_inference_steps": 10,
+        }
         return cls(**{**sizes, **overrides})
 
     @property
@@ -164,20 +210,32 @@ class DemoConfig:
             method.key
         )
 
-    def experiment(self, model: str, seed: int, out: Path) -> ExperimentConfig:
-        """The resolved training config of one model and seed (raises ``ConfigError`` for a bad one)."""
+    def experiment(
+        self, model: str, seed: int, out: Path, *, steps: int | None = None, extra: Sequence[str] = ()
+    ) -> ExperimentConfig:
+        """The resolved training config of one model and seed (raises ``ConfigError`` for a bad one).
+
+        Args:
+            model: a key of :data:`MODELS`, or the name of another run (plain, unless ``extra`` says
+                otherwise); the run's directory is ``<out>/seed-<seed>/<model>``.
+            seed: ``train.seed``.
+            out: the demo's run directory.
+            steps: ``train.steps``; ``None`` for :attr:`steps`.
+            extra: overrides applied last (the CFG section's class-conditional model).
+        """
         values = yaml.safe_load(config_path(self.config).read_text()) or {}
         values = apply_overrides(values, self.overrides)
-        steps = self.steps
+        steps = self.steps if steps is None else steps
         warmup = values.get("train", {}).get("lr_warmup_steps", 100)
         demo = [
-            f"separation.method={MODELS[model]}",
+            f"separation.method={MODELS.get(model, 'none')}",
             f"train.steps={steps}",
             f"train.seed={seed}",
             f"train.output_dir={out / f'seed-{seed}' / model}",
             f"train.lr_warmup_steps={min(warmup, steps // 10)}",  # a short run keeps its warm-up short
             f"train.checkpoint_every={steps}",  # one checkpoint, at the end
             "train.keep_checkpoints=1",
+            *extra,
         ]
         if model == "atom" and self.mode is not None:
             demo.append(f"separation.options.mode={self.mode}")
@@ -252,7 +310,7 @@ def run_demo(
         >>> report["table"]["atom"]["vendi"]  # doctest: +SKIP
     """
     from ..eval.features import default_device
-    from . import figures, report
+    from . import cfg, figures, report
 
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DemoConfig)})
     if unknown:
@@ -264,15 +322,14 @@ def run_demo(
         seed: {model: config.experiment(model, seed, out) for model in MODELS} for seed in config.seed_list
     }
     first = experiments[config.seed]
+    conditional = cfg.experiment(config, out) if config.cfg else None
     methods = method_settings(config, first)
+    training = {m: c.to_dict() for m, c in first.items()}
+    if conditional is not None:
+        training[cfg.MODEL] = conditional.to_dict()
     out.mkdir(parents=True, exist_ok=True)
     write_json(
-        out / "config.json",
-        {
-            "demo": dataclasses.asdict(config),
-            "training": {m: c.to_dict() for m, c in first.items()},
-            "methods": methods,
-        },
+        out / "config.json", {"demo": dataclasses.asdict(config), "training": training, "methods": methods}
     )
     started = time.perf_counter()
     device = default_device()
@@ -315,6 +372,7 @@ def run_demo(
             picture = {"images": shown, "importance": output.importance[: len(shown)], "grid": output.grid}
         mode = pipes["atom"].separation.config.mode
         del pipes, samples
+    guided = cfg.run_cfg(conditional, config, out / "cache", device, progress) if conditional else None
 
     settings = {
         "demo": dataclasses.asdict(config),
@@ -337,6 +395,8 @@ def run_demo(
         attributions=attributions,
         scoring=scorer.description,
     )
+    if guided is not None:
+        result["cfg"] = guided
     result["figures"] = figures.write_figures(out, result, grids, picture)
     result["wall_seconds"] = time.perf_counter() - started
     write_json(out / "report.json", result)
