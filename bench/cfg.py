@@ -273,8 +273,8 @@ def paired_interval(differences: list[float]) -> tuple[float, float | None, floa
 class Bench:
     """The stages above, writing ``<out>/<dataset>/seed<k>/{model,scores}`` and the report."""
 
-    def __init__(self, out: Path, preset: Preset, progress: bool = True):
-        self.out, self.preset, self.progress = out, preset, progress
+    def __init__(self, out: Path, preset: Preset, progress: bool = True, grid_only: bool = False):
+        self.out, self.preset, self.progress, self.grid_only = out, preset, progress, grid_only
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.scorers: dict[str, Scorer] = {}
 
@@ -341,6 +341,13 @@ class Bench:
             accuracy = {s.scale: _mean(rows, "accuracy") for s, rows in grid.items()}
             w = benchmark_scale(accuracy)
             cfg = Setting("cfg", w)
+            part: dict[str, Any] = {
+                "benchmark_scale": w,
+                "grid": [_row(s, rows, grid[Setting("cfg", s.scale)]) for s, rows in grid.items()],
+            }
+            report["datasets"][dataset] = part
+            if self.grid_only:
+                continue
             if dataset == TUNE or not chosen:  # tune every method's strength here, once
                 sweeps = {
                     method: self.scores(
@@ -363,10 +370,8 @@ class Bench:
             sweeps_rows = {}
             if dataset == tuned_on:
                 sweeps_rows = {s: rows for sweep in sweeps.values() for s, rows in sweep.items()}
-            report["datasets"][dataset] = {
-                "benchmark_scale": w,
+            part |= {
                 "tuned_on": tuned_on,
-                "grid": [_row(s, rows, grid[Setting("cfg", s.scale)]) for s, rows in grid.items()],
                 "methods": [_row(s, rows, grid[cfg]) for s, rows in {**sweeps_rows, **table}.items()],
                 "chosen": dict(chosen),
                 "targets": targets(grid[Setting("cfg", 1.0)], grid[cfg], table),
@@ -452,10 +457,13 @@ def markdown(report: dict[str, Any]) -> str:
     for dataset, part in report["datasets"].items():
         lines += ["", f"## {dataset}", "", "### The CFG grid", ""]
         lines += _table(part["grid"], diffs=False)
+        scale = f"Benchmark scale w* = {part['benchmark_scale']:g} (the largest w at which class accuracy still rises)."
+        if "methods" not in part:  # --grid-only
+            lines += ["", scale]
+            continue
         lines += [
             "",
-            f"Benchmark scale w* = {part['benchmark_scale']:g} (the largest w at which class accuracy still "
-            f"rises). Strengths tuned on {part['tuned_on']}: "
+            f"{scale} Strengths tuned on {part['tuned_on']}: "
             + ", ".join(f"{m} {s:g}" for m, s in part["chosen"].items())
             + ".",
             "",
@@ -529,9 +537,9 @@ def front_plot(report: dict[str, Any], path: Path) -> None:
             axes.annotate(
                 f"w={row['scale']:g}", (row["precision"]["mean"], row["recall"]["mean"]), fontsize=7
             )
-        methods = sorted({r["method"] for r in report["datasets"][dataset]["methods"]})
-        for method in methods:
-            rows = [r for r in report["datasets"][dataset]["methods"] if r["method"] == method]
+        every = report["datasets"][dataset].get("methods", [])  # none after --grid-only
+        for method in sorted({r["method"] for r in every}):
+            rows = [r for r in every if r["method"] == method]
             axes.plot(
                 [r["precision"]["mean"] for r in rows], [r["recall"]["mean"] for r in rows], "x", label=method
             )
@@ -552,13 +560,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--datasets", nargs="+", default=[TUNE, CONFIRM], help=f"default: {TUNE} (tune) then {CONFIRM}"
     )
+    parser.add_argument("--eta", type=float, help="η of DDIM (default: the preset's, 1: ancestral)")
+    parser.add_argument("--grid-only", action="store_true", help="stop after the CFG grid (no methods)")
     parser.add_argument("--results", type=Path, help="also write the tables and the plot here (results/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     preset = Preset.named("dry-run" if args.dry_run else args.preset)
     if args.seeds:
         preset = dataclasses.replace(preset, seeds=args.seeds)
-    bench = Bench(args.out, preset, progress=not args.dry_run)
+    if args.eta is not None:
+        preset = dataclasses.replace(preset, eta=args.eta)
+    bench = Bench(args.out, preset, progress=not args.dry_run, grid_only=args.grid_only)
     report = bench.run(tuple(args.datasets))
     from atomgen.io import write_json, write_text
 

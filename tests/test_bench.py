@@ -158,3 +158,13 @@ def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
     subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=True)
     assert [path.stat().st_mtime_ns for path in scores] == stamps  # a second run redoes nothing
     assert (tmp_path / "cfg.md").read_text() == markdown  # (nan intervals of the 1-seed sweeps: text)
+    # --grid-only stops after the grid (here: all cached) and says so in the report.
+    subprocess.run(
+        [*command, "--grid-only"], capture_output=True, text=True, timeout=600, env=env, check=True
+    )
+    part = json.loads((tmp_path / "cfg.json").read_text())["datasets"]["mnist5k"]
+    assert (
+        "methods" not in part
+        and len(part["grid"]) == 3
+        and "### Methods" not in (tmp_path / "cfg.md").read_text()
+    )
