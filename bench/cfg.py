@@ -80,20 +80,28 @@ class Preset:
         ("apg", (0.0, 0.5)),
         ("cads", (0.1, 0.25)),
         ("pg", (0.05, 0.1, 0.2)),
-        ("atom", (0.05, 0.1, 0.2)),
+        ("atom", (0.02, 0.05, 0.1)),  # 0.05 already cost 0.014 precision on mnist5k
         ("atom-feature", (0.1, 0.2, 0.4)),
     )
     combined: tuple[str, ...] = ("atom+interval", "atom+apg")
     batch_size: int = 500
     # the strength sweeps run on the first `tune_seeds` seeds (None: all); the chosen strengths on all
     tune_seeds: int | None = 1
+    combined_seeds: int | None = 1  # the combined methods' seeds (None: all); 2 CPU cores ran out of time
 
     @classmethod
     def named(cls, name: str) -> Preset:
         if name == "cpu":
             return cls()
         if name == "gpu":
-            return cls(seeds=5, samples_per_class=500, inference_steps=25, batch_size=5000, tune_seeds=None)
+            return cls(
+                seeds=5,
+                samples_per_class=500,
+                inference_steps=25,
+                batch_size=5000,
+                tune_seeds=None,
+                combined_seeds=None,
+            )
         if name == "dry-run":
             return cls(
                 seeds=2,
@@ -362,11 +370,12 @@ class Bench:
                     chosen[method] = choose_strength(means, cfg_mean)
                 tuned_on = dataset
             methods = [Setting(m, w, chosen[m]) for m, _ in self.preset.strengths]
-            methods += [
+            table = self.scores(dataset, methods)
+            combined = [
                 Setting(name, w, parts=tuple((p, chosen[p]) for p in name.split("+")))
                 for name in self.preset.combined
             ]
-            table = self.scores(dataset, methods)
+            table |= self.scores(dataset, combined, self.preset.combined_seeds)
             sweeps_rows = {}
             if dataset == tuned_on:
                 sweeps_rows = {s: rows for sweep in sweeps.values() for s, rows in sweep.items()}
@@ -392,24 +401,31 @@ def targets(
 ) -> dict[str, Any]:
     """The issue's targets for every atom method: the share of the recall CFG lost (``w = 1`` → ``w*``)
     that it recovers at matched fidelity, and its paired recall difference to each peer, with the
-    precision difference that says whether the two were matched (±0.01)."""
-    lost = _mean(unguided, "recall") - _mean(cfg, "recall")
+    precision difference that says whether the two were matched (±0.01). A method scored on fewer seeds
+    (the combined ones) is compared on its seeds only: the first ones, paired."""
+
+    def lost_on(seeds: int) -> float:
+        return _mean(unguided[:seeds], "recall") - _mean(cfg[:seeds], "recall")
+
+    lost = lost_on(len(cfg))
     rows = {setting.method: rows for setting, rows in table.items()}
-    cfg_mean = {m: _mean(cfg, m) for m in METRICS}
     result: dict[str, Any] = {"recall_lost": lost}
     for method in (m for m in rows if m.startswith("atom")):
         mine = rows[method]
+        seeds = len(mine)
         means = {m: _mean(mine, m) for m in METRICS}
+        plain = {m: _mean(cfg[:seeds], m) for m in METRICS}
         peers = {}
         for peer in PEERS:
-            recall = paired_interval(
-                [a["recall"] - b["recall"] for a, b in zip(mine, rows[peer], strict=True)]
-            )
-            precision = _mean(mine, "precision") - _mean(rows[peer], "precision")
-            peers[peer] = {"recall": recall, "precision_diff": precision}
+            theirs = rows[peer][:seeds]
+            recall = paired_interval([a["recall"] - b["recall"] for a, b in zip(mine, theirs, strict=True)])
+            peers[peer] = {
+                "recall": recall,
+                "precision_diff": means["precision"] - _mean(theirs, "precision"),
+            }
         result[method] = {
-            "recovered": (means["recall"] - cfg_mean["recall"]) / lost if lost > 0 else None,
-            "matched": admissible(means, cfg_mean),
+            "recovered": (means["recall"] - plain["recall"]) / lost_on(seeds) if lost > 0 else None,
+            "matched": admissible(means, plain),
             "peers": peers,
         }
     return result
