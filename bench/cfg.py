@@ -424,7 +424,7 @@ def targets(
                 "precision_diff": means["precision"] - _mean(theirs, "precision"),
             }
         result[method] = {
-            "recovered": (means["recall"] - plain["recall"]) / lost_on(seeds) if lost > 0 else None,
+            "recovered": (means["recall"] - plain["recall"]) / lost_on(seeds) if lost_on(seeds) > 0 else None,
             "matched": admissible(means, plain),
             "peers": peers,
         }
