@@ -3,7 +3,8 @@
 One class-conditional DDPM is trained on the digits by :func:`atomgen.train.train` from the demo's base
 config (:func:`experiment`: ten classes and the null label, v-prediction, 10 % label dropout, no
 separation) and sampled through :class:`~atomgen.pipelines.AtomClassConditionalPipeline`. Every setting
-(:data:`SETTINGS`) draws the same balanced class labels from the same initial noise (DDIM, η = 0): plain
+(:data:`SETTINGS`) draws the same balanced class labels from the same initial noise and the same noise at
+every step (ancestral DDIM, η = 1, as ``bench/cfg.py``: deterministic DDIM breaks CFG early here): plain
 CFG over a small grid of ``w``, and at ``w = GUIDED_SCALE`` latent atom guidance
 (:func:`~atomgen.pipelines.guide`, normalised) and feature guidance
 (:func:`~atomgen.pipelines.guide_features`). Each setting is scored per class against that class's real
@@ -43,6 +44,7 @@ OVERRIDES = (
     "train.label_dropout=0.1",
     "separation.method=none",
 )
+ETA = 1.0  # DDIM's η: ancestral sampling, each step's noise drawn from a seeded generator per batch
 PRDC_K = 5  # neighbours of precision, recall and coverage, within each class
 
 
@@ -55,7 +57,7 @@ class Setting:
     label: str  # the table, the plot
     method: str  # "cfg", "atom-guidance" or "feature-guidance"
     scale: float  # w of ε̂ = ε̂_u + w (ε̂_c − ε̂_u); w = 1 is unguided
-    strength: float | None = None  # γ of the guidance method (a fraction of ‖ε̂‖ for both)
+    strength: float | None = None  # γ: a fraction of ‖ε̂‖ (latent) or of the activations' norm (feature)
 
 
 SCALES = (1.0, 1.5, 2.0, 3.0)
@@ -112,7 +114,8 @@ def run_cfg(
 
     labels = np.repeat(np.arange(NUM_CLASSES), config.cfg_samples_per_class)
     # Near-equal batches (never one of a single image: the guidances separate the samples of a batch),
-    # and their initial noise, drawn once: every setting starts from the same latents.
+    # and their initial noise, drawn once: every setting starts from the same latents (and reseeds the
+    # same step noise).
     batches = np.array_split(labels, -(-len(labels) // config.sample_batch_size))
     noise = [
         pipe.prepare_latents(len(batch), torch.Generator().manual_seed(config.seed * 1_000_003 + index))
@@ -120,7 +123,8 @@ def run_cfg(
     ]
     rows = []
     for setting in SETTINGS:
-        images, seconds = _sample(pipe, setting, batches, noise, config.cfg_inference_steps)
+        step_seeds = [config.seed * 1_000_019 + index for index in range(len(batches))]
+        images, seconds = _sample(pipe, setting, batches, noise, step_seeds, config.cfg_inference_steps)
         scores = scorer(images, labels)
         logger.info("CFG, %s: %s", setting.key, ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         rows.append(
@@ -154,7 +158,12 @@ def run_cfg(
 
 @torch.no_grad()
 def _sample(
-    pipe: Any, setting: Setting, batches: list[np.ndarray], noise: list[torch.Tensor], steps: int
+    pipe: Any,
+    setting: Setting,
+    batches: list[np.ndarray],
+    noise: list[torch.Tensor],
+    step_seeds: list[int],
+    steps: int,
 ) -> tuple[torch.Tensor, float]:
     """The setting's images in [0, 1], quantised to 8 bits, and the seconds sampling took."""
     from ..pipelines import guide, guide_features
@@ -172,10 +181,12 @@ def _sample(
                 class_labels=torch.from_numpy(batch),
                 guidance_scale=setting.scale,
                 num_inference_steps=steps,
+                eta=ETA,
+                generator=torch.Generator().manual_seed(step_seed),
                 latents=latents,
                 output_type="pt",
             ).images.cpu()
-            for batch, latents in zip(batches, noise, strict=True)
+            for batch, latents, step_seed in zip(batches, noise, step_seeds, strict=True)
         ]
     seconds = time.perf_counter() - started
     return (torch.cat(chunks) * 255).round() / 255, seconds
