@@ -42,10 +42,10 @@ class AttachHandle:
         self._output: SeparationOutput | None = None
         self._hook = capture.register_forward_hook(self._capture)
 
-    def _capture(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+    def _capture(self, module: nn.Module, _inputs: Any, output: Any) -> None:
         _check_vae_batching(self.model, self.site)
         self.step += 1
-        features = pick_features(output, self.site)
+        features = pick_features(output, self.site, module)
         if self._split_moments:  # AutoencoderKL: (mean, log-variance) along channels; separate the mean
             features = features.chunk(2, dim=1)[0]
         self._features, self._output = features, None
@@ -170,14 +170,30 @@ def resolve_site(model: nn.Module, site: str) -> nn.Module:
         walked.append(part)
     if not isinstance(target, nn.Module):
         raise ValueError(f"{type(model).__name__}.{site} is a {type(target).__name__}, not an nn.Module")
+    if isinstance(target, (nn.ModuleList, nn.ModuleDict)):  # a container is never called itself
+        choices = [f"{site}.{name}" for name in target._modules]
+        shown = choices if len(choices) <= 6 else [*choices[:3], "…", *choices[-2:]]
+        raise ValueError(
+            f"{type(model).__name__}.{site} is a list of {len(choices)} blocks, which is never called "
+            f"itself: choose one of them, e.g. {', '.join(shown)}"
+        )
     return target
 
 
-def pick_features(output: Any, site: str) -> torch.Tensor:
-    """The activation tensor of a site's output: a tensor, the first tensor of a tuple, or ``.sample``."""
+# Dual-stream transformer blocks return (text tokens, image tokens); separation acts on the image tokens.
+IMAGE_TOKENS_AT = {"JointTransformerBlock": 1, "FluxTransformerBlock": 1, "FluxSingleTransformerBlock": 1}
+
+
+def pick_features(output: Any, site: str, module: nn.Module | None = None) -> torch.Tensor:
+    """The activation tensor of a site's output: a tensor, ``.sample``, or of a tuple the first tensor,
+    except for the dual-stream transformer blocks of :data:`IMAGE_TOKENS_AT` (Stable Diffusion 3, Flux),
+    whose image tokens are taken (not the text tokens)."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)):
+        position = IMAGE_TOKENS_AT.get(type(module).__name__)
+        if position is not None and isinstance(output[position], torch.Tensor):
+            return output[position]
         for item in output:
             if isinstance(item, torch.Tensor):
                 return item

@@ -9,6 +9,7 @@ formulation, not an exact reproduction of the paper.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +64,8 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         dim: feature width at the site — channels ``C`` of a ``(B, C, H, W)`` map, or ``d`` of
             ``(B, n, d)`` tokens and ``(B, d)`` vectors.
         patch_size: side ``p`` of the non-overlapping patches that become particles (feature maps only).
-        max_grid: feature maps larger than ``max_grid × max_grid`` are average-pooled down to it;
+        max_grid: feature maps larger than ``max_grid × max_grid`` are average-pooled down to it, and
+            token sequences longer than ``max_grid²`` (without a mask) to ``max_grid²`` tokens;
             ``None`` keeps every position.
         proj_dim: width ``k < d·p²`` of a fixed, seeded Gaussian random projection; ``None`` for none.
         proj_seed: seed of that projection.
@@ -168,7 +170,9 @@ class AtomSeparation(ModelMixin, ConfigMixin):
             particles = F.unfold(features, kernel_size=p, stride=p).transpose(1, 2)
         elif features.ndim == 3:
             self._check_width(features.shape[-1], features)
-            particles, grid = features, (features.shape[1],)
+            # a mask addresses the tokens one by one, so masked sequences keep every token
+            particles = _pool_tokens(features, cfg.max_grid if mask is None else None)
+            grid = (particles.shape[1],)
         elif features.ndim == 2:
             self._check_width(features.shape[-1], features)
             particles, grid = features[:, None, :], (1,)
@@ -323,3 +327,17 @@ class AtomSeparation(ModelMixin, ConfigMixin):
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _pool_tokens(tokens: torch.Tensor, max_grid: int | None) -> torch.Tensor:
+    """``(B, n, d)`` tokens average-pooled to at most ``max_grid²``, as feature maps are pooled to
+    ``max_grid × max_grid``: a square number of tokens is taken as an image's patches in raster order
+    (transformer denoisers) and pooled in 2-D; any other number is pooled along the sequence."""
+    batch, n, width = tokens.shape
+    if max_grid is None or n <= max_grid**2:
+        return tokens
+    side = math.isqrt(n)
+    if side * side == n:
+        grid = tokens.transpose(1, 2).reshape(batch, width, side, side)
+        return F.adaptive_avg_pool2d(grid, (max_grid, max_grid)).flatten(2).transpose(1, 2)
+    return F.adaptive_avg_pool1d(tokens.transpose(1, 2), max_grid**2).transpose(1, 2)

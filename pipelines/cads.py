@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.models.embeddings import LabelEmbedding
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
@@ -28,9 +29,10 @@ class CADS(DenoiserHook):
     r"""Condition-annealed sampling, installed on a pipeline's conditional denoiser.
 
     It anneals whatever conditioning the denoiser call carries: the prompt embeddings
-    (``encoder_hidden_states``, and SDXL's pooled ``text_embeds``) of a Stable Diffusion pipeline, and
-    the class embedding of a class-conditional ``UNet2DModel`` or ``UNet2DConditionModel`` (the output of
-    its ``class_embedding`` module for the call's ``class_labels``). Under classifier-free guidance only
+    (``encoder_hidden_states``, SDXL's pooled ``text_embeds``, Stable Diffusion 3's and Flux's
+    ``pooled_projections``), and the class embedding of a class-conditional ``UNet2DModel`` or
+    ``UNet2DConditionModel`` (the output of its ``class_embedding`` module for the call's
+    ``class_labels``) or ``DiTTransformer2DModel`` (its label embedders). Under classifier-free guidance only
     the conditional half is annealed; the unconditional embedding carries no condition. Mean and standard
     deviation for the rescaling are taken per sample.
 
@@ -84,13 +86,18 @@ class CADS(DenoiserHook):
         )
         self.rescale, self.generator = rescale, generator
         self._gamma: torch.Tensor | None = None
+        self._class_noise: torch.Tensor | None = None
         super().__init__(pipe)
 
     def setup(self) -> None:
+        # The class embedding is computed inside the forward pass: a UNet's ``class_embedding``, or the
+        # label embedders of a DiT's adaptive norms (one per block; they share one noise draw per call).
         embedding = getattr(self.denoiser, "class_embedding", None)
-        self._has_class_embedding = isinstance(embedding, nn.Module)
-        if self._has_class_embedding:  # the class embedding is computed inside the forward pass
-            self._handles.append(embedding.register_forward_hook(self._anneal_class_embedding))
+        embedders = [embedding] if isinstance(embedding, nn.Module) else []
+        embedders += [m for m in self.denoiser.modules() if isinstance(m, LabelEmbedding)]
+        self._has_class_embedding = bool(embedders)
+        for embedder in embedders:
+            self._handles.append(embedder.register_forward_hook(self._anneal_class_embedding))
 
     def schedule(self, fraction: torch.Tensor) -> torch.Tensor:
         """``γ(τ)``: 1 for ``τ ≤ τ1``, linear down to 0 at ``τ2``, 0 beyond."""
@@ -108,9 +115,12 @@ class CADS(DenoiserHook):
                 "pass prompt embeddings (encoder_hidden_states) or class_labels to a model with a "
                 "class embedding"
             )
-        self._gamma = gamma
+        self._gamma, self._class_noise = gamma, None
         if prompt is not None:
             call.replace("encoder_hidden_states", self._anneal(prompt, call))
+        pooled = call.get("pooled_projections")  # Stable Diffusion 3's and Flux's pooled text embedding
+        if isinstance(pooled, torch.Tensor):
+            call.replace("pooled_projections", self._anneal(pooled, call))
         added = call.get("added_cond_kwargs")
         if isinstance(added, dict) and isinstance(added.get("text_embeds"), torch.Tensor):  # SDXL pooled
             call.replace(
@@ -119,15 +129,22 @@ class CADS(DenoiserHook):
         return True
 
     def after_forward(self, call: DenoiserCall, output: Any) -> Any:
-        self._gamma = None
+        self._gamma, self._class_noise = None, None
         return None
 
     def _anneal_class_embedding(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> Any:
         if self._call is None or self._gamma is None:
             return None
-        return self._anneal(output, self._call)
+        if self._class_noise is None or self._class_noise.shape != output[self._call.guided].shape:
+            self._class_noise = self._noise(output[self._call.guided])
+        return self._anneal(output, self._call, self._class_noise)
 
-    def _anneal(self, condition: torch.Tensor, call: DenoiserCall) -> torch.Tensor:
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        return randn_tensor(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
+
+    def _anneal(
+        self, condition: torch.Tensor, call: DenoiserCall, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``ŷ`` for the guided rows of ``condition``; the other rows are returned unchanged."""
         y = condition[call.guided]
         if y.shape[0] != self._gamma.shape[0]:
@@ -135,7 +152,7 @@ class CADS(DenoiserHook):
                 f"the conditioning has {condition.shape[0]} rows for {call.sample.shape[0]} latents"
             )
         gamma = call.per_row(self._gamma, y)
-        noise = randn_tensor(y.shape, generator=self.generator, device=y.device, dtype=y.dtype)
+        noise = self._noise(y) if noise is None else noise
         noisy = gamma.sqrt() * y + self.noise_scale * (1.0 - gamma).sqrt() * noise
         if self.rescale:
             dims = tuple(range(1, y.ndim))
@@ -144,9 +161,7 @@ class CADS(DenoiserHook):
             rescaled = (noisy - noisy_mean) / noisy_std.clamp_min(1e-12) * std + mean
             noisy = self.psi * rescaled + (1.0 - self.psi) * noisy
         annealed = torch.where(gamma < 1.0, noisy, y)  # rows still at γ = 1 stay bit-identical
-        if call.guided == slice(None):
-            return annealed
-        return torch.cat([condition[: condition.shape[0] - y.shape[0]], annealed])
+        return call.with_guided(condition, annealed)
 
     def __repr__(self) -> str:
         return (

@@ -19,7 +19,7 @@ import torch
 from diffusers import DiffusionPipeline
 from torch import nn
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
 DENOISER_NAMES = ("unet", "transformer")
 DEFAULT_INTERVAL = (0.4, 1.0)  # the noisier 60 % of the trajectory: diversity is decided early
 
@@ -39,9 +39,11 @@ class DenoiserCall:
             address them by parameter name, keeping each where the caller put it.
         names: the parameter names of the denoiser's ``forward``, in order.
         sample_name: the name of the latents argument (``"sample"`` for UNets, ``"hidden_states"``).
-        fraction: ``τ = t / (T − 1)`` per row, the position on the trajectory (1 = pure noise).
+        fraction: ``τ`` per row, the position on the trajectory (1 = pure noise): ``t / (T − 1)``, or
+            ``σ`` under flow matching (:func:`noise_levels`).
         alpha, sigma: ``α_t`` and ``σ_t`` of ``z_t = α_t x_0 + σ_t ε`` per row (float64, on the CPU).
-        doubled: whether the batch is ``[uncond, cond]`` of classifier-free guidance.
+        doubled: whether the batch holds the two halves of classifier-free guidance (``[uncond, cond]``,
+            or ``[cond, uncond]`` as diffusers' DiT pipeline orders them).
         guided: the rows a method acts on: the conditional half when doubled, else every row.
         strength: ``γ(t)`` per guided row (energy guidance).
         energy_grad: ``∇_{z_t} E`` for the guided rows, once computed (energy guidance).
@@ -79,6 +81,11 @@ class DenoiserCall:
         """The latents ``z_t`` as the denoiser receives them, ``(N, C, ...)``."""
         return self.get(self.sample_name)
 
+    def with_guided(self, full: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``full`` (one entry per row of the call) with its :attr:`guided` rows replaced by ``rows``."""
+        start, stop, _ = self.guided.indices(full.shape[0])
+        return torch.cat([full[:start], rows, full[stop:]])
+
     def per_row(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``values`` (one per row) shaped to broadcast against ``like`` (same device and dtype)."""
         return values.to(like.device, like.dtype).view(-1, *([1] * (like.ndim - 1)))
@@ -98,8 +105,9 @@ class DenoiserHook:
     A method with ``needs_batch = True`` is refused, with a clear error, a batch of one sample.
 
     Args:
-        pipe: a diffusers pipeline with a ``unet`` or ``transformer`` and a scheduler with a
-            variance-preserving noise schedule (``alphas_cumprod``: DDPM, DDIM, PNDM, Euler, DPM-Solver…).
+        pipe: a diffusers pipeline with a ``unet`` or ``transformer`` and a scheduler with a Gaussian
+            noise path: variance-preserving (``alphas_cumprod``: DDPM, DDIM, PNDM, Euler, DPM-Solver…) or
+            flow matching (``FlowMatchEulerDiscreteScheduler``: Stable Diffusion 3, Flux, Sana…).
     """
 
     #: whether the method acts between the samples of a batch (and so needs two of them)
@@ -199,8 +207,9 @@ class DenoiserHook:
         if t.numel() not in (1, rows):
             raise ValueError(f"timestep has {t.numel()} entries for a batch of {rows} latents")
         call.fraction, call.alpha, call.sigma = noise_levels(self.pipe.scheduler, t.expand(rows))
-        call.doubled = _is_doubled(self.pipe, call)
-        call.guided = slice(rows // 2, None) if call.doubled else slice(None)
+        conditional = _conditional_half(self.pipe, call)
+        call.doubled = conditional is not None
+        call.guided = slice(None) if conditional is None else conditional
         return call
 
     def _check_batch(self, call: DenoiserCall) -> None:
@@ -218,11 +227,17 @@ class DenoiserHook:
 
 
 def noise_levels(scheduler: Any, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(τ, α_t, σ_t)`` of the variance-preserving process ``z_t = α_t x_0 + σ_t ε`` at timesteps ``t``.
+    """``(τ, α_t, σ_t)`` of the Gaussian path ``z_t = α_t x_0 + σ_t ε`` at the denoiser's timesteps ``t``.
 
-    ``τ = t / (T − 1)`` (1 = pure noise). Fractional timesteps (Euler-type schedulers) interpolate
-    ``σ_t / α_t = √((1 − ᾱ_t) / ᾱ_t)`` linearly in ``t``, as those schedulers do. float64, on the CPU.
+    ``τ`` is the position on the trajectory (1 = pure noise). Variance-preserving schedulers
+    (``alphas_cumprod``): ``τ = t / (T − 1)``, and fractional timesteps (Euler-type schedulers)
+    interpolate ``σ_t / α_t = √((1 − ᾱ_t) / ᾱ_t)`` linearly in ``t``, as those schedulers do. Flow
+    matching (rectified flow, :func:`is_flow_matching`): ``z_σ = (1 − σ) x_0 + σ ε``, so ``α = 1 − σ``
+    and ``τ = σ``, read from the timestep by :func:`flow_sigma`. float64, on the CPU.
     """
+    if is_flow_matching(scheduler):
+        sigma = flow_sigma(scheduler, timestep)
+        return sigma, 1.0 - sigma, sigma
     alphas_cumprod = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
     last = alphas_cumprod.numel() - 1
     ratios = ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()  # σ_t / α_t
@@ -231,6 +246,35 @@ def noise_levels(scheduler: Any, timestep: torch.Tensor) -> tuple[torch.Tensor, 
     ratio = torch.lerp(ratios[low], ratios[(low + 1).clamp_max(last)], t - low)
     alpha = (1.0 + ratio.square()).rsqrt()
     return t / last, alpha, ratio * alpha
+
+
+def is_flow_matching(scheduler: Any) -> bool:
+    """Whether ``scheduler`` samples a rectified flow: diffusers' ``FlowMatch*`` schedulers, and the
+    multistep solvers configured for it (``prediction_type="flow_prediction"``, as Sana's)."""
+    if type(scheduler).__name__.startswith("FlowMatch"):
+        return True
+    return getattr(scheduler.config, "prediction_type", None) == "flow_prediction"
+
+
+def flow_sigma(scheduler: Any, timestep: torch.Tensor) -> torch.Tensor:
+    """``σ`` of a flow-matching denoiser call from its timestep, float64 on the CPU.
+
+    Flow schedulers hold ``timesteps = σ · T`` (``T = num_train_timesteps``). Most pipelines pass that to
+    the denoiser (Stable Diffusion 3, Sana); Flux, Qwen-Image and others pass ``σ`` itself
+    (``timestep / 1000``) and the transformer scales it back. Which of the two a call used is read off
+    the scheduler's current timesteps: the reading under which ``t`` lies closer to one of them.
+    """
+    train_steps = float(scheduler.config.num_train_timesteps)
+    t = timestep.detach().to("cpu", torch.float64).flatten()
+    steps = getattr(scheduler, "timesteps", None)
+    if isinstance(steps, torch.Tensor) and steps.numel():
+        steps = steps.detach().to("cpu", torch.float64).flatten()
+        as_steps = (t[:, None] - steps).abs().amin(dim=1)
+        as_sigma = (t[:, None] * train_steps - steps).abs().amin(dim=1)
+        is_sigma = as_sigma < as_steps
+    else:  # no sampling loop has set the timesteps: a timestep above 1 cannot be a σ
+        is_sigma = t <= 1.0
+    return torch.where(is_sigma, t, t / train_steps).clamp(0.0, 1.0)
 
 
 def _find_denoiser(pipe: Any) -> nn.Module:
@@ -260,16 +304,22 @@ def _forward_parameters(denoiser: nn.Module) -> tuple[list[str], str]:
 
 
 def _check_scheduler(scheduler: Any) -> None:
-    if not isinstance(getattr(scheduler, "alphas_cumprod", None), torch.Tensor):
+    if not is_flow_matching(scheduler) and not isinstance(
+        getattr(scheduler, "alphas_cumprod", None), torch.Tensor
+    ):
         raise TypeError(
-            f"sampling-time guidance needs a scheduler with a variance-preserving noise schedule "
-            f"(alphas_cumprod), such as DDPMScheduler, DDIMScheduler or EulerDiscreteScheduler; got "
-            f"{type(scheduler).__name__}"
+            f"sampling-time guidance needs a scheduler with a Gaussian noise path: a variance-preserving "
+            f"one (alphas_cumprod: DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler…) or flow "
+            f"matching (FlowMatchEulerDiscreteScheduler…); got {type(scheduler).__name__}"
         )
     prediction_type(scheduler)
 
 
 def prediction_type(scheduler: Any) -> str:
+    """What the denoiser predicts: one of :data:`PREDICTION_TYPES` (``"flow"``: the velocity
+    ``v = ε − x_0`` of a rectified flow, whatever the scheduler calls it)."""
+    if is_flow_matching(scheduler):
+        return "flow"
     prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(
@@ -292,25 +342,38 @@ def check_interval(interval: tuple[float, float]) -> tuple[float, float]:
     return low, high
 
 
-def _is_doubled(pipe: Any, call: DenoiserCall) -> bool:
-    """Whether this call is the ``[uncond, cond]`` batch of classifier-free guidance: the two halves of
-    the latents are equal, and the pipeline says it guides (Stable Diffusion pipelines have
-    ``do_classifier_free_guidance``) or, for pipelines that do not say, the halves' prompts or class labels differ."""
+def _conditional_half(pipe: Any, call: DenoiserCall) -> slice | None:
+    """The conditional half's rows when this call is the doubled batch of classifier-free guidance,
+    else ``None``.
+
+    The batch is doubled when the two halves of the latents are equal and the pipeline says it guides
+    (Stable Diffusion pipelines have ``do_classifier_free_guidance``) or, for pipelines that do not say,
+    the halves' prompts or class labels differ. The conditional half is the second (``[uncond, cond]``,
+    as most pipelines order it), except where the class labels say otherwise: the unconditional half's
+    labels are all the null label, the largest index (diffusers' ``DiTPipeline`` puts it second).
+    """
     sample, rows = call.sample, call.sample.shape[0]
     half = rows // 2
     if rows < 2 or rows % 2 or not torch.equal(sample[:half], sample[half:]):
-        return False
+        return None
+    first, second = slice(None, half), slice(half, None)
+    labels = call.get("class_labels")
+    if isinstance(labels, torch.Tensor) and labels.shape[:1] == (rows,):
+        null = labels.max()
+        if bool((labels[second] == null).all()) and not bool((labels[first] == null).all()):
+            return first
+        if not torch.equal(labels[first], labels[second]):
+            return second
     try:
         says = getattr(pipe, "do_classifier_free_guidance", None)
     except AttributeError:  # the property reads state that __call__ sets
         says = None
     if says is not None:
-        return bool(says)
-    for name in ("encoder_hidden_states", "class_labels"):  # prompts, or class labels with a null label
-        condition = call.get(name)
-        if isinstance(condition, torch.Tensor) and condition.shape[:1] == (rows,):
-            return not torch.equal(condition[:half], condition[half:])
-    return False
+        return second if says else None
+    prompt = call.get("encoder_hidden_states")
+    if isinstance(prompt, torch.Tensor) and prompt.shape[:1] == (rows,):
+        return None if torch.equal(prompt[first], prompt[second]) else second
+    return None
 
 
 def prediction_tensor(output: Any) -> torch.Tensor:
@@ -349,6 +412,8 @@ __all__ = [
     "DenoiserHook",
     "add_to_prediction",
     "check_interval",
+    "flow_sigma",
+    "is_flow_matching",
     "noise_levels",
     "prediction_tensor",
     "prediction_type",

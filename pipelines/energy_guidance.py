@@ -33,6 +33,8 @@ class EnergyGuidance(DenoiserHook):
     At every denoiser call inside the interval the noise prediction is corrected,
     ``ε̂ ← ε̂ + γ(t) · σ_t · ∇_{z_t} E``, and the correction is converted for v- and sample-prediction
     models through ``scheduler.config.prediction_type`` (``Δv = Δε / α_t``, ``Δx̂_0 = −σ_t Δε / α_t``).
+    Under flow matching the velocity is corrected, ``v̂ ← v̂ + γ(t) · σ · ∇_{z_σ} E``
+    (:meth:`_velocity_correction` derives it).
     Lowering ``E`` pushes the samples apart. Under classifier-free guidance the energy is taken on the
     conditional half and the same correction is added to both halves, so the guided output moves by
     exactly that correction. A subclass implements :meth:`prepare_energy`, which sets
@@ -101,26 +103,52 @@ class EnergyGuidance(DenoiserHook):
             return None
         if call.energy_grad is None:
             raise RuntimeError(f"{type(self).__name__} computed no energy gradient at this call")
-        guided = call.sample[call.guided]
-        grad = call.energy_grad.to(guided.dtype)
-        sigma, alpha = call.sigma[call.guided], call.alpha[call.guided].clamp_min(1e-8)
+        grad = call.energy_grad.to(call.sample.dtype)
         parameterisation = prediction_type(self.pipe.scheduler)
-        if self.normalize:  # Δε = γ(t) ‖ε̂‖ g / ‖g‖, per sample
-            eps = self._noise_prediction(call, output, parameterisation)
-            scale = row_norm(eps) / row_norm(grad).clamp_min(torch.finfo(grad.dtype).tiny)
-            delta_eps = call.per_row(call.strength, grad) * scale * grad
-        else:  # §7: Δε = γ(t) σ_t ∇_{z_t} E
-            delta_eps = call.per_row(call.strength * sigma, grad) * grad
-        # then to the model's parameterisation
-        if parameterisation == "epsilon":
-            delta = delta_eps
-        elif parameterisation == "v_prediction":  # v = α ε − σ x_0, ε = α v + σ z_t  ⇒  Δv = Δε / α
-            delta = delta_eps / call.per_row(alpha, grad)
-        else:  # x̂_0 = (z_t − σ ε̂) / α  ⇒  Δx̂_0 = −σ Δε / α
-            delta = -delta_eps * call.per_row(sigma / alpha, grad)
+        if parameterisation == "flow":
+            delta = self._velocity_correction(call, output, grad)
+        else:
+            delta = self._noise_correction(call, output, grad, parameterisation)
         if call.doubled:  # the same correction for the unconditional and the conditional half
             delta = torch.cat([delta, delta])
         return add_to_prediction(output, delta)
+
+    def _noise_correction(
+        self, call: DenoiserCall, output: Any, grad: torch.Tensor, parameterisation: str
+    ) -> torch.Tensor:
+        """``Δε`` (variance-preserving schedulers), in the model's own parameterisation."""
+        sigma, alpha = call.sigma[call.guided], call.alpha[call.guided].clamp_min(1e-8)
+        if self.normalize:  # Δε = γ(t) ‖ε̂‖ g / ‖g‖, per sample
+            eps = self._noise_prediction(call, output, parameterisation)
+            delta_eps = _along(grad, call.per_row(call.strength, grad) * row_norm(eps))
+        else:  # §7: Δε = γ(t) σ_t ∇_{z_t} E
+            delta_eps = call.per_row(call.strength * sigma, grad) * grad
+        if parameterisation == "epsilon":
+            return delta_eps
+        if parameterisation == "v_prediction":  # v = α ε − σ x_0, ε = α v + σ z_t  ⇒  Δv = Δε / α
+            return delta_eps / call.per_row(alpha, grad)
+        return -delta_eps * call.per_row(sigma / alpha, grad)  # x̂_0 = (z_t − σ ε̂) / α  ⇒  Δx̂_0 = −σ Δε / α
+
+    def _velocity_correction(self, call: DenoiserCall, output: Any, grad: torch.Tensor) -> torch.Tensor:
+        """``Δv`` of a rectified flow's velocity (flow-matching schedulers).
+
+        On the path ``z_σ = (1 − σ) x_0 + σ ε`` the model predicts ``v = ε − x_0 = dz/dσ`` and the
+        sampler steps ``z_σ' = z_σ + (σ' − σ) v̂``. At fixed ``z_σ``, ``ε = z_σ + (1 − σ) v``, so the
+        ε-space correction ``Δε = γ σ ∇E`` would be ``Δv = Δε / (1 − σ)``, which diverges at ``σ = 1``
+        where flow samplers start (there ``z = ε``, and a change of ``ε̂`` means nothing). The velocity
+        is corrected instead by
+
+            Δv = γ(t) · σ · ∇_{z_σ} E            (normalize=True: Δv = γ(t) ‖v̂‖ g / ‖g‖)
+
+        the ε-space correction weighted by ``α = 1 − σ``, which vanishes at pure noise. A step then moves
+        the sample by ``(σ' − σ) Δv = −(σ − σ') γ σ ∇E``: a descent step on ``E`` in proportion to the
+        step's length, as the corrected ``ε̂`` gives in variance-preserving sampling. Normalised, ``γ``
+        is a fraction of the velocity's norm, as it is of ``‖ε̂‖`` there.
+        """
+        if self.normalize:
+            velocity = prediction_tensor(output)[call.guided, : grad.shape[1]].to(grad.dtype)
+            return _along(grad, call.per_row(call.strength, grad) * row_norm(velocity))
+        return call.per_row(call.strength * call.sigma[call.guided], grad) * grad
 
     @staticmethod
     def _noise_prediction(call: DenoiserCall, output: Any, parameterisation: str) -> torch.Tensor:
@@ -133,6 +161,11 @@ class EnergyGuidance(DenoiserHook):
         if parameterisation == "v_prediction":  # ε = α v + σ z_t
             return alpha * prediction + sigma * z_t
         return (z_t - alpha * prediction) / sigma.clamp_min(1e-8)  # ε = (z_t − α x̂_0) / σ
+
+
+def _along(grad: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """``length · g / ‖g‖`` per row: the gradient's direction at a given length."""
+    return length * grad / row_norm(grad).clamp_min(torch.finfo(grad.dtype).tiny)
 
 
 def row_norm(x: torch.Tensor) -> torch.Tensor:

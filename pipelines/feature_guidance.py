@@ -87,16 +87,15 @@ class FeatureGuidance(DenoiserHook):
     def _at_site(self, call: DenoiserCall, output: Any) -> Any:
         self._site_hook.remove()
         self._site_hook = None
-        features = pick_features(output, self.site)
+        features = pick_features(output, self.site, self._site_module)
         rows = features.shape[0]
         if rows != call.sample.shape[0]:
             raise RuntimeError(
                 f"site {self.site!r} has {rows} rows for {call.sample.shape[0]} latents; feature guidance "
                 "needs a site whose activations keep the batch dimension first"
             )
-        moved = self.move(features[call.guided], call.strength)
-        if call.doubled:  # only the conditional half moves; the unconditional half stays as it is
-            moved = torch.cat([features[: rows - moved.shape[0]], moved])
+        # only the conditional half moves; the unconditional half stays as it is
+        moved = call.with_guided(features, self.move(features[call.guided], call.strength))
         return _replace_tensor(output, features, moved)
 
     def move(self, h: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,7 @@ class AtomGuidance(EnergyGuidance):
         self._site_hook.remove()
         self._site_hook = None
         try:
-            features = pick_features(output, self.site)[call.guided]
+            features = pick_features(output, self.site, self._site_module)[call.guided]
             self.separation = separation = separation_for(self.separation, features, self.site)
             try:
                 atoms = separation(features)

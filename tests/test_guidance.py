@@ -16,7 +16,7 @@ from diffusers import (
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
-    FlowMatchEulerDiscreteScheduler,
+    ScoreSdeVeScheduler,
 )
 from test_pipelines import quiet, seed
 from tiny import tiny_conditional_unet, tiny_unet, tiny_vae
@@ -265,15 +265,15 @@ def test_unsupported_pipelines_and_options_are_refused():
     class LinearDenoiser:
         unet, scheduler = torch.nn.Linear(2, 2), pipe.scheduler
 
-    class FlowMatching:
-        unet, scheduler = pipe.unet, FlowMatchEulerDiscreteScheduler()
+    class VarianceExploding:
+        unet, scheduler = pipe.unet, ScoreSdeVeScheduler()
 
     with pytest.raises(TypeError, match="denoiser named unet or transformer"):
         guide(NoDenoiser(), strength=1.0)
     with pytest.raises(TypeError, match="unsupported denoiser Linear"):
         guide(LinearDenoiser(), strength=1.0)
-    with pytest.raises(TypeError, match="variance-preserving"):
-        guide(FlowMatching(), strength=1.0)
+    with pytest.raises(TypeError, match=r"Gaussian noise path.*ScoreSdeVeScheduler"):
+        guide(VarianceExploding(), strength=1.0)
     with pytest.raises(ValueError, match="0 ≤ t_lo < t_hi ≤ 1"):
         guide(pipe, strength=1.0, interval=(0.8, 0.2))
     with pytest.raises(ValueError, match="finite number"):

@@ -16,15 +16,10 @@ from diffusers import (
     DDPMPipeline,
     DDPMScheduler,
 )
-from tiny import tiny_unet, tiny_vae
+from tiny import quiet, tiny_unet, tiny_vae
 
 from atomgen import AtomSeparation
 from atomgen.pipelines import AtomDDIMPipeline, AtomDDPMPipeline, AtomVAEPipeline
-
-
-def quiet(pipe):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def seed(value: int = 0) -> torch.Generator:
