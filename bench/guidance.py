@@ -8,7 +8,9 @@ Guidance.
    plain sampling, through the real pipelines: ``DDIMPipeline`` with the demo-sized ``UNet2DModel``
    (8×8, one channel, ``block_out_channels=(32, 64)``), ``AtomClassConditionalPipeline`` with the CFG
    benchmark's 16×16 class-conditional UNet (classifier-free guidance, a doubled batch) and
-   ``StableDiffusionPipeline`` (CFG too) with a small UNet2DConditionModel of Stable Diffusion's shape.
+   ``StableDiffusionPipeline`` (CFG too) with a small UNet2DConditionModel of Stable Diffusion's shape,
+   and the flow-matching transformer pipelines ``StableDiffusion3Pipeline`` (CFG) and ``FluxPipeline``
+   with small transformers of their shapes.
    Latent-gradient atom guidance (target ratio ≤ 1.6) and feature-space atom guidance (``guide_features``,
    no backward pass to the latents; target ≤ 1.15) are timed, and Particle Guidance, which needs no pass
    through the denoiser.
@@ -210,6 +212,73 @@ def bench_stable_diffusion(batch: int, steps: int, repeats: int) -> SpeedRow:
     return SpeedRow("SD-shaped UNet2DConditionModel 32×32 latents, CFG", f"{batch} (×2)", *times)
 
 
+def bench_flow_transformer(kind: str, batch: int, steps: int, repeats: int) -> SpeedRow:
+    """A flow-matching transformer pipeline at a tenth of the real model's width: Stable Diffusion 3's
+    MMDiT (joint blocks, classifier-free guidance: a doubled batch) or Flux's (dual- then single-stream
+    blocks, guidance-distilled: no doubled batch), 256 image tokens of width 128, prompt embeddings
+    given directly (no text encoders)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    torch.manual_seed(0)
+    width, text = 256, 64  # prompt embedding width, text tokens
+    vae = AutoencoderKL(latent_channels=16, block_out_channels=(8,), norm_num_groups=4)  # never decodes
+    generator = torch.Generator().manual_seed(0)
+    prompt = {
+        "prompt_embeds": torch.randn(batch, text, width, generator=generator),
+        "pooled_prompt_embeds": torch.randn(batch, width, generator=generator),
+    }
+    options = dict(num_inference_steps=steps, height=32, width=32, output_type="latent")
+    if kind == "sd3":  # 32×32 latents of 16 channels in 2×2 patches: 256 tokens
+        transformer = SD3Transformer2DModel(
+            sample_size=32,
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            num_layers=4,
+            attention_head_dim=32,
+            num_attention_heads=4,
+            caption_projection_dim=128,
+            joint_attention_dim=width,
+            pooled_projection_dim=width,
+        ).eval()
+        pipe = StableDiffusion3Pipeline(
+            transformer, FlowMatchEulerDiscreteScheduler(shift=3.0), vae, None, None, None, None, None, None
+        )
+        negative = {f"negative_{k}": torch.zeros_like(v) for k, v in prompt.items()}
+        call, name = dict(**prompt, **negative, guidance_scale=5.0), "SD3-shaped MMDiT, CFG"
+    else:  # 32×32 latents packed in 2×2 patches of 64 channels: 256 tokens
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            num_layers=2,
+            num_single_layers=4,
+            attention_head_dim=32,
+            num_attention_heads=4,
+            joint_attention_dim=width,
+            pooled_projection_dim=width,
+            axes_dims_rope=[8, 12, 12],
+        ).eval()
+        pipe = FluxPipeline(
+            FlowMatchEulerDiscreteScheduler(shift=3.0), vae, None, None, None, None, transformer
+        )
+        call, name = dict(**prompt), "Flux-shaped transformer, guidance-distilled"
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe(**call, **options, generator=torch.Generator().manual_seed(0))
+
+    times = time_methods(pipe, run, steps, repeats, atom=0.5, particle=0.5)
+    doubled = " (×2)" if kind == "sd3" else ""
+    return SpeedRow(f"{name}, 256 tokens, flow matching", f"{batch}{doubled}", *times)
+
+
 # --- 2. Diversity per fidelity on the digits model -------------------------------------------------
 
 
@@ -308,6 +377,9 @@ def main(argv: list[str] | None = None) -> None:
     speed = [bench_demo(batch, args.steps, args.repeats) for batch in args.demo_batch]
     speed.append(bench_class_conditional(args.cfg_batch, args.steps, args.repeats))
     speed.append(bench_stable_diffusion(args.sd_batch, args.sd_steps, args.repeats))
+    speed += [
+        bench_flow_transformer(kind, args.sd_batch, args.sd_steps, args.repeats) for kind in ("sd3", "flux")
+    ]
     device = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     print(
         f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {device}"

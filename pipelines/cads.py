@@ -4,7 +4,7 @@ Early in sampling the conditioning ``y`` is drowned in noise and restored as sam
 
     ŷ = √γ(t) · y + s · √(1 − γ(t)) · n,        n ~ N(0, I)
 
-with ``γ(t)`` piecewise linear on ``τ = t / (T − 1)`` (1 = pure noise): 1 below ``τ1``, 0 above ``τ2``.
+with ``γ(t)`` piecewise linear on ``τ = t / (T − 1)`` (``σ`` under flow matching; 1 = pure noise): 1 below ``τ1``, 0 above ``τ2``.
 Optionally ``ŷ`` is rescaled to ``y``'s mean and standard deviation and mixed back, ``ψ ŷ_rescaled +
 (1 − ψ) ŷ``. It is installed on the denoiser with the same hook as the guidance methods.
 """

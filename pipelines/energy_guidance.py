@@ -55,7 +55,8 @@ class EnergyGuidance(DenoiserHook):
         strength: ``γ``; 0 leaves the pipeline's outputs bit-identical to the stock pipeline's, and a
             negative value pulls the samples together instead.
         interval: ``(t_lo, t_hi)``, the part of the trajectory where ``γ(t) = strength``, as fractions
-            ``τ = t / (T − 1)`` of the training timesteps (1 = pure noise); 0 outside. ``None``: on
+            ``τ = t / (T − 1)`` of the training timesteps (``σ`` under flow matching; 1 = pure noise); 0
+            outside. ``None``: on
             everywhere, unless a subclass defines its own rule.
         normalize: whether ``γ`` is a fraction of ``‖ε̂‖`` (the normalised correction above) rather than
             a multiplier of ``σ_t ∇E``. ``False`` keeps the unnormalised formula of method.md §7.

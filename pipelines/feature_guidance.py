@@ -137,7 +137,8 @@ def guide_features(
 ) -> FeatureGuidance:
     r"""Feature-space atom guidance: move the site activations of a batch apart while it is sampled.
 
-    At every denoiser call with ``τ = t / (T − 1)`` inside ``interval``, the activations ``h`` at
+    At every denoiser call with ``τ`` inside ``interval`` (as for :func:`~atomgen.pipelines.guide`), the
+    activations ``h`` at
     ``site`` of each guided sample ``A`` are moved down the gradient of the atom energy, normalised per
     atom so that ``γ`` is a fraction of the activation norm:
 
@@ -151,7 +152,7 @@ def guide_features(
 
     Args:
         pipe: any diffusers pipeline that calls a ``unet`` (or ``transformer``) with a variance-preserving
-            scheduler, like :func:`~atomgen.pipelines.guide`.
+            or flow-matching scheduler, like :func:`~atomgen.pipelines.guide`.
         strength: ``γ``, the step as a fraction of ``‖h_A‖``; 0 gives outputs identical to the stock
             pipeline's, a negative value pulls the samples together. Values around 0.05–0.5 act without
             breaking untrained test UNets.

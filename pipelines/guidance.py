@@ -2,9 +2,10 @@
 
 ``guide(pipe, ...)`` installs on the pipeline's denoiser with the
 :class:`~atomgen.pipelines.denoiser_hook.DenoiserHook` shared with Particle Guidance and CADS, so it works
-in any diffusers pipeline that calls a UNet: ``DDPMPipeline``, ``DDIMPipeline``, the Atom pipelines,
-``StableDiffusionPipeline`` with classifier-free guidance. ``handle.remove()`` gives back the stock
-pipeline.
+in any diffusers pipeline that calls a UNet or a transformer denoiser: ``DDPMPipeline``,
+``DDIMPipeline``, the Atom pipelines, ``StableDiffusionPipeline`` with classifier-free guidance,
+``DiTPipeline``, and the flow-matching pipelines (``StableDiffusion3Pipeline``, ``FluxPipeline``).
+``handle.remove()`` gives back the stock pipeline.
 """
 
 from __future__ import annotations
@@ -120,16 +121,21 @@ def guide(
 ) -> AtomGuidance:
     r"""Training-free atom guidance: push the samples of a batch apart while they are sampled.
 
-    At every denoiser call with ``τ = t / (T − 1)`` inside ``interval``, the site's activations are
+    At every denoiser call with ``τ`` inside ``interval`` (``τ = t / (T − 1)``, or ``σ`` under flow
+    matching; 1 = pure noise), the site's activations are
     captured with gradient for the latents ``z_t``, the atom separation energy ``E = B · L_sep`` of the
     batch is computed, and the model output is corrected, ``ε̂ ← ε̂ + strength · σ_t · ∇_{z_t} E``
-    (method.md §7; converted for v- and sample-prediction). Only the path ``z_t → site`` is
-    differentiated, within the pipeline's own forward pass. Under classifier-free guidance the
-    conditional half is guided and both halves get the same correction.
+    (method.md §7; converted for v- and sample-prediction; under flow matching the velocity,
+    ``v̂ ← v̂ + strength · σ · ∇_{z_σ} E``, derived in :class:`~atomgen.pipelines.EnergyGuidance`). Only
+    the path ``z_t → site`` is differentiated, within the pipeline's own forward pass. Under
+    classifier-free guidance the conditional half is guided and both halves get the same correction.
+    At a dual-stream transformer block (Stable Diffusion 3's joint blocks, Flux's blocks) only the
+    image tokens are separated, not the text tokens; token sequences are pooled to at most 8 × 8.
 
     Args:
         pipe: any diffusers pipeline that calls a ``unet`` (or ``transformer``) with a variance-preserving
-            scheduler: ``DDPMPipeline``, ``DDIMPipeline``, ``StableDiffusionPipeline``, the Atom pipelines.
+            or flow-matching scheduler: ``DDPMPipeline``, ``DDIMPipeline``, ``StableDiffusionPipeline``,
+            the Atom pipelines, ``DiTPipeline``, ``StableDiffusion3Pipeline``, ``FluxPipeline``.
         strength: ``γ``. 0 gives outputs identical to the stock pipeline; larger values separate more,
             and a negative value pulls samples together. ``∇_{z_t} E`` is not normalised, so the useful
             range depends on the model and the site: sweep it. On the 8×8 digits DDPM of

@@ -25,7 +25,7 @@ class ParticleGuidance(EnergyGuidance):
 
     Args:
         pipe: any diffusers pipeline that calls a ``unet`` (or ``transformer``) with a variance-preserving
-            scheduler, like :func:`~atomgen.pipelines.guide`.
+            or flow-matching scheduler, like :func:`~atomgen.pipelines.guide`.
         strength: ``γ``; 0 leaves the pipeline's outputs identical to the stock pipeline's.
         interval: ``(t_lo, t_hi)`` fractions of the trajectory where guidance is on, as for atom
             guidance; ``None`` (default) follows the paper: on while ``σ_t / α_t ≥ 1``.
