@@ -135,6 +135,13 @@ def test_cfg_paired_interval_and_targets():
     recall, low, high = result["atom"]["peers"]["apg"]["recall"]
     assert recall == pytest.approx(0.06) and low == pytest.approx(0.06) == high  # no spread: exact
     assert result["atom"]["peers"]["apg"]["precision_diff"] == pytest.approx(-0.005)
+    # CFG's front from w = 1 (precision 0.88) to w* = 3 (0.90), w = 4 beyond w* ignored: at precision
+    # 0.895 CFG's recall is three quarters of the way down (0.84, 0.855, 0.87 on the three seeds), so
+    # atom sits 0.03, 0.035, 0.04 above it; the peers, at precision 0.90, lie 0.01 above its end.
+    grid = {1.0: rows([0.96, 0.96, 0.96], precision=0.88), 3.0: plain, 4.0: rows([0.1] * 3, precision=0.5)}
+    gaps = cfg.front_gaps(grid, 3.0, table)
+    assert gaps["atom"][0] == pytest.approx(0.035)
+    assert gaps["apg"][0] == pytest.approx(0.01) and gaps["apg"][1] == pytest.approx(0.01)
 
 
 @pytest.mark.slow
@@ -149,6 +156,7 @@ def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
     methods = {row["method"] for row in part["methods"]}
     assert {"interval", "apg", "cads", "pg", "atom", "atom-feature", "atom+interval", "atom+apg"} <= methods
     assert {"atom", "atom-feature", "atom+interval", "atom+apg"} <= set(part["targets"])
+    assert set(part["front"]) == methods - {"cfg"}
     assert (tmp_path / "cfg-front.png").stat().st_size > 0 and "### Targets" in (
         tmp_path / "cfg.md"
     ).read_text()
