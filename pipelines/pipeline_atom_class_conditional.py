@@ -1,21 +1,27 @@
-"""``AtomClassConditionalPipeline``: class-conditional DDIM sampling with classifier-free guidance."""
+"""``AtomClassConditionalPipeline``: class-conditional sampling (a UNet or a DiT; DDIM or rectified flow)
+with classifier-free guidance."""
 
 from __future__ import annotations
 
 import logging
 import math
 import numbers
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from diffusers import DDIMScheduler, UNet2DModel
+from diffusers import (
+    DDIMScheduler,
+    DiTTransformer2DModel,
+    SchedulerMixin,
+    UNet2DModel,
+)
 from diffusers.guiders import AdaptiveProjectedGuidance, AdaptiveProjectedMixGuidance, BaseGuidance
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from torch import nn
 
 from atomgen.separation import AtomSeparation
 
-from .denoiser_hook import DEFAULT_INTERVAL, noise_levels, prediction_type
+from .denoiser_hook import DEFAULT_INTERVAL, is_flow_matching, noise_levels, prediction_type
 from .pipeline_utils import AtomUNetPipeline, StepEndCallback
 
 logger = logging.getLogger(__name__)
@@ -30,27 +36,36 @@ X0_GUIDERS = (AdaptiveProjectedGuidance, AdaptiveProjectedMixGuidance)
 
 
 class AtomClassConditionalPipeline(AtomUNetPipeline):
-    r"""Class-conditional DDIM sampling of a ``UNet2DModel`` with classifier-free guidance (CFG).
+    r"""Class-conditional sampling of a ``UNet2DModel`` or a ``DiTTransformer2DModel`` with
+    classifier-free guidance (CFG), by DDIM or, for a rectified-flow model, by flow-matching Euler steps.
 
-    The UNet's class embedding has ``num_class_embeds = num_classes + 1`` entries; the last one,
+    The denoiser is the ``unet`` or the ``transformer`` (one of the two; the other is ``None``). The UNet's
+    class embedding has ``num_class_embeds = num_classes + 1`` entries; the last one,
     ``num_class_embeds − 1``, is the null label the model was trained with (label dropout) and gives the
-    unconditional prediction. With ``w = guidance_scale > 1`` each step makes one batched UNet call on
-    ``[z_t, z_t]`` with labels ``[null, y]`` and combines
+    unconditional prediction. A DiT's label embedding has ``num_embeds_ada_norm + 1`` rows, the last
+    the null label (as in diffusers' ``DiTPipeline``). With ``w = guidance_scale > 1`` each step makes
+    one batched denoiser call on ``[z_t, z_t]`` with labels ``[null, y]`` and combines
 
         ε̂ = ε̂_u + w (ε̂_c − ε̂_u)
 
-    (as diffusers' ``DiTPipeline``; the same linear rule in the model's parameterisation for v- or
-    sample-prediction); with ``w ≤ 1`` only the conditional batch is computed. A diffusers guider
+    (as diffusers' ``DiTPipeline``; the same linear rule in the model's parameterisation for v-, sample-
+    or flow-prediction); with ``w ≤ 1`` only the conditional batch is computed. A diffusers guider
     (``guider=``) can replace that rule. Atom guidance, :func:`~atomgen.pipelines.guide_features`,
     Particle Guidance and CADS install on it as on any pipeline; they see the doubled batch through
     :attr:`do_classifier_free_guidance` and guide its conditional half.
 
     Parameters:
-        unet ([`UNet2DModel`]): the class-conditional denoiser (built with ``num_class_embeds``).
-        scheduler ([`DDIMScheduler`]): its scheduler; any diffusers scheduler config is converted to
+        unet ([`UNet2DModel`] or `None`): the class-conditional UNet (built with ``num_class_embeds``);
+            ``None`` when ``transformer`` is given.
+        scheduler ([`DDIMScheduler`] or [`FlowMatchEulerDiscreteScheduler`]): the scheduler of the
+            model's training. A flow-matching scheduler such as [`FlowMatchEulerDiscreteScheduler`] (a
+            rectified-flow model, which predicts the velocity ``v = ε − x_0``) is kept, and steps
+            ``x ← x + (σ_next − σ) v``; any other diffusers scheduler config is converted to
             [`DDIMScheduler`], as ``DDIMPipeline`` does.
-        separation ([`AtomSeparation`], *optional*): the separation module trained with the UNet.
-        separation_site (`str`, defaults to `"mid_block"`): the UNet module it was attached to.
+        separation ([`AtomSeparation`], *optional*): the separation module trained with the denoiser.
+        separation_site (`str`, *optional*): the denoiser module it was attached to; defaults to the
+            UNet's ``"mid_block"``, or the middle ``transformer_blocks`` entry of the transformer.
+        transformer ([`DiTTransformer2DModel`], *optional*): a class-conditional DiT, instead of the UNet.
 
     Example:
         >>> import torch
@@ -67,20 +82,66 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         ...     generator=torch.Generator().manual_seed(0), output_type="pt").images
         >>> images.shape
         torch.Size([4, 1, 8, 8])
+
+        A DiT trained as a rectified flow (its timesteps are ``σ · 1000``):
+
+        >>> from diffusers import DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
+        >>> dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1,
+        ...     out_channels=1, num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10)
+        >>> pipe = AtomClassConditionalPipeline(None, FlowMatchEulerDiscreteScheduler(), transformer=dit)
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> pipe.null_class_label, pipe.config.separation_site
+        (10, 'transformer_blocks.1')
+        >>> pipe(class_labels=[0, 1], guidance_scale=2.0, num_inference_steps=3, output_type="pt").images.shape
+        torch.Size([2, 1, 8, 8])
     """
+
+    model_cpu_offload_seq = "transformer->unet"
+    # the denoiser is one of unet and transformer; from_pretrained hands the other one None
+    _optional_components: ClassVar[list[str]] = ["separation", "unet", "transformer"]
 
     def __init__(
         self,
-        unet: UNet2DModel,
-        scheduler: DDIMScheduler,
+        unet: UNet2DModel | None,
+        scheduler: SchedulerMixin,
         separation: AtomSeparation | None = None,
-        separation_site: str = "mid_block",
+        separation_site: str | None = None,
+        transformer: DiTTransformer2DModel | None = None,
     ):
         super().__init__()
+        if (unet is None) == (transformer is None):
+            raise ValueError(
+                f"{type(self).__name__} samples one denoiser: pass a class-conditional unet "
+                f"(UNet2DModel) or a transformer (DiTTransformer2DModel), not "
+                f"{'both' if unet is not None else 'neither'}"
+            )
+        if transformer is not None:
+            self._check_transformer(transformer)
+            site = separation_site or f"transformer_blocks.{len(transformer.transformer_blocks) // 2}"
+        else:
+            self._check_unet(unet)
+            site = separation_site or "mid_block"
+        # a flow-matching scheduler is kept; any other is converted to DDIM, as DDIMPipeline does
+        if not is_flow_matching(scheduler):
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+        self._register(unet, scheduler, separation, site)
+        self.register_modules(transformer=transformer)
+        self._do_classifier_free_guidance = False
+
+    @classmethod
+    def _check_transformer(cls, transformer: Any) -> None:
+        if not isinstance(transformer, DiTTransformer2DModel):
+            raise TypeError(
+                f"{cls.__name__} takes a class-conditional DiTTransformer2DModel as its transformer (labels "
+                f"through its ada-norm embedding); got {type(transformer).__name__}"
+            )
+
+    @classmethod
+    def _check_unet(cls, unet: Any) -> None:
         num_class_embeds = getattr(unet.config, "num_class_embeds", None)
         if not isinstance(getattr(unet, "class_embedding", None), nn.Embedding) or num_class_embeds is None:
             raise ValueError(
-                f"{type(self).__name__} needs a class-conditional UNet2DModel with a label embedding "
+                f"{cls.__name__} needs a class-conditional UNet2DModel with a label embedding "
                 f"(num_class_embeds = num_classes + 1, the last index the null label); got "
                 f"{type(unet).__name__} with num_class_embeds={num_class_embeds} and class_embed_type="
                 f"{getattr(unet.config, 'class_embed_type', None)!r}. Build the UNet with "
@@ -91,22 +152,27 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
                 f"num_class_embeds={num_class_embeds} leaves no class besides the null label; it must be "
                 "num_classes + 1 ≥ 2"
             )
-        # make sure the scheduler can always be converted to DDIM
-        scheduler = DDIMScheduler.from_config(scheduler.config)
-        self._register(unet, scheduler, separation, separation_site)
-        self._do_classifier_free_guidance = False
 
     # --- what the hooks and the caller read -------------------------------------------------------
 
     @property
     def num_classes(self) -> int:
-        """The number of classes: ``num_class_embeds − 1``."""
+        """The number of classes: the UNet's ``num_class_embeds − 1``, the DiT's ``num_embeds_ada_norm``."""
+        if self.transformer is not None:
+            return self.transformer.config.num_embeds_ada_norm
         return self.unet.config.num_class_embeds - 1
 
     @property
     def null_class_label(self) -> int:
-        """The label of the unconditional half: the last class embedding, ``num_class_embeds − 1``."""
-        return self.unet.config.num_class_embeds - 1
+        """The label of the unconditional half: the last class embedding, ``num_classes``."""
+        return self.num_classes
+
+    @property
+    def is_flow_matching(self) -> bool:
+        """Whether the model is a rectified flow (a flow-matching scheduler such as
+        ``FlowMatchEulerDiscreteScheduler``; the model predicts the velocity ``v = ε − x_0`` on
+        ``x_σ = (1 − σ) x_0 + σ ε``, at timesteps ``σ · T``)."""
+        return is_flow_matching(self.scheduler)
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -135,9 +201,9 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         bad = labels[(labels < 0) | (labels > self.null_class_label)]
         if bad.numel():
             raise ValueError(
-                f"class_labels must lie in [0, {self.num_classes - 1}] (this UNet has num_class_embeds="
-                f"{self.unet.config.num_class_embeds}: {self.num_classes} classes, and the null label "
-                f"{self.null_class_label}, which samples unconditionally); got {sorted(set(bad.tolist()))}"
+                f"class_labels must lie in [0, {self.num_classes - 1}] (this {type(self.denoiser).__name__} "
+                f"has {self.num_classes} classes, and the null label {self.null_class_label}, which samples "
+                f"unconditionally); got {sorted(set(bad.tolist()))}"
             )
         return labels.to(self._execution_device)
 
@@ -192,6 +258,8 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
             return (latents - sigma * model_output) / alpha
         if kind == "v_prediction":  # v = α ε − σ x_0  ⇒  x_0 = α z_t − σ v
             return alpha * latents - sigma * model_output
+        if kind == "flow":  # α = 1 − σ and v = ε − x_0  ⇒  x_0 = z_σ − σ v
+            return latents - sigma * model_output
         return model_output
 
     def from_x0(self, x0: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -200,8 +268,22 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         kind = prediction_type(self.scheduler)
         if kind == "sample":
             return x0
-        eps = (latents - alpha * x0) / sigma
+        eps = (latents - alpha * x0) / sigma  # σ > 0 at every step of the sampling loop
+        if kind == "flow":  # v = ε − x_0
+            return eps - x0
         return eps if kind == "epsilon" else alpha * eps - sigma * x0
+
+    def predict(
+        self, latents: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+    ) -> torch.Tensor:
+        """One denoiser call on ``latents`` (a batch) at the scheduler's ``timestep``."""
+        if self.transformer is None:
+            return self.unet(latents, timestep, class_labels=class_labels).sample
+        timesteps = torch.as_tensor(timestep, device=latents.device).expand(latents.shape[0])  # (B,) for DiT
+        output = self.transformer(latents, timestep=timesteps, class_labels=class_labels).sample
+        # a DiT with learned variance returns [prediction, variance] along channels: keep the first
+        # (as DiTPipeline does)
+        return output[:, : latents.shape[1]]
 
     def _levels(self, latents: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, alpha, sigma = noise_levels(self.scheduler, torch.as_tensor(timestep).flatten().cpu())
@@ -236,7 +318,8 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
             num_inference_steps (`int`, defaults to 50): denoising steps.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): for reproducible
                 sampling.
-            eta (`float`, defaults to 0.0): η of DDIM: 0 is deterministic DDIM, 1 is DDPM.
+            eta (`float`, defaults to 0.0): η of DDIM: 0 is deterministic DDIM, 1 is DDPM. A flow model
+                takes only 0 (its Euler steps are deterministic).
             latents (`torch.Tensor`, *optional*): the initial noise, instead of drawing it.
             guider (`diffusers.guiders.BaseGuidance`, *optional*): combines the conditional and the
                 unconditional prediction instead of the rule above, e.g.
@@ -251,7 +334,7 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
                 ([`~atomgen.pipelines.guide`]); 0 samples as without it.
             guidance_interval (`tuple[float, float]`, defaults to `(0.4, 1.0)`): where atom guidance is
                 on, as fractions of the trajectory (1 = pure noise).
-            guidance_site (`str`, *optional*): the UNet module to separate at; defaults to
+            guidance_site (`str`, *optional*): the denoiser module to separate at; defaults to
                 ``separation_site``.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
             return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
@@ -271,6 +354,12 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         batch_size = class_labels.numel()
         self.check_inputs(batch_size, generator, output_type, tensor_inputs)
         self.check_guider(guider, guidance_scale)
+        if self.is_flow_matching and eta != 0.0:
+            raise ValueError(
+                f"eta={eta} is DDIM's step noise; this pipeline samples a rectified flow with "
+                f"{type(self.scheduler).__name__}, which takes no eta (its steps are deterministic unless "
+                "its own config says otherwise): pass eta=0"
+            )
         if not 0.0 <= eta <= 1.0:
             logger.warning(
                 "`eta` should be between 0 and 1 (inclusive), but received %s. A value of 0 corresponds "
@@ -287,7 +376,7 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         self.scheduler.set_timesteps(num_inference_steps)
         timesteps = self.scheduler.timesteps
 
-        # 4. Denoising loop; atom guidance, when on, corrects the UNet's output in a hook on the UNet
+        # 4. Denoising loop; atom guidance, when on, corrects the denoiser's output in a hook on it
         try:
             with self.guidance(guidance_strength, guidance_interval, guidance_site):
                 for i, t in enumerate(self.progress_bar(timesteps)):
@@ -308,8 +397,8 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
                     else:
                         latent_model_input, labels_input = latents, class_labels
 
-                    # 4.3 predict the noise, both halves in one call
-                    model_output = self.unet(latent_model_input, t, class_labels=labels_input).sample
+                    # 4.3 predict the noise (or v, or the flow's velocity), both halves in one call
+                    model_output = self.predict(latent_model_input, t, labels_input)
 
                     # 4.4 classifier-free guidance: ε̂ = ε̂_u + w (ε̂_c − ε̂_u), or the guider's rule
                     if self.do_classifier_free_guidance:
@@ -321,10 +410,16 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
                                 guider, batches, pred_cond, pred_uncond, latents, t
                             )
 
-                    # 4.5 compute the previous sample x_t -> x_t-1, with the variance that η asks for
-                    latents = self.scheduler.step(
-                        model_output, t, latents, eta=eta, generator=generator
-                    ).prev_sample
+                    # 4.5 compute the previous sample x_t -> x_t-1: DDIM with the variance that η asks
+                    # for, or the flow's Euler step x_σ_next = x_σ + (σ_next − σ) v
+                    if self.is_flow_matching:
+                        latents = self.scheduler.step(
+                            model_output, t, latents, generator=generator
+                        ).prev_sample
+                    else:
+                        latents = self.scheduler.step(
+                            model_output, t, latents, eta=eta, generator=generator
+                        ).prev_sample
 
                     # 4.6 let the callback see (and replace) the latents
                     latents = self.step_end(callback_on_step_end, tensor_inputs, i, t, latents)

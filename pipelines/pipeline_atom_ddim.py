@@ -10,7 +10,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from atomgen.separation import AtomSeparation
 
-from .denoiser_hook import DEFAULT_INTERVAL
+from .denoiser_hook import DEFAULT_INTERVAL, is_flow_matching
 from .pipeline_utils import AtomUNetPipeline, StepEndCallback
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,13 @@ class AtomDDIMPipeline(AtomUNetPipeline):
         separation_site: str = "mid_block",
     ):
         super().__init__()
+        if is_flow_matching(scheduler):  # converted to DDIM, it would be read as a DDPM's: wrong
+            raise ValueError(
+                f"{type(self).__name__} samples a DDPM-trained UNet by DDIM; this one was trained as a "
+                f"rectified flow ({type(scheduler).__name__}, velocity prediction). Sample it with "
+                "AtomDDPMPipeline or diffusers' DDPMPipeline, whose loops step any scheduler, or with "
+                "AtomClassConditionalPipeline if it is class-conditional."
+            )
         # make sure the scheduler can always be converted to DDIM
         scheduler = DDIMScheduler.from_config(scheduler.config)
         self._register(unet, scheduler, separation, separation_site)

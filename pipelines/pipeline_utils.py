@@ -16,6 +16,7 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
 
 from atomgen.separation import AtomSeparation
 
@@ -35,8 +36,9 @@ StepEndCallback = (
 
 
 class AtomUNetPipeline(DiffusionPipeline):
-    """Base of :class:`AtomDDPMPipeline` and :class:`AtomDDIMPipeline`: an unconditional or
-    class-conditional ``UNet2DModel``, a scheduler and an optional trained :class:`AtomSeparation`.
+    """Base of the Atom pipelines: an unconditional or class-conditional ``UNet2DModel`` (or, in
+    :class:`AtomClassConditionalPipeline`, a ``DiTTransformer2DModel``: :attr:`denoiser` is either), a
+    scheduler and an optional trained :class:`AtomSeparation`.
 
     ``save_pretrained`` writes the separation module as the ``separation`` component, and
     ``from_pretrained`` reloads it (no ``trust_remote_code``: it is a class of the installed ``atomgen``
@@ -49,7 +51,11 @@ class AtomUNetPipeline(DiffusionPipeline):
     _callback_tensor_inputs: ClassVar[list[str]] = ["latents"]
 
     def _register(
-        self, unet: UNet2DModel, scheduler: Any, separation: AtomSeparation | None, separation_site: str
+        self,
+        unet: UNet2DModel | None,
+        scheduler: Any,
+        separation: AtomSeparation | None,
+        separation_site: str,
     ) -> None:
         if separation is not None and not isinstance(separation, AtomSeparation):
             raise TypeError(f"separation must be an AtomSeparation or None, got {type(separation).__name__}")
@@ -68,6 +74,12 @@ class AtomUNetPipeline(DiffusionPipeline):
             if "separation_site" not in kwargs and site_file.is_file():
                 pipe.register_to_config(separation_site=json.loads(site_file.read_text())["site"])
         return pipe
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The denoising network: the ``unet``, or the ``transformer`` of a pipeline that holds one."""
+        transformer = getattr(self, "transformer", None)
+        return self.unet if transformer is None else transformer
 
     # --- steps of __call__ ------------------------------------------------------------------------
 
@@ -101,15 +113,16 @@ class AtomUNetPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Gaussian noise of the UNet's sample shape, drawn as diffusers' ``DDPMPipeline`` draws it."""
-        config = self.unet.config
+        """Gaussian noise of the denoiser's sample shape, drawn as diffusers' ``DDPMPipeline`` draws it."""
+        denoiser = self.denoiser
+        config = denoiser.config
         size = config.sample_size
         shape = (batch_size, config.in_channels, *((size, size) if isinstance(size, int) else size))
         if latents is not None:
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-            return latents.to(self._execution_device, self.unet.dtype)
-        return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+            return latents.to(self._execution_device, denoiser.dtype)
+        return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=denoiser.dtype)
 
     def prepare_class_labels(
         self, class_labels: torch.Tensor | list[int] | int | None, batch_size: int
