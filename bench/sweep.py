@@ -172,7 +172,7 @@ def _work(job: tuple[Path, Sizes, Setting, int]) -> tuple[str, int, float]:
     config = _demo_config(sizes, seed, setting)
     if setting.trained:
         experiment = config.experiment(setting.model, seed, run)
-        site = site_of(experiment.separation, experiment.model.family)
+        site = site_of(experiment.separation, experiment.model)
         pipe, training = _train(experiment, site, torch.device("cpu"))
         seconds = training["train_seconds"]
         method = next(m for m in METHODS if m.model == setting.model and m.kind == "training")

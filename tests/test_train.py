@@ -124,7 +124,7 @@ def test_dry_run_writes_only_the_config(tmp_path):
 
 
 def test_non_finite_losses_skip_then_stop_with_the_checkpoint_intact(tmp_path, monkeypatch):
-    forward = atomgen.train.loop._DDPMObjective.forward
+    forward = atomgen.train.loop._DenoiserObjective.forward
 
     def poisoned(self, draws):
         loss = forward(self, draws)
@@ -137,7 +137,7 @@ def test_non_finite_losses_skip_then_stop_with_the_checkpoint_intact(tmp_path, m
         return calls["n"] > 2  # steps 1–2 train (checkpoint at 2), then every loss is NaN
 
     poisoned.calls_after_checkpoint = after_checkpoint
-    monkeypatch.setattr(atomgen.train.loop._DDPMObjective, "forward", poisoned)
+    monkeypatch.setattr(atomgen.train.loop._DenoiserObjective, "forward", poisoned)
     config = tiny(tmp_path, "train.steps=10", "train.max_nonfinite=3")
     with pytest.raises(TrainingDiverged, match=r"3 non-finite losses in a row.*step-0000002"):
         train(config)
@@ -217,5 +217,5 @@ def test_label_dropout_draws_the_null_label_and_unconditional_draws_are_unchange
 def test_class_conditional_needs_matching_labels(tmp_path):
     with pytest.raises(ValueError, match=r"has 10 classes; set model\.num_classes: 10"):
         train(tiny(tmp_path, "model.num_classes=5"))
-    with pytest.raises(ConfigError, match="ddpm family only"):
+    with pytest.raises(ConfigError, match=r"model\.num_classes=10 does not apply to model\.family='vae'"):
         tiny(tmp_path, "model.num_classes=10", family="vae")

@@ -272,7 +272,7 @@ def method_settings(
                 entry.update(
                     weight=separation.weight,
                     warmup_steps=separation.warmup_steps,
-                    site=site_of(separation, experiment.model.family),
+                    site=site_of(separation, experiment.model),
                     options=options,
                 )
         else:
@@ -334,7 +334,7 @@ def run_demo(
     started = time.perf_counter()
     device = default_device()
     data = first["baseline"].data.load()
-    site = site_of(first["atom"].separation, first["atom"].model.family)
+    site = site_of(first["atom"].separation, first["atom"].model)
     scorer = _Scorer(data, config, out / "cache", device, progress)
 
     trainings: list[dict[str, Any]] = []

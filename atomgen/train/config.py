@@ -19,8 +19,8 @@ import yaml
 
 from ..data import DATASETS, ImageData, load_dataset
 
-FAMILIES = ("ddpm", "vae")
-OBJECTIVES = ("epsilon", "v_prediction")
+FAMILIES = ("ddpm", "vae", "dit")
+OBJECTIVES = ("epsilon", "v_prediction", "flow")
 METHODS = ("none", "atom", "dispersive")
 PRECISIONS = ("no", "fp16", "bf16")
 # λ of each method when a config gives none: the best of 0.03, 0.1 and 0.3 in the digits sweep
@@ -112,23 +112,31 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The generator: a DDPM on ``UNet2DModel`` or a VAE on ``AutoencoderKL``.
+    """The generator: a diffusion model on ``UNet2DModel`` (``ddpm``) or on ``DiTTransformer2DModel``
+    (``dit``), or a VAE on ``AutoencoderKL`` (``vae``).
 
     Attributes:
-        family: ``ddpm`` or ``vae``.
-        block_out_channels: channels per resolution level.
-        layers_per_block: ResNet layers per level.
+        family: ``ddpm``, ``vae`` or ``dit`` (a pixel-space DiT; class-conditional only, so it needs
+            ``num_classes``).
+        block_out_channels: channels per resolution level (``ddpm``, ``vae``).
+        layers_per_block: ResNet layers per level (``ddpm``, ``vae``).
         norm_num_groups: GroupNorm groups (must divide every entry of ``block_out_channels``).
-        attention: put self-attention in the lowest-resolution level (DDPM).
-        num_train_timesteps: DDPM noise levels.
+        attention: put self-attention in the lowest-resolution level (``ddpm``).
+        dit_layers, dit_heads, dit_head_dim: the DiT's transformer blocks, attention heads and width per
+            head (its token width is ``dit_heads · dit_head_dim``).
+        dit_patch_size: side of the image patches that become the DiT's tokens.
+        num_train_timesteps: noise levels of the training schedule (``flow``: the timestep passed to the
+            denoiser is ``σ · num_train_timesteps``).
         beta_schedule: DDPM schedule (``linear``, ``squaredcos_cap_v2``, ...).
         latent_channels: VAE latent channels.
         kl_weight: ``β`` of the VAE's ``reconstruction + β · KL``.
-        num_classes: class-conditional DDPM with this many classes (``None``: unconditional). The UNet's
-            class embedding gets one extra index, ``num_classes``, the null label of classifier-free
-            guidance; ``train.label_dropout`` trains it.
-        objective: what the DDPM's UNet predicts: ``epsilon`` (the noise) or ``v_prediction``
-            (``v = α_t ε − σ_t x_0``, better behaved at high guidance scales).
+        num_classes: class-conditional model with this many classes (``None``: unconditional). The
+            UNet's (or DiT's) class embedding gets one extra index, ``num_classes``, the null label of
+            classifier-free guidance; ``train.label_dropout`` trains it.
+        objective: what the denoiser predicts: ``epsilon`` (the noise), ``v_prediction``
+            (``v = α_t ε − σ_t x_0``, better behaved at high guidance scales) or ``flow`` (rectified flow
+            on ``x_σ = (1 − σ) x_0 + σ ε``: the velocity ``v = ε − x_0``, sampled with
+            ``FlowMatchEulerDiscreteScheduler``, as Stable Diffusion 3).
     """
 
     family: str = "ddpm"
@@ -136,6 +144,10 @@ class ModelConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 8
     attention: bool = False
+    dit_layers: int = 4
+    dit_heads: int = 4
+    dit_head_dim: int = 16
+    dit_patch_size: int = 2
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     latent_channels: int = 2
@@ -147,8 +159,24 @@ class ModelConfig:
         _choice("model.family", self.family, FAMILIES)
         _choice("model.objective", self.objective, OBJECTIVES)
         _positive("model.num_classes", self.num_classes, optional=True)
-        if self.family == "vae" and (self.num_classes is not None or self.objective != "epsilon"):
-            raise ConfigError("model.num_classes and model.objective apply to the ddpm family only")
+        if self.family == "vae" and self.num_classes is not None:
+            raise ConfigError(
+                f"model.num_classes={self.num_classes} does not apply to model.family='vae': class-conditional "
+                "training is for the ddpm and dit families only; set model.num_classes: null"
+            )
+        if self.family == "vae" and self.objective != "epsilon":
+            raise ConfigError(
+                f"model.objective={self.objective!r} does not apply to model.family='vae' (a VAE has no noise "
+                "objective): it is for the ddpm and dit families only; remove model.objective"
+            )
+        if self.family == "dit" and self.num_classes is None:
+            raise ConfigError(
+                "model.family='dit' needs model.num_classes: DiTTransformer2DModel is class-conditional "
+                "through its ada-norm label embedding (the null label num_classes samples unconditionally); "
+                "set model.num_classes to the dataset's number of classes, or use model.family='ddpm'"
+            )
+        for name in ("dit_layers", "dit_heads", "dit_head_dim", "dit_patch_size"):
+            _positive(f"model.{name}", getattr(self, name))
         if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ConfigError(
                 f"model.block_out_channels={self.block_out_channels} must be non-empty and each entry "
@@ -166,7 +194,7 @@ class SeparationConfig:
     Attributes:
         method: ``none``, ``atom`` (``AtomSeparation``) or ``dispersive`` (``DispersiveLoss``).
         site: dotted module path; ``None`` picks the family's default (UNet ``mid_block``, VAE ``encoder``,
-            i.e. the posterior mean).
+            i.e. the posterior mean, DiT ``transformer_blocks.{dit_layers // 2}``, the middle block).
         weight: ``λ``; ``None`` takes the method's default, :data:`DEFAULT_WEIGHTS`.
         warmup_steps: ramp ``λ`` linearly from 0 over this many steps.
         options: keyword arguments of ``AtomSeparation`` (``mode``, ``kernel``, ...) or of

@@ -1,4 +1,5 @@
-"""Training DDPMs and VAEs with a separation loss attached, on accelerate.
+"""Training diffusion models (UNet or DiT; ε, v or rectified-flow objective) and VAEs with a separation
+loss attached, on accelerate.
 
 Everything random is a function of ``(seed, step)`` — which images form a batch, the noise, the
 timesteps, the flips — so a run resumed from a checkpoint continues exactly as the uninterrupted run
@@ -22,7 +23,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import AutoencoderKL, DDPMPipeline, DDPMScheduler
+from diffusers import (
+    AutoencoderKL,
+    DDPMPipeline,
+    DiTTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    SchedulerMixin,
+)
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
@@ -85,8 +92,8 @@ def train(
 
     The run directory receives ``config.yaml`` (before training), ``metrics.jsonl``, ``checkpoints/``
     and, at the end, ``pipeline/`` (a ``DDPMPipeline``, or an ``AtomClassConditionalPipeline`` for a
-    class-conditional model, with the separation module in ``pipeline/separation``) or ``vae/`` (an
-    ``AutoencoderKL``).
+    class-conditional UNet or a DiT, with the separation module in ``pipeline/separation``) or ``vae/``
+    (an ``AutoencoderKL``). A flow model's pipeline holds a ``FlowMatchEulerDiscreteScheduler``.
     """
     cfg = config.train
     run_dir = Path(cfg.output_dir)
@@ -108,7 +115,7 @@ def train(
         raise ValueError(f"the dataset has {len(data)} images, fewer than train.batch_size={cfg.batch_size}")
     _check_labels(data, config.model.num_classes)
     model = build_model(config.model, data.image_shape)
-    site = site_of(config.separation, config.model.family)
+    site = site_of(config.separation, config.model)
     site_shape = probe_site(model, site, data.image_shape)
     separation = build_separation(config.separation, site_shape)
 
@@ -144,7 +151,7 @@ def train(
     if config.model.family == "vae":
         objective: nn.Module = _VAEObjective(model, config.model.kl_weight)
     else:
-        objective = _DDPMObjective(model, build_scheduler(config.model))
+        objective = _DenoiserObjective(model, build_scheduler(config.model))
     objective, optimizer = accelerator.prepare(objective, optimizer)
     raw_model = model  # the generator inside the (possibly DDP-wrapped) objective
     if separation is not None:
@@ -286,7 +293,13 @@ class _Draws:
             noise = torch.randn(size, config.model.latent_channels, side, side, generator=generator)
         else:
             noise = torch.randn(images.shape, generator=generator)
-        timesteps = torch.randint(0, config.model.num_train_timesteps, (size,), generator=generator)
+        if config.model.objective == "flow":  # the denoiser's timestep σ · T, σ ∈ (0, 1)
+            # Logit-normal σ (SD3: Esser et al. 2024, §3.1), which beat uniform σ in their comparison: it
+            # trains most in the middle of the path, where the velocity is hardest to predict.
+            sigmas = torch.sigmoid(torch.randn(size, generator=generator))
+            timesteps = sigmas * config.model.num_train_timesteps
+        else:
+            timesteps = torch.randint(0, config.model.num_train_timesteps, (size,), generator=generator)
         labels = None
         if config.model.num_classes is not None:  # drawn last: unconditional runs keep their stream
             labels = data.labels[chunk].clone()
@@ -301,21 +314,32 @@ class _Draws:
         self.labels = None if labels is None else labels[local].to(accelerator.device)
 
 
-class _DDPMObjective(nn.Module):
-    """The MSE of a ``UNet2DModel``'s ε- or v-prediction, class-conditional when the draws carry labels
-    (the module accelerate wraps, so DDP sees a forward)."""
+class _DenoiserObjective(nn.Module):
+    """The MSE of a ``UNet2DModel``'s or ``DiTTransformer2DModel``'s ε-, v- or flow-prediction,
+    class-conditional when the draws carry labels (the module accelerate wraps, so DDP sees a forward).
 
-    def __init__(self, unet: nn.Module, scheduler: DDPMScheduler):
+    The flow objective is rectified flow as diffusers' ``FlowMatchEulerDiscreteScheduler`` samples it:
+    ``x_σ = (1 − σ) x_0 + σ ε``, the target the velocity ``v = ε − x_0``, the timestep ``σ · T``.
+    """
+
+    def __init__(self, model: nn.Module, scheduler: SchedulerMixin):
         super().__init__()
-        self.model, self.scheduler = unet, scheduler
+        self.model, self.scheduler = model, scheduler
+        self.flow = isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
 
     def forward(self, draws: _Draws) -> torch.Tensor:
-        noisy = self.scheduler.add_noise(draws.images, draws.noise, draws.timesteps)
-        prediction = self.model(noisy, draws.timesteps, class_labels=draws.labels).sample
-        if self.scheduler.config.prediction_type == "v_prediction":  # v = α_t ε − σ_t x_0
-            target = self.scheduler.get_velocity(draws.images, draws.noise, draws.timesteps)
+        if self.flow:
+            sigma = (draws.timesteps / self.scheduler.config.num_train_timesteps).view(-1, 1, 1, 1)
+            noisy = (1.0 - sigma) * draws.images + sigma * draws.noise
+            target = draws.noise - draws.images
         else:
-            target = draws.noise
+            noisy = self.scheduler.add_noise(draws.images, draws.noise, draws.timesteps)
+            if self.scheduler.config.prediction_type == "v_prediction":  # v = α_t ε − σ_t x_0
+                target = self.scheduler.get_velocity(draws.images, draws.noise, draws.timesteps)
+            else:
+                target = draws.noise
+        # the second argument is the timestep of both denoisers' forward
+        prediction = self.model(noisy, draws.timesteps, class_labels=draws.labels).sample
         return F.mse_loss(prediction.float(), target.float())
 
 
@@ -462,8 +486,13 @@ def _export(
         elif config.model.num_classes is not None:  # no stock diffusers pipeline samples a class UNet2D
             from ..pipelines import AtomClassConditionalPipeline
 
-            AtomClassConditionalPipeline(final, build_scheduler(config.model)).save_pretrained(tmp)
-        else:
+            scheduler = build_scheduler(config.model)
+            if isinstance(final, DiTTransformer2DModel):
+                pipe = AtomClassConditionalPipeline(None, scheduler, transformer=final)
+            else:
+                pipe = AtomClassConditionalPipeline(final, scheduler)
+            pipe.save_pretrained(tmp)
+        else:  # DDPMPipeline's loop also steps a FlowMatchEulerDiscreteScheduler as it should
             DDPMPipeline(unet=final, scheduler=build_scheduler(config.model)).save_pretrained(tmp)
         if isinstance(separation, AtomSeparation):
             # A subfolder the stock loaders ignore; AtomSeparation.from_pretrained(target / "separation").

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DiTTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    UNet2DModel,
+)
+from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 
 from ..baselines import DispersiveLoss
@@ -11,14 +18,17 @@ from ..hooks import attach
 from ..separation import AtomSeparation
 from .config import ModelConfig, SeparationConfig
 
-DEFAULT_SITES = {"ddpm": "mid_block", "vae": "encoder"}
+DEFAULT_SITES = {"ddpm": "mid_block", "vae": "encoder"}  # dit: the middle block, see default_site
 
 
 def build_model(config: ModelConfig, image_shape: tuple[int, int, int]) -> nn.Module:
-    """A fresh ``UNet2DModel`` (DDPM) or ``AutoencoderKL`` (VAE) for images of ``(C, H, W)``."""
+    """A fresh ``UNet2DModel`` (``ddpm``), ``DiTTransformer2DModel`` (``dit``) or ``AutoencoderKL``
+    (``vae``) for images of ``(C, H, W)``."""
     channels, height, width = image_shape
     if height != width:
         raise ValueError(f"images must be square, got {height}×{width}; set data.resolution")
+    if config.family == "dit":
+        return _build_dit(config, channels, height)
     levels = len(config.block_out_channels)
     if height % 2 ** (levels - 1):
         raise ValueError(
@@ -54,7 +64,35 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int]) -> nn.Mo
     )
 
 
-def build_scheduler(config: ModelConfig) -> DDPMScheduler:
+def _build_dit(config: ModelConfig, channels: int, side: int) -> DiTTransformer2DModel:
+    """A pixel-space DiT; its label embedding has ``num_classes + 1`` rows, the last the null label."""
+    if side % config.dit_patch_size:
+        raise ValueError(
+            f"images of side {side} do not split into patches of model.dit_patch_size={config.dit_patch_size}; "
+            "change the patch size or set data.resolution"
+        )
+    model = DiTTransformer2DModel(
+        num_attention_heads=config.dit_heads,
+        attention_head_dim=config.dit_head_dim,
+        in_channels=channels,
+        out_channels=channels,  # no learned-variance channels: the losses here are plain MSE
+        num_layers=config.dit_layers,
+        sample_size=side,
+        patch_size=config.dit_patch_size,
+        num_embeds_ada_norm=config.num_classes,  # DiT adds the null row num_classes itself (as DiTPipeline)
+    )
+    # Every block's label embedding would drop labels on its own, from the global RNG; the loop already
+    # drops them once per image, seeded (train.label_dropout), as it does for the UNet.
+    for module in model.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.0
+    return model
+
+
+def build_scheduler(config: ModelConfig) -> DDPMScheduler | FlowMatchEulerDiscreteScheduler:
+    """The training schedule of ``config.objective``, saved with the exported pipeline."""
+    if config.objective == "flow":  # timesteps σ · T, σ ∈ [0, 1]; shift 1: the plain rectified flow
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.num_train_timesteps, shift=1.0)
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
@@ -62,8 +100,16 @@ def build_scheduler(config: ModelConfig) -> DDPMScheduler:
     )
 
 
-def site_of(config: SeparationConfig, family: str) -> str:
-    return config.site or DEFAULT_SITES[family]
+def default_site(config: ModelConfig) -> str:
+    """Where the separation loss attaches unless ``separation.site`` says otherwise: the UNet's
+    ``mid_block``, the VAE's ``encoder`` (the posterior mean), the DiT's middle transformer block."""
+    if config.family == "dit":
+        return f"transformer_blocks.{config.dit_layers // 2}"
+    return DEFAULT_SITES[config.family]
+
+
+def site_of(separation: SeparationConfig, model: ModelConfig) -> str:
+    return separation.site or default_site(model)
 
 
 @torch.no_grad()
@@ -75,10 +121,9 @@ def probe_site(model: nn.Module, site: str, image_shape: tuple[int, int, int]) -
         if isinstance(model, AutoencoderKL):
             model.encode(images)
         else:
-            labels = (
-                torch.zeros(2, dtype=torch.long, device=device) if model.config.num_class_embeds else None
-            )
-            model(images, torch.zeros(2, dtype=torch.long, device=device), class_labels=labels)
+            zeros = torch.zeros(2, dtype=torch.long, device=device)
+            conditional = isinstance(model, DiTTransformer2DModel) or model.config.num_class_embeds
+            model(images, zeros, class_labels=zeros if conditional else None)
         return handle.features.shape
 
 
