@@ -64,6 +64,7 @@ class SpeedRow:
 # --- 1. Speed -------------------------------------------------------------------------------------------
 
 
+DENOISERS = ("demo", "cfg", "sd", "sd3", "flux")  # the rows of the speed table
 DIGITS_CONFIG = Path(__file__).parent.parent / "configs" / "digits-ddpm.yaml"
 CFG_CONFIG = Path(__file__).parent.parent / "configs" / "mnist5k-cfg.yaml"
 
@@ -354,6 +355,13 @@ def _has_eval_suite() -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument(
+        "--denoisers",
+        nargs="+",
+        choices=DENOISERS,
+        default=list(DENOISERS),
+        help="which rows of the speed table to time (default: all)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="denoising steps per timed run (demo UNet)")
     parser.add_argument("--sd-steps", type=int, default=4, help="denoising steps per timed run (SD-shaped)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (medians over them)")
@@ -374,11 +382,17 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
 
-    speed = [bench_demo(batch, args.steps, args.repeats) for batch in args.demo_batch]
-    speed.append(bench_class_conditional(args.cfg_batch, args.steps, args.repeats))
-    speed.append(bench_stable_diffusion(args.sd_batch, args.sd_steps, args.repeats))
+    speed = []
+    if "demo" in args.denoisers:
+        speed += [bench_demo(batch, args.steps, args.repeats) for batch in args.demo_batch]
+    if "cfg" in args.denoisers:
+        speed.append(bench_class_conditional(args.cfg_batch, args.steps, args.repeats))
+    if "sd" in args.denoisers:
+        speed.append(bench_stable_diffusion(args.sd_batch, args.sd_steps, args.repeats))
     speed += [
-        bench_flow_transformer(kind, args.sd_batch, args.sd_steps, args.repeats) for kind in ("sd3", "flux")
+        bench_flow_transformer(kind, args.sd_batch, args.sd_steps, args.repeats)
+        for kind in ("sd3", "flux")
+        if kind in args.denoisers
     ]
     device = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     print(
