@@ -1,18 +1,28 @@
-"""Attribution faithfulness (method.md §9) and attribution pictures.
+"""Attribution faithfulness (method.md §9): deletion and insertion curves, the learned importances
+against the standard saliency baselines at the same site, and attribution pictures.
 
-Deletion curve: for fractions f, replace the top-f particles by importance ``s`` of every atom in the
-batch with that atom's mean particle, run the separation module again, and measure the relative drop of
-each atom's mean distance ``d̄`` to the other atoms (method.md §4, ``d̄_AB``). If importance is faithful,
-the important particles are what sets the atoms apart: deleting them first collapses the distances
-fastest, and the area under that drop curve beats the one of random deletion orders.
+**Curves.** Each atom's particles are ranked by an attribution (the learned importance ``s`` or a
+baseline). Deletion: for fractions f, replace the top-f particles of every atom with that atom's *mean
+particle* (the masking reference) and measure the relative drop of each atom's mean distance ``d̄_A =
+mean_{B≠A} d̄_AB`` to the other atoms (method.md §4). Insertion: start from the fully masked batch (every
+particle replaced by its atom's mean particle) and put the top-f particles back; the curve is the
+recovery ``(d̄_A − d̄_A^masked) / d̄_A^intact``. Both curves start at 0 and end at the same value (the
+drop of the fully masked batch), both are fractions of the intact distance, and for both a higher area
+means a more faithful ranking: the particles it puts first are the ones that set the atoms apart. Every
+area is reported against random orders on the same batch.
 
 Every atom is masked at once (the batch is degraded evenly). Masking one atom against intact others
 would compare it with the others' important particles, which its mean particle need not resemble.
+
+**Baselines** (:func:`particle_attributions`), computed on the particles the module sees (after pooling
+and patching), scored by the same curves: the particle's feature norm, gradient × activation and
+integrated gradients of the atom distance, and random.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,19 +36,47 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttributionFaithfulness", "attribution_faithfulness", "attribution_maps", "save_attribution_grid"]
+__all__ = [
+    "ATTRIBUTION_METHODS",
+    "AttributionFaithfulness",
+    "attribution_faithfulness",
+    "attribution_maps",
+    "compare_attributions",
+    "particle_attributions",
+    "save_attribution_grid",
+]
+
+ATTRIBUTION_METHODS = (
+    "importance",
+    "feature_norm",
+    "gradient_x_activation",
+    "integrated_gradients",
+    "random",
+)
+MASKING_REFERENCE = "mean particle"  # what a deleted (or not yet inserted) particle is replaced with
 
 
 @dataclass(frozen=True)
 class AttributionFaithfulness:
-    """Deletion curves by importance and at random, and the areas under them (higher = more drop).
+    """Deletion and insertion curves of one ranking and of random orders, and the areas under them.
+
+    The ``*_importance`` names predate the baselines: they hold the curves of the ranking scored,
+    ``method`` (the learned importance by default).
 
     Attributes:
-        fractions: deleted fraction of each atom's particles.
-        drop_importance: mean relative drop of d̄ when deleting in order of decreasing importance.
+        fractions: deleted (or inserted) fraction of each atom's particles.
+        drop_importance: deletion curve, the mean relative drop of d̄ when deleting in the ranking's order.
         drop_random: the same for random orders (mean over ``num_random`` orders).
-        auc_importance, auc_random: trapezoidal areas under the two curves over the fractions.
-        gain: ``auc_importance − auc_random`` (> 0: importance beats random).
+        auc_importance, auc_random: trapezoidal areas under the two deletion curves (higher = faster drop).
+        gain: ``auc_importance − auc_random`` (> 0: the ranking beats random on deletion).
+        recovery_importance: insertion curve, the mean recovery of d̄ (as a fraction of the intact d̄)
+            when inserting in the ranking's order into the fully masked batch.
+        recovery_random: the same for random orders.
+        insertion_auc_importance, insertion_auc_random: areas under the two insertion curves (higher =
+            faster recovery).
+        insertion_gain: ``insertion_auc_importance − insertion_auc_random``.
+        method: the ranking scored: a name of :data:`ATTRIBUTION_METHODS`, or ``"scores"`` when given.
+        reference: what masked particles are replaced with (the atom's mean particle).
     """
 
     fractions: list[float]
@@ -47,31 +85,153 @@ class AttributionFaithfulness:
     auc_importance: float
     auc_random: float
     gain: float
+    recovery_importance: list[float]
+    recovery_random: list[float]
+    insertion_auc_importance: float
+    insertion_auc_random: float
+    insertion_gain: float
+    method: str
+    reference: str = MASKING_REFERENCE
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _rebuild(
-    particles: torch.Tensor, features: torch.Tensor, grid: tuple[int, ...], patch: int
-) -> torch.Tensor:
-    """Particles ``(B, n, d)`` back into the layout the separation module tokenises (inverse of unfold)."""
-    if features.ndim == 4:
-        height, width = grid[0] * patch, grid[1] * patch
-        return F.fold(particles.transpose(1, 2), (height, width), kernel_size=patch, stride=patch)
-    if features.ndim == 3:
-        return particles
-    return particles[:, 0]
+# --- the batch as the module sees it --------------------------------------------------------------------
 
 
-def _mean_distance_to_others(
-    separation: AtomSeparation, atoms: torch.Tensor, mask: torch.Tensor
+class _Batch:
+    """A batch tokenised once, with what every curve and gradient needs.
+
+    Attributes:
+        particles: ``(B, n, d)`` after pooling and patching, as the module sees them; valid: ``(B, n)``.
+        mean_particle: each atom's mean valid particle ``(B, 1, d)``, the masking reference.
+        intact, masked: ``d̄_A`` of the intact and of the fully masked batch, ``(B,)`` in float64.
+    """
+
+    def __init__(
+        self, separation: AtomSeparation, features: torch.Tensor, mask: torch.Tensor | None, caller: str
+    ) -> None:
+        if features.ndim < 2 or features.shape[0] < 2:
+            raise ValueError(
+                f"{caller} needs a batch of at least 2 atoms (samples), got features of shape "
+                f"{tuple(features.shape)}"
+            )
+        self.separation = separation.eval()
+        self.features = features.detach().to(torch.promote_types(features.dtype, torch.float32))
+        self.particles, self.valid, self.grid = separation.tokenize(self.features, mask)
+        self.patch = separation.config.patch_size
+        counts = self.valid.sum(1).clamp_min(1)[:, None]
+        self.mean_particle = ((self.particles * self.valid[..., None]).sum(1) / counts)[:, None, :]
+        self.intact = self.distance(self.particles)
+        self.masked = self.distance(self.replace(self.valid > 0))
+
+    def rebuild(self, particles: torch.Tensor) -> torch.Tensor:
+        """Particles ``(B, n, d)`` back into the layout the module tokenises (inverse of unfold)."""
+        if self.features.ndim == 4:
+            size = (self.grid[0] * self.patch, self.grid[1] * self.patch)
+            return F.fold(particles.transpose(1, 2), size, kernel_size=self.patch, stride=self.patch)
+        if self.features.ndim == 3:
+            return particles
+        return particles[:, 0]
+
+    def distance(self, particles: torch.Tensor) -> torch.Tensor:
+        """``d̄_A = mean_{B≠A} d̄_AB`` per atom (method.md §4), in one pass; differentiable."""
+        distance = self.separation(self.rebuild(particles), mask=self.valid).atom_distance.double()
+        count = distance.shape[0]
+        off_diagonal = 1.0 - torch.eye(count, dtype=distance.dtype, device=distance.device)
+        return (distance * off_diagonal).sum(1) / (count - 1)
+
+    def replace(self, where: torch.Tensor) -> torch.Tensor:
+        """The particles, those at ``where`` ``(B, n)`` replaced by their atom's mean particle."""
+        return torch.where(where[..., None], self.mean_particle.expand_as(self.particles), self.particles)
+
+    def gradient(self, particles: torch.Tensor) -> torch.Tensor:
+        """``∂D/∂h`` of the summed atom distance ``D = Σ_A d̄_A`` at ``particles``: ``(B, n, d)``."""
+        with torch.enable_grad():
+            particles = particles.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.distance(particles).sum(), particles)
+        return grad
+
+
+# --- attributions -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def particle_attributions(
+    separation: AtomSeparation,
+    features: torch.Tensor,
+    method: str,
+    *,
+    mask: torch.Tensor | None = None,
+    steps: int = 32,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """``d̄_A = mean_{B≠A} d̄_AB`` per atom (method.md §4), in one pass."""
-    distance = separation(atoms, mask=mask).atom_distance.double()
-    count = distance.shape[0]
-    off_diagonal = 1.0 - torch.eye(count, dtype=distance.dtype, device=distance.device)
-    return (distance * off_diagonal).sum(1) / (count - 1)
+    """Per-particle attribution scores ``(B, n)`` at the separation site, higher = more responsible.
+
+    ``n`` is the module's particle count (after pooling and patching), as in ``AtomOutput.importance``.
+    The gradient methods attribute the batch's summed atom distance ``D = Σ_A d̄_A`` (method.md §4), the
+    quantity the faithfulness curves measure, so they are scored on their own target; the per-atom energy
+    ``e_A`` is not used, because under the default Gaussian kernel it saturates for well-separated atoms
+    (``k(u) → 0``, and its gradient with it) while ``d̄`` keeps growing with every distance. Since
+    ``d̄_AB = d̄_BA``, the gradient of ``D`` on atom A's particles is ``2 ∂d̄_A/∂h^A``: within an atom,
+    the order is that of the atom's own distance.
+
+    Methods:
+        ``"importance"``: the learned ``s = 1 − r^neutron`` (method.md §3).
+        ``"feature_norm"``: ``‖h_i‖``, the norm of the particle.
+        ``"gradient_x_activation"``: ``∂D/∂h_i · (h_i − h̄)``, the activation measured from the masking
+            reference ``h̄`` (the atom's mean particle): the first-order estimate of the drop of ``D`` when
+            ``h_i`` is masked. The plain ``∂D/∂h_i · h_i`` is useless on the default sphere geometry: ``D``
+            does not depend on a particle's scale, so it vanishes (Euler) up to the role norm's ε.
+        ``"integrated_gradients"``: ``(h_i − h̄) · mean_k ∂D/∂h_i`` at ``h̄ + α_k (h − h̄)``, midpoints
+            ``α_k = (k + ½)/steps``, every particle of every atom moving along the path at once, from the
+            fully masked batch. Completeness: the scores sum to ``D(intact) − D(masked)`` over the whole
+            batch (not per atom: atoms interact), up to the quadrature error.
+        ``"random"``: uniform draws from ``seed``.
+
+    Args:
+        separation: the (trained) separation module.
+        features: a batch of site activations ``(B, C, H, W)``, ``(B, n, d)`` or ``(B, d)``, ``B ≥ 2``.
+        method: one of :data:`ATTRIBUTION_METHODS`.
+        mask: optional ``(B, n)`` particle mask; masked (padding) particles score 0.
+        steps: integration steps of ``"integrated_gradients"``.
+        seed: seed of ``"random"``.
+    """
+    _check_method(method)
+    return _attributions(_Batch(separation, features, mask, "particle_attributions"), method, steps, seed)
+
+
+def _attributions(batch: _Batch, method: str, steps: int, seed: int) -> torch.Tensor:
+    _check_method(method)
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    particles, offset = batch.particles, batch.particles - batch.mean_particle
+    if method == "importance":
+        scores = batch.separation(batch.rebuild(particles), mask=batch.valid).importance
+    elif method == "feature_norm":
+        scores = particles.norm(dim=-1)
+    elif method == "gradient_x_activation":
+        scores = (batch.gradient(particles) * offset).sum(-1)
+    elif method == "integrated_gradients":
+        path_grad = torch.zeros_like(particles)
+        for k in range(steps):
+            path_grad += batch.gradient(batch.mean_particle + (k + 0.5) / steps * offset)
+        scores = (path_grad / steps * offset).sum(-1)
+    else:  # "random"
+        generator = torch.Generator().manual_seed(seed)
+        scores = torch.rand(batch.valid.shape, generator=generator, dtype=particles.dtype).to(
+            particles.device
+        )
+    return torch.where(batch.valid > 0, scores, 0.0)
+
+
+def _check_method(method: str) -> None:
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"method must be one of {ATTRIBUTION_METHODS}, got {method!r}")
+
+
+# --- faithfulness curves --------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -79,72 +239,145 @@ def attribution_faithfulness(
     separation: AtomSeparation,
     features: torch.Tensor,
     *,
+    method: str | None = None,
+    scores: torch.Tensor | None = None,
     fractions: list[float] | None = None,
     num_random: int = 8,
     seed: int = 0,
     mask: torch.Tensor | None = None,
+    steps: int = 32,
 ) -> AttributionFaithfulness:
-    """Deletion curves of an :class:`~atomgen.AtomSeparation`'s importances against random deletion.
+    """Deletion and insertion curves of one attribution against random orders (see the module docstring).
 
     Args:
         separation: the (trained) separation module.
         features: a batch of site activations ``(B, C, H, W)``, ``(B, n, d)`` or ``(B, d)``, ``B ≥ 2``.
-        fractions: deleted fractions in [0, 1] (default 0, 0.1, …, 1).
-        num_random: random deletion orders to average.
-        seed: seed of the random orders.
-        mask: optional ``(B, n)`` particle mask (masked particles are never deleted).
+        method: the attribution to score, one of :data:`ATTRIBUTION_METHODS`; default ``"importance"``.
+        scores: or any ``(B, n)`` attribution, finite on valid particles (higher = ranked first), e.g.
+            from :func:`particle_attributions` or a method of your own; not together with ``method``.
+        fractions: deleted (inserted) fractions in [0, 1] (default 0, 0.1, …, 1).
+        num_random: random orders to average for the reference curves.
+        seed: seed of the random orders (a ``"random"`` method draws from ``seed + 1``).
+        mask: optional ``(B, n)`` particle mask (masked particles are never deleted nor inserted).
+        steps: integration steps of ``"integrated_gradients"``.
     """
-    if features.shape[0] < 2:
+    if method is not None and scores is not None:
+        raise ValueError("pass either method or scores to attribution_faithfulness, not both")
+    batch = _Batch(separation, features, mask, "attribution_faithfulness")
+    if scores is None:
+        name = method or "importance"
+        _check_method(name)
+        scores = _attributions(batch, name, steps, seed + 1)
+    else:
+        name = "scores"
+        _check_scores(scores, batch)
+    return _score(batch, {name: scores}, fractions, num_random, seed)[name]
+
+
+@torch.no_grad()
+def compare_attributions(
+    separation: AtomSeparation,
+    features: torch.Tensor,
+    *,
+    methods: Sequence[str] = ("importance", "feature_norm", "gradient_x_activation", "integrated_gradients"),
+    fractions: list[float] | None = None,
+    num_random: int = 8,
+    seed: int = 0,
+    mask: torch.Tensor | None = None,
+    steps: int = 32,
+) -> dict[str, AttributionFaithfulness]:
+    """:func:`attribution_faithfulness` of several methods on one batch, against the same random orders.
+
+    Every result carries its method's deletion and insertion areas and their gains over random
+    (``gain``, ``insertion_gain``). Arguments as in :func:`attribution_faithfulness`.
+
+    Example:
+        >>> import torch, atomgen
+        >>> from atomgen.eval import compare_attributions
+        >>> sep = atomgen.AtomSeparation(dim=4)
+        >>> results = compare_attributions(sep, torch.randn(3, 4, 4, 4), fractions=[0, 0.5, 1], steps=4)
+        >>> sorted(results), results["feature_norm"].reference
+        (['feature_norm', 'gradient_x_activation', 'importance', 'integrated_gradients'], 'mean particle')
+    """
+    if not methods:
+        raise ValueError("methods must name at least one attribution method")
+    for method in methods:  # before any work
+        _check_method(method)
+    batch = _Batch(separation, features, mask, "compare_attributions")
+    rankings = {method: _attributions(batch, method, steps, seed + 1) for method in methods}
+    return _score(batch, rankings, fractions, num_random, seed)
+
+
+def _check_scores(scores: torch.Tensor, batch: _Batch) -> None:
+    expected = tuple(batch.valid.shape)
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(
-            f"attribution_faithfulness needs at least 2 atoms (samples), got {features.shape[0]}"
+            f"scores must be a tensor of shape (B, n) = {expected}, one per particle as the module "
+            f"tokenises the features (AtomOutput.importance has it), got {shape}"
         )
+    if not torch.isfinite(scores.to(batch.valid.device)[batch.valid > 0]).all():
+        raise ValueError("scores must be finite on every valid particle")
+
+
+def _score(
+    batch: _Batch,
+    rankings: dict[str, torch.Tensor],
+    fractions: list[float] | None,
+    num_random: int,
+    seed: int,
+) -> dict[str, AttributionFaithfulness]:
+    """Curves of each ranking and of ``num_random`` random orders, and their areas."""
     fractions = [round(0.1 * i, 10) for i in range(11)] if fractions is None else sorted(fractions)
-    if fractions[0] < 0 or fractions[-1] > 1 or len(fractions) < 2:
+    if len(fractions) < 2 or fractions[0] < 0 or fractions[-1] > 1:
         raise ValueError(f"fractions must be at least two values in [0, 1], got {fractions}")
-    separation = separation.eval()
-    dtype = torch.promote_types(features.dtype, torch.float32)
-    features = features.to(dtype)
-    particles, valid, grid = separation.tokenize(features, mask)
-    patch = separation.config.patch_size
-    base = _rebuild(particles, features, grid, patch)  # the (pooled) input as the module sees it
-    importance = separation(base, mask=valid).importance
-    atoms, n = importance.shape
-    counts = valid.sum(1)
-    mean_particle = ((particles * valid[..., None]).sum(1) / counts.clamp_min(1)[:, None])[:, None, :]
-    reference = _mean_distance_to_others(separation, base, valid)
-
-    def curve(order: torch.Tensor) -> np.ndarray:
-        rank = torch.empty_like(order)
-        rank.scatter_(1, order, torch.arange(n, device=order.device).expand(atoms, n))
-        drops = []
-        for fraction in fractions:
-            deleted = (rank < torch.round(fraction * counts)[:, None]) & (valid > 0)
-            masked = torch.where(deleted[..., None], mean_particle.expand_as(particles), particles)
-            distance = _mean_distance_to_others(separation, _rebuild(masked, features, grid, patch), valid)
-            drops.append(float(((reference - distance) / reference.clamp_min(1e-12)).mean()))
-        return np.array(drops)
-
-    # Valid particles first (by decreasing importance), padding last.
-    by_importance = torch.argsort(torch.where(valid > 0, importance, -torch.inf), dim=1, descending=True)
-    drop_importance = curve(by_importance)
+    if num_random < 1:
+        raise ValueError(f"num_random must be a positive integer, got {num_random}")
     generator = torch.Generator().manual_seed(seed)
-    random_curves = []
-    for _ in range(num_random):
-        keys = torch.rand(atoms, n, generator=generator).to(importance.device)
-        random_curves.append(
-            curve(torch.argsort(torch.where(valid > 0, keys, -torch.inf), 1, descending=True))
+    random = [
+        _curves(batch, torch.rand(batch.valid.shape, generator=generator), fractions)
+        for _ in range(num_random)
+    ]
+    drop_random, recovery_random = (np.mean(curves, axis=0) for curves in zip(*random, strict=True))
+    auc_random, insertion_auc_random = _area(drop_random, fractions), _area(recovery_random, fractions)
+    results = {}
+    for name, scores in rankings.items():
+        drop, recovery = _curves(batch, scores, fractions)
+        auc, insertion_auc = _area(drop, fractions), _area(recovery, fractions)
+        results[name] = AttributionFaithfulness(
+            fractions=list(fractions),
+            drop_importance=drop.tolist(),
+            drop_random=drop_random.tolist(),
+            auc_importance=auc,
+            auc_random=auc_random,
+            gain=auc - auc_random,
+            recovery_importance=recovery.tolist(),
+            recovery_random=recovery_random.tolist(),
+            insertion_auc_importance=insertion_auc,
+            insertion_auc_random=insertion_auc_random,
+            insertion_gain=insertion_auc - insertion_auc_random,
+            method=name,
         )
-    drop_random = np.mean(random_curves, axis=0)
-    auc_importance = _area(drop_importance, fractions)
-    auc_random = _area(drop_random, fractions)
-    return AttributionFaithfulness(
-        fractions=list(fractions),
-        drop_importance=drop_importance.tolist(),
-        drop_random=drop_random.tolist(),
-        auc_importance=auc_importance,
-        auc_random=auc_random,
-        gain=auc_importance - auc_random,
-    )
+    return results
+
+
+def _curves(batch: _Batch, scores: torch.Tensor, fractions: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Deletion (relative drop) and insertion (relative recovery) curves of ranking by ``scores``."""
+    valid = batch.valid > 0
+    # Rank of each particle in its atom: valid particles first, by decreasing score; padding last.
+    keys = torch.where(valid, scores.to(batch.valid.device, torch.float64), -torch.inf)
+    order = torch.argsort(keys, dim=1, descending=True)
+    rank = torch.empty_like(order)
+    atoms, n = order.shape
+    rank.scatter_(1, order, torch.arange(n, device=order.device).expand(atoms, n))
+    counts, scale = batch.valid.sum(1), batch.intact.clamp_min(1e-12)
+    drops, recoveries = [], []
+    for fraction in fractions:
+        top = (rank < torch.round(fraction * counts)[:, None]) & valid
+        drops.append(float(((batch.intact - batch.distance(batch.replace(top))) / scale).mean()))
+        inserted = batch.distance(batch.replace(valid & ~top))
+        recoveries.append(float(((inserted - batch.masked) / scale).mean()))
+    return np.array(drops), np.array(recoveries)
 
 
 def _area(values: np.ndarray, fractions: list[float]) -> float:
