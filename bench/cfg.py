@@ -177,13 +177,14 @@ def sample(
         noise = torch.Generator().manual_seed(seed * 1_000_003 + start)
         latents = pipe.prepare_latents(len(batch), noise)
         step_noise = torch.Generator().manual_seed(seed * 1_000_019 + start)  # the noise of every step
+        eta = 0.0 if getattr(pipe, "is_flow_matching", False) else preset.eta  # flow: deterministic Euler
         method_noise = torch.Generator().manual_seed(seed * 1_000_033 + start)  # CADS's own draws
         with installed(pipe, setting, method_noise) as extra:
             out = pipe(
                 class_labels=batch,
                 guidance_scale=setting.scale,
                 num_inference_steps=preset.inference_steps,
-                eta=preset.eta,
+                eta=eta,
                 generator=step_noise,
                 latents=latents,
                 output_type="pt",
@@ -282,8 +283,11 @@ def paired_interval(differences: list[float]) -> tuple[float, float | None, floa
 class Bench:
     """The stages above, writing ``<out>/<dataset>/seed<k>/{model,scores}`` and the report."""
 
-    def __init__(self, out: Path, preset: Preset, progress: bool = True, grid_only: bool = False):
+    def __init__(
+        self, out: Path, preset: Preset, progress: bool = True, grid_only: bool = False, model: str = "cfg"
+    ):
         self.out, self.preset, self.progress, self.grid_only = out, preset, progress, grid_only
+        self.model = model  # the models are configs/<dataset>-<model>.yaml
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.scorers: dict[str, Scorer] = {}
 
@@ -293,7 +297,13 @@ class Bench:
         overrides = [f"train.seed={seed}", f"train.output_dir={self.out / dataset / f'seed{seed}' / 'model'}"]
         if self.preset.steps is not None:
             overrides += [f"train.steps={self.preset.steps}", f"train.checkpoint_every={self.preset.steps}"]
-        return ExperimentConfig.from_yaml(f"configs/{dataset}-cfg.yaml", overrides)
+        path = Path(f"configs/{dataset}-{self.model}.yaml")
+        if not path.is_file():
+            known = sorted(p.name for p in Path("configs").glob(f"*-{self.model}.yaml"))
+            raise SystemExit(
+                f"no model config {path} for dataset {dataset!r} (with --model {self.model}: {known})"
+            )
+        return ExperimentConfig.from_yaml(path, overrides)
 
     def pipeline(self, dataset: str, seed: int):
         from atomgen.pipelines import AtomClassConditionalPipeline
@@ -343,7 +353,11 @@ class Bench:
         return table
 
     def run(self, datasets: tuple[str, ...]) -> dict[str, Any]:
-        report: dict[str, Any] = {"preset": dataclasses.asdict(self.preset), "datasets": {}}
+        report: dict[str, Any] = {
+            "preset": dataclasses.asdict(self.preset),
+            "model": self.model,
+            "datasets": {},
+        }
         chosen: dict[str, float] = {}
         for dataset in datasets:
             grid = self.scores(dataset, [Setting("cfg", w) for w in self.preset.scales])
@@ -488,7 +502,9 @@ def markdown(report: dict[str, Any]) -> str:
         "# Classifier-free guidance: diversity at matched precision (bench/cfg.py)",
         "",
         f"{preset['seeds']} model seeds; {preset['samples_per_class']} samples per class per setting (10 classes), "
-        f"DDIM {preset['inference_steps']} steps (η = {preset['eta']:g}), the same noise for every setting of a seed. "
+        f"Models: configs/<dataset>-{report.get('model', 'cfg')}.yaml. "
+        f"{preset['inference_steps']} sampling steps (DDIM with η = {preset['eta']:g}; a rectified flow: Euler), "
+        "the same noise for every setting of a seed. "
         "Per-class scores on the dataset classifier's features, averaged over classes; accuracy = the "
         "classifier agrees with the requested label. Δ = paired difference to plain CFG at the same w, "
         "[95 % t-interval over seeds]; an interval containing 0 is not a result.",
@@ -616,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
         "--datasets", nargs="+", default=[TUNE, CONFIRM], help=f"default: {TUNE} (tune) then {CONFIRM}"
     )
     parser.add_argument("--eta", type=float, help="η of DDIM (default: the preset's, 1: ancestral)")
+    parser.add_argument(
+        "--model",
+        default="cfg",
+        help="the models: configs/<dataset>-<model>.yaml (default: cfg, the UNet DDPMs; flow-dit: the "
+        "class-conditional DiT rectified flows); reports other than cfg are named cfg-<model>.*",
+    )
     parser.add_argument("--grid-only", action="store_true", help="stop after the CFG grid (no methods)")
     parser.add_argument("--results", type=Path, help="also write the tables and the plot here (results/)")
     args = parser.parse_args(argv)
@@ -625,14 +647,15 @@ def main(argv: list[str] | None = None) -> int:
         preset = dataclasses.replace(preset, seeds=args.seeds)
     if args.eta is not None:
         preset = dataclasses.replace(preset, eta=args.eta)
-    bench = Bench(args.out, preset, progress=not args.dry_run, grid_only=args.grid_only)
+    bench = Bench(args.out, preset, progress=not args.dry_run, grid_only=args.grid_only, model=args.model)
     report = bench.run(tuple(args.datasets))
     from atomgen.io import write_json, write_text
 
+    stem = "cfg" if args.model == "cfg" else f"cfg-{args.model}"
     for folder in filter(None, (args.out, args.results)):
-        write_json(folder / "cfg.json", report)
-        write_text(folder / "cfg.md", markdown(report))
-        front_plot(report, folder / "cfg-front.png")
+        write_json(folder / f"{stem}.json", report)
+        write_text(folder / f"{stem}.md", markdown(report))
+        front_plot(report, folder / f"{stem}-front.png")
     print(markdown(report))
     return 0
 

@@ -176,3 +176,22 @@ def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
         and len(part["grid"]) == 3
         and "### Methods" not in (tmp_path / "cfg.md").read_text()
     )
+
+
+@pytest.mark.slow
+def test_cfg_dry_run_on_the_flow_transformer(tmp_path):
+    """`--model flow-dit`: every method of the benchmark on class-conditional DiT rectified flows."""
+    command = [sys.executable, str(ROOT / "bench" / "cfg.py"), "--out", str(tmp_path), "--dry-run"]
+    command += ["--datasets", "mnist5k", "--model", "flow-dit"]
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=True)
+    report = json.loads((tmp_path / "cfg-flow-dit.json").read_text())
+    assert report["model"] == "flow-dit"
+    config = json.loads(
+        (
+            tmp_path / "mnist5k" / "seed0" / "model" / "pipeline" / "scheduler" / "scheduler_config.json"
+        ).read_text()
+    )
+    assert config["_class_name"] == "FlowMatchEulerDiscreteScheduler"
+    methods = {row["method"] for row in report["datasets"]["mnist5k"]["methods"]}
+    assert {"interval", "apg", "cads", "pg", "atom", "atom-feature", "atom+interval", "atom+apg"} <= methods
