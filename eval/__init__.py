@@ -6,6 +6,9 @@
 3. **Scores** (:mod:`.scores`, :mod:`.modes`, :mod:`.attribution`): :func:`fid`, :func:`kid`, :func:`prdc`,
    :func:`vendi`, :func:`lpips_diversity`, :func:`mode_coverage`, :func:`attribution_faithfulness`.
 
+VAEs (:mod:`.vae`): :func:`vae_scores` (reconstruction error, KL per latent channel, active units),
+:func:`prior_samples` and :func:`reconstruct`; :func:`save_image_grid` writes PNG grids.
+
 :func:`run_eval` (:mod:`.run`) is the logic of ``atomgen eval``.
 
 Example:
@@ -30,6 +33,7 @@ from .attribution import (
 )
 from .classifier import DigitClassifier, DigitFeatures, classify, load_digit_classifier
 from .features import FeatureExtractor, ModuleFeatures, clean_resize, compute_features, load_extractor
+from .grids import save_image_grid
 from .inception import InceptionFeatures, load_inception
 from .lpips import LPIPSDiversity, LPIPSFeatures, lpips_diversity, lpips_pairwise
 from .modes import ModeCoverage, mode_coverage
@@ -37,6 +41,7 @@ from .run import METRICS, add_eval_arguments, eval_command, run_eval, write_repo
 from .scores import KID, PRDC, fid, frechet_distance, kid, prdc, vendi
 from .sources import FolderSource, ImageSource, TensorSource, open_source
 from .statistics import FeatureSet, FeatureStatistics, Statistics
+from .vae import VAEScores, load_vae_pipeline, prior_samples, reconstruct, vae_scores
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -58,6 +63,7 @@ __all__ = [
     "ModuleFeatures",
     "Statistics",
     "TensorSource",
+    "VAEScores",
     "add_eval_arguments",
     "attribution_faithfulness",
     "attribution_maps",
@@ -72,14 +78,19 @@ __all__ = [
     "load_digit_classifier",
     "load_extractor",
     "load_inception",
+    "load_vae_pipeline",
     "lpips_diversity",
     "lpips_pairwise",
     "mode_coverage",
     "open_source",
     "particle_attributions",
     "prdc",
+    "prior_samples",
+    "reconstruct",
     "run_eval",
     "save_attribution_grid",
+    "save_image_grid",
+    "vae_scores",
     "vendi",
     "write_reports",
 ]

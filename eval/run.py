@@ -1,5 +1,9 @@
 """The logic of ``atomgen eval``: resolve sources, compute features once, score, write the reports.
 
+A VAE as the generated side (a run directory of ``atomgen train`` with ``model.family: vae``, an
+``AutoencoderKL`` or an ``AtomVAEPipeline``) is scored on its decoded prior samples, and the VAE scores
+of :mod:`.vae` (reconstruction error, KL per latent channel, active units) are added on the real images.
+
 ``atomgen/cli.py`` only parses (with :func:`add_eval_arguments`) and dispatches (to :func:`eval_command`);
 everything else is an importable function here.
 """
@@ -15,14 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
+
+from atomgen.pipelines import AtomVAEPipeline
 
 from ..io import write_json, write_text
 from .classifier import classify, load_digit_classifier
 from .features import EXTRACTORS, FeatureExtractor, compute_features, default_device, load_extractor
+from .grids import save_image_grid
 from .lpips import LPIPSFeatures, lpips_diversity
 from .modes import mode_coverage
 from .scores import fid, kid, prdc, vendi
-from .sources import ImageSource, RunSampling, open_source
+from .sources import ImageSource, RunSampling, TensorSource, open_source, vae_directory
+from .vae import ACTIVE_THRESHOLD, load_vae_pipeline, prior_samples, reconstruct, vae_scores
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +49,19 @@ DESCRIPTIONS = {
     "lpips_diversity": ("higher = more diverse", "mean LPIPS (AlexNet) over all pairs of samples"),
     "modes_covered": ("higher = more diverse", "real classes the classifier finds among the samples"),
     "kl": ("lower = closer to the real data", "KL(sample class histogram ‖ real class histogram)"),
+    "reconstruction_mse": (
+        "lower = more faithful",
+        "per-image MSE of the reconstruction from the posterior mean, pixels in [0, 1]; mean ± std",
+    ),
+    "kl_prior": (
+        "0 = posterior collapse",
+        "KL(posterior ‖ prior N(0, I)), nats per image, mean over the real images",
+    ),
+    "active_units": (
+        "higher = less posterior collapse",
+        "latent units (channel × position) whose posterior mean varies over the data, Var > threshold "
+        "(Burda et al. 2016)",
+    ),
 }
 
 __all__ = ["METRICS", "add_eval_arguments", "eval_command", "run_eval", "write_reports"]
@@ -63,7 +85,7 @@ def _digit_classifier_name(source: ImageSource) -> str | None:
 
 def run_eval(
     real: str | Path | torch.Tensor | np.ndarray | ImageSource,
-    fake: str | Path | torch.Tensor | np.ndarray | ImageSource,
+    fake: str | Path | torch.Tensor | np.ndarray | ImageSource | AutoencoderKL | AtomVAEPipeline,
     metrics: list[str] | tuple[str, ...] | None = None,
     extractor: str | FeatureExtractor = "auto",
     out_dir: str | Path | None = None,
@@ -77,6 +99,7 @@ def run_eval(
     kid_subset_size: int = 1000,
     num_samples: int = 256,
     num_inference_steps: int | None = None,
+    active_threshold: float = ACTIVE_THRESHOLD,
     progress: bool = True,
 ) -> dict:
     """Evaluate generated images against real ones; optionally write ``report.json`` and ``report.md``.
@@ -85,6 +108,11 @@ def run_eval(
         real, fake: image folders, ``.npz`` arrays, dataset names (``digits``, ``mnist5k``,
             ``fashion-mnist``), run
             directories (saved samples, or samples drawn from the saved pipeline), tensors or sources.
+            ``fake`` may also be a VAE (a VAE run directory, an ``AutoencoderKL``, an
+            ``AtomVAEPipeline``): its decoded prior samples are scored, and ``report["metrics"]["vae"]``
+            adds :func:`~atomgen.eval.vae_scores` on the real images (so ``real`` should be images the
+            VAE was not trained on); with ``out_dir``, ``reconstructions.png`` (image | reconstruction
+            pairs) and ``prior-samples.png`` are written beside the reports.
         metrics: any of :data:`METRICS`; default all, but ``mode_coverage`` only when ``real`` is a digit
             dataset (``digits``, ``mnist5k``, ``fashion-mnist``: its ten classes are the modes); on
             request it accepts any grey images up to 32 px.
@@ -97,8 +125,9 @@ def run_eval(
         cache_dir: feature cache folder (see :func:`~atomgen.eval.features.compute_features`).
         k: neighbours for PRDC.
         kid_subsets, kid_subset_size: KID subsets.
-        num_samples: samples to draw from a run directory's pipeline.
+        num_samples: samples to draw from a run directory's pipeline (or a VAE's prior).
         num_inference_steps: denoising steps for those samples (default: the pipeline's own default).
+        active_threshold: posterior-mean variance above which a VAE's latent unit is active.
         progress: progress bars.
 
     Returns:
@@ -107,7 +136,17 @@ def run_eval(
     device = torch.device(device) if device is not None else default_device()
     sampling = RunSampling(num_samples, batch_size, num_inference_steps)
     real_source = open_source(real, sampling=sampling, device=device)
-    fake_source = open_source(fake, sampling=sampling, device=device)
+    vae = load_vae_pipeline(fake, device) if _is_vae(fake) else None
+    if vae is None:
+        fake_source = open_source(fake, sampling=sampling, device=device)
+    else:  # the same draws as open_source gives for a VAE run directory
+        if num_inference_steps is not None:
+            logger.warning(
+                "a VAE has no denoising steps: num_inference_steps=%d is ignored", num_inference_steps
+            )
+        generator = torch.Generator().manual_seed(sampling.seed)
+        samples = prior_samples(vae, num_samples, batch_size=batch_size, generator=generator)
+        fake_source = TensorSource(samples, name=f"{_vae_name(fake)} (prior samples)")
     # A committed classifier serves as extractor ("auto") and by default for mode coverage only when the
     # real data is its dataset by name (digits, mnist5k, fashion-mnist); other grey images (folders) get the
     # digit classifier only on request.
@@ -182,11 +221,41 @@ def run_eval(
             classify(fake_source, classifier, batch_size=batch_size), real_labels, num_classes=10
         )
         report["metrics"]["mode_coverage"] = {**result.to_dict(), "classifier": classifier.weights_name}
+    if vae is not None:
+        scores = vae_scores(
+            vae, real_source, batch_size=batch_size, threshold=active_threshold, progress=progress
+        )
+        report["metrics"]["vae"] = {**scores.to_dict(), "source": real_source.name}
+        if out_dir is not None:
+            report["files"] = _save_vae_grids(Path(out_dir), vae, real_source, fake_source)
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["versions"] = {"python": platform.python_version(), "torch": torch.__version__}
     if out_dir is not None:
         write_reports(report, out_dir)
     return report
+
+
+def _is_vae(spec) -> bool:
+    if isinstance(spec, AutoencoderKL | AtomVAEPipeline):
+        return True
+    return isinstance(spec, str | Path) and vae_directory(spec) is not None
+
+
+def _vae_name(spec) -> str:
+    return str(spec) if isinstance(spec, str | Path) else type(spec).__name__
+
+
+def _save_vae_grids(
+    out: Path, vae: AtomVAEPipeline, real: ImageSource, samples: TensorSource
+) -> dict[str, str]:
+    """``reconstructions.png`` (32 real images, each beside its reconstruction) and ``prior-samples.png``
+    (the first 64 prior samples); returns the file names, relative to ``out``."""
+    originals = next(iter(real.batches(32)))
+    pairs = torch.stack([originals, reconstruct(vae, originals)], 1).flatten(0, 1)
+    files = {"reconstructions": "reconstructions.png", "prior_samples": "prior-samples.png"}
+    save_image_grid(out / files["reconstructions"], pairs, nrow=16)
+    save_image_grid(out / files["prior_samples"], samples.images[:64], nrow=8)
+    return files
 
 
 def _check_counts(metrics: list[str] | tuple[str, ...], real: int, fake: int, k: int) -> None:
@@ -230,6 +299,11 @@ def write_reports(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     ]
     if "extractor" in report:
         lines += [f"- features: {report['extractor']}; preprocessing: {report['preprocessing']}"]
+    if "vae" in report["metrics"]:
+        vae = report["metrics"]["vae"]
+        lines += [f"- VAE scores on `{vae['source']}` ({vae['images']} images); latent {vae['latent_shape']}"]
+    if "files" in report:
+        lines += ["- grids: " + ", ".join(f"[{name}]({name})" for name in report["files"].values())]
     lines += [
         f"- device: {report['device']}; {report['seconds']} s",
         "",
@@ -270,6 +344,21 @@ def _rows(metrics: dict):
         mc = metrics["mode_coverage"]
         yield "modes_covered", f"{mc['modes_covered']} / {mc['num_modes']}", f"; {mc['classifier']}"
         yield "kl", f"{mc['kl']:.4f}", ""
+    if "vae" in metrics:
+        vae = metrics["vae"]
+        per_channel = ", ".join(f"{value:.3g}" for value in vae["kl_per_channel"])
+        active = ", ".join(str(count) for count in vae["active_units_per_channel"])
+        yield (
+            "reconstruction_mse",
+            f"{vae['reconstruction_mse']:.5f} ± {vae['reconstruction_mse_std']:.5f}",
+            "",
+        )
+        yield "kl_prior", f"{vae['kl']:.4f}", f"; per channel, nats per unit: {per_channel}"
+        yield (
+            "active_units",
+            f"{vae['active_units']} / {vae['num_units']}",
+            f"; threshold {vae['threshold']}; per channel: {active}",
+        )
 
 
 # --- command line ---------------------------------------------------------------------------------------
@@ -278,6 +367,7 @@ EXAMPLES = """examples:
   atomgen eval --real digits --fake runs/demo/atom --out runs/demo/eval
   atomgen eval --real real_pngs/ --fake fake_pngs/ --metrics fid prdc vendi --extractor inception
   atomgen eval --real mnist5k --fake samples.npz --metrics mode_coverage lpips_diversity
+  atomgen eval --real digits --fake runs/digits-vae --out runs/digits-vae/eval   # a VAE: prior samples + VAE scores
 """
 
 
@@ -290,7 +380,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         required=True,
         help="folder, .npz, dataset name (digits, mnist5k, fashion-mnist) or run directory",
     )
-    parser.add_argument("--fake", required=True, help="folder, .npz, dataset name or run directory")
+    parser.add_argument(
+        "--fake", required=True, help="folder, .npz, dataset name or run directory (a DDPM's or a VAE's)"
+    )
     parser.add_argument("--metrics", nargs="+", choices=METRICS, default=None, help="default: all that apply")
     parser.add_argument("--extractor", default="auto", choices=("auto", *EXTRACTORS), help="default: auto")
     parser.add_argument(
@@ -302,10 +394,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: none)")
     parser.add_argument("--k", type=int, default=5, help="nearest neighbours for PRDC (default: 5)")
     parser.add_argument(
-        "--num-samples", type=int, default=256, help="samples drawn from a run's pipeline (default: 256)"
+        "--num-samples",
+        type=int,
+        default=256,
+        help="samples drawn from a run's pipeline or VAE prior (default: 256)",
     )
     parser.add_argument(
         "--steps", type=int, default=None, help="denoising steps for those samples (default: the pipeline's)"
+    )
+    parser.add_argument(
+        "--active-threshold",
+        type=float,
+        default=ACTIVE_THRESHOLD,
+        help=f"VAE: posterior-mean variance of an active latent unit (default: {ACTIVE_THRESHOLD})",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
@@ -326,5 +427,6 @@ def eval_command(args: argparse.Namespace) -> dict:
         k=args.k,
         num_samples=args.num_samples,
         num_inference_steps=args.steps,
+        active_threshold=args.active_threshold,
         progress=not args.no_progress,
     )

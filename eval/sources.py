@@ -27,7 +27,9 @@ __all__ = [
     "FolderSource",
     "ImageSource",
     "TensorSource",
+    "draw_samples",
     "open_source",
+    "vae_directory",
 ]
 
 
@@ -235,23 +237,70 @@ def _pipeline_class(model_index: dict):
     )
 
 
-def _sample_run(root: Path, sampling: RunSampling, device: torch.device | str) -> TensorSource:
-    model_index = json.loads((root / "model_index.json").read_text())
-    pipeline = _pipeline_class(model_index).from_pretrained(root).to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
-    extra = {}
-    if sampling.num_inference_steps is not None:
-        extra["num_inference_steps"] = sampling.num_inference_steps
-    chunks, remaining = [], sampling.num_samples
+def draw_samples(
+    pipeline, num_samples: int, batch_size: int, generator: torch.Generator | None, **options
+) -> np.ndarray:
+    """``num_samples`` images ``(N, H, W, C)`` in ``[0, 1]`` from ``pipeline(batch_size=…, output_type="np")``,
+    drawn in batches of at most ``batch_size`` from one ``generator`` (so the same seed gives the same
+    images); ``options`` go to every call."""
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
+    chunks, remaining = [], num_samples
     while remaining > 0:
-        batch = min(sampling.batch_size, remaining)
-        out = pipeline(batch_size=batch, generator=generator, output_type="np", **extra)
+        batch = min(batch_size, remaining)
+        out = pipeline(batch_size=batch, generator=generator, output_type="np", **options)
         chunks.append(np.asarray(out.images, dtype=np.float32))
         remaining -= batch
-    images = np.concatenate(chunks)
-    logger.info("drew %d samples from the pipeline in %s", len(images), root)
-    return TensorSource(images, channels_last=True, name=f"{root} (pipeline samples)")
+    return np.concatenate(chunks)
+
+
+def _sample_run(root: Path, sampling: RunSampling, device: torch.device | str) -> TensorSource:
+    vae = vae_directory(root)
+    if vae is not None:  # an AutoencoderKL: decoded prior samples (a VAE has no denoising steps)
+        from atomgen.pipelines import AtomVAEPipeline
+
+        pipeline, extra, kind = AtomVAEPipeline.from_pretrained(vae), {}, "prior samples"
+    else:
+        model_index = json.loads((root / "model_index.json").read_text())
+        pipeline, kind = _pipeline_class(model_index).from_pretrained(root), "pipeline samples"
+        extra = {}
+        if sampling.num_inference_steps is not None:
+            extra["num_inference_steps"] = sampling.num_inference_steps
+    pipeline = pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
+    images = draw_samples(pipeline, sampling.num_samples, sampling.batch_size, generator, **extra)
+    logger.info("drew %d %s from %s", len(images), kind, root)
+    return TensorSource(images, channels_last=True, name=f"{root} ({kind})")
+
+
+def vae_directory(path: str | Path) -> Path | None:
+    """Where an ``AutoencoderKL`` saved by atomgen loads from, or ``None`` when ``path`` holds none.
+
+    Recognised: a saved ``AtomVAEPipeline`` (``model_index.json``), a bare ``AutoencoderKL`` directory
+    (``config.json``), and a run directory of ``atomgen train`` with a VAE config (its ``vae/`` folder).
+    The returned path is what ``AtomVAEPipeline.from_pretrained`` takes.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if (path / "model_index.json").is_file():  # a pipeline; only AtomVAEPipeline is a VAE
+        return path if _class_name(path / "model_index.json") == "AtomVAEPipeline" else None
+    for folder in (path, path / "vae"):
+        if _class_name(folder / "config.json") == "AutoencoderKL":
+            return folder
+    return None
+
+
+def _class_name(config: Path) -> str | None:
+    """``_class_name`` of a diffusers JSON config, ``None`` when the file is missing or not one."""
+    if not config.is_file():
+        return None
+    try:
+        value = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    return value.get("_class_name") if isinstance(value, dict) else None
 
 
 def _open_run(root: Path, sampling: RunSampling, device: torch.device | str) -> ImageSource:
@@ -259,7 +308,7 @@ def _open_run(root: Path, sampling: RunSampling, device: torch.device | str) -> 
         return _open_npz(root / "samples.npz")
     if (root / "samples").is_dir():
         return FolderSource(root / "samples")
-    if (root / "model_index.json").is_file():
+    if (root / "model_index.json").is_file() or vae_directory(root) is not None:
         return _sample_run(root, sampling, device)
     pipelines = sorted(child for child in root.iterdir() if (child / "model_index.json").is_file())
     if len(pipelines) == 1:
@@ -299,8 +348,8 @@ def open_source(
         spec: an :class:`ImageSource`; an image tensor or array (``(N, C, H, W)``, uint8 or in [0, 1]);
             a dataset name (``"digits"``, ``"mnist5k"``); a ``.npz`` file with an ``images`` array
             (uint8, or floats in [0, 1] or [-1, 1]; optional ``labels``); a folder of image files; or a
-            run directory (its ``samples.npz``, its ``samples/`` folder, or samples drawn from its
-            saved pipeline).
+            run directory (its ``samples.npz``, its ``samples/`` folder, samples drawn from its
+            saved pipeline, or a VAE's decoded prior samples, see :func:`vae_directory`).
         sampling: how to draw samples from a run directory's pipeline.
         device: device for drawing pipeline samples.
     """
@@ -324,11 +373,19 @@ def open_source(
         raise ValueError(f"{path} is a file; expected a folder, a run directory or a .npz file")
     if _is_run(path):
         return _open_run(path, sampling or RunSampling(), device)
+    if (path / "config.yaml").is_file():  # what `atomgen train` writes first: a run, not an image folder
+        raise FileNotFoundError(
+            f"{path} is a training run directory (config.yaml) with neither a saved pipeline "
+            "(pipeline/model_index.json) nor a saved VAE (vae/config.json): its training has not "
+            "finished; resume it (atomgen train CONFIG --resume latest) or name another directory"
+        )
     return FolderSource(path)
 
 
 def _is_run(path: Path) -> bool:
-    """A run directory: saved samples or a saved pipeline (its PNG grids are not the samples)."""
+    """A run directory: saved samples, a saved pipeline or a saved VAE (its PNG grids are not samples)."""
     if (path / "samples.npz").is_file() or (path / "samples").is_dir():
+        return True
+    if vae_directory(path) is not None:
         return True
     return any((folder / "model_index.json").is_file() for folder in (path, *path.iterdir()))

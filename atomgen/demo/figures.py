@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
+from ..eval.grids import save_image_grid
 from ..io import write_atomic
 
 __all__ = ["save_grid", "write_figures"]
@@ -57,18 +56,7 @@ def write_figures(
 # ---------------------------------------------------------------------------------------- pictures
 def save_grid(path: Path, images: torch.Tensor) -> None:
     """Images ``(N, C, H, W)`` in [0, 1] as a PNG grid, enlarged to about 40 px, white gaps between."""
-    from torchvision.utils import make_grid
-
-    factor = max(1, CELL_SIDE // max(images.shape[-2:]))
-    big = F.interpolate(images.float().clamp(0, 1), scale_factor=factor, mode="nearest")
-    grid = make_grid(big, nrow=GRID_COLUMNS, padding=2, pad_value=1.0)
-    pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    _save_png(path, pixels)
-
-
-def _save_png(path: Path, pixels: np.ndarray) -> None:
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    write_atomic(path, lambda file: image.save(file, format="PNG"))
+    save_image_grid(path, images, nrow=GRID_COLUMNS, cell_side=CELL_SIDE)
 
 
 def _save_attribution(path: Path, images: torch.Tensor, importance: torch.Tensor, grid: tuple) -> None:
