@@ -32,10 +32,13 @@ class AtomOutput:
     """What one call of :class:`AtomSeparation` returns (shapes for a batch of B atoms of n particles).
 
     Attributes:
-        loss: ``L_atom = L_sep + μ_n C_n + μ_p C_p + μ_s C_s`` (scalar; under data parallelism this
+        loss: ``L_atom = L_sep + μ_n C_n + μ_p C_p + μ_s C_s + μ_c C_c`` (scalar; under data parallelism this
             process's share, so that the shares sum to the loss of the whole batch).
         separation: ``L_sep``, the mean interatomic energy over pairs of different atoms.
         neutrality, participation, spacing: the soft constraints ``C_n``, ``C_p``, ``C_s`` (unweighted).
+        commitment: ``C_c``, the mean entropy of the particles' roles over ``log 3`` (unweighted; 0
+            without learned roles): 1 for the uniform mix, 0 when every particle is purely an
+            electron, a proton or a neutron.
         energy: per-atom energy ``e_A = mean_{B≠A} E_AB``, shape ``(B,)``.
         importance: ``s = 1 − r^neutron``, the per-particle attribution, ``(B, n)``.
         charge: ``q = r^proton − r^electron``, ``(B, n)``.
@@ -49,6 +52,7 @@ class AtomOutput:
     neutrality: torch.Tensor
     participation: torch.Tensor
     spacing: torch.Tensor
+    commitment: torch.Tensor
     energy: torch.Tensor
     importance: torch.Tensor
     charge: torch.Tensor
@@ -81,6 +85,12 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         temperature: softmax temperature ``τ`` of the role head.
         learn_roles: if ``False`` every particle is a proton (``q = s = 1``): no parameters are used.
         neutrality_weight, participation_weight, spacing_weight: ``μ_n``, ``μ_p``, ``μ_s``.
+        commitment_weight: ``μ_c`` of the commitment term ``C_c`` (the mean normalised entropy of the
+            roles), which asks every particle to take one role rather than a mix. 0 (default) leaves
+            it out. Without it the role head can sit near the uniform mix, where the participation
+            constraint holds every importance at about ``κ`` and the importances say little; with it
+            the head must choose which particles stay charged, and the energy makes it keep those that
+            set the atom apart. In the signed mode it gives charges that cannot all vanish.
         min_participation: ``κ``, the least mean importance an atom should keep.
         min_distance: ``δ``, the least atom distance the spacing constraint asks for.
         memory_budget_mb: memory for one block of the pair computation (method.md §5).
@@ -111,6 +121,7 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         neutrality_weight: float = 1.0,
         participation_weight: float = 1.0,
         spacing_weight: float = 1.0,
+        commitment_weight: float = 0.0,
         min_participation: float = 0.5,
         min_distance: float = 0.5,
         memory_budget_mb: float = 256.0,
@@ -127,6 +138,8 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         for name, value in (("epsilon", epsilon), ("sigma", sigma), ("temperature", temperature)):
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
+        if commitment_weight < 0:
+            raise ValueError(f"commitment_weight must be ≥ 0, got {commitment_weight}")
         particle_dim = dim * patch_size**2
         if proj_dim is not None and not 0 < proj_dim < particle_dim:
             raise ValueError(
@@ -208,10 +221,11 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         #   energy_sum → Σ_ij m m w k(u), distance_sum → Σ_ij m m s s sqrt(u + ε²) (B, B_all)
         #   pair_energy → E_AB, atom_distance → d̄_AB (B, B_all); pairs → [A ≠ B, both non-empty]
         #   separation → L_sep, energy → e_A = mean_{B≠A} E_AB (B,)
-        #   neutrality → C_n, participation → C_p, spacing → C_s
-        #   cfg.neutrality_weight, cfg.participation_weight, cfg.spacing_weight → μ_n, μ_p, μ_s
+        #   neutrality → C_n, participation → C_p, spacing → C_s, commitment → C_c
+        #   cfg.neutrality_weight, cfg.participation_weight, cfg.spacing_weight, cfg.commitment_weight
+        #     → μ_n, μ_p, μ_s, μ_c
         #   cfg.min_participation → κ, cfg.min_distance → δ, cfg.epsilon → ε, cfg.sigma → σ
-        #   loss → L_atom = L_sep + μ_n C_n + μ_p C_p + μ_s C_s
+        #   loss → L_atom = L_sep + μ_n C_n + μ_p C_p + μ_s C_s + μ_c C_c
         cfg = self.config
         # The sum is a cheap first check; only a non-finite sum (overflow included) needs the full one.
         if not torch.isfinite(features.sum()) and not torch.isfinite(features).all():
@@ -275,11 +289,17 @@ class AtomSeparation(ModelMixin, ConfigMixin):
             neutrality = (net_charge.square() * atoms).sum() / num_atoms
         else:  # with fixed roles (or no charges) neutrality is a constant
             neutrality = separation.new_zeros(())
+        if cfg.learn_roles:  # mean H(r_i) / log 3 over the particles of every process
+            entropy = -(roles * roles.clamp_min(1e-12).log()).sum(-1) / math.log(3.0)
+            commitment = (entropy * mask).sum() / distributed.total(mask.sum()).clamp_min(1)
+        else:
+            commitment = separation.new_zeros(())
         loss = (
             separation
             + cfg.neutrality_weight * neutrality
             + cfg.participation_weight * participation
             + cfg.spacing_weight * spacing
+            + cfg.commitment_weight * commitment
         )
         return AtomOutput(
             loss=loss,
@@ -287,6 +307,7 @@ class AtomSeparation(ModelMixin, ConfigMixin):
             neutrality=neutrality,
             participation=participation,
             spacing=spacing,
+            commitment=commitment,
             energy=energy,
             importance=importance,
             charge=charge,

@@ -232,6 +232,7 @@ def test_bad_inputs_name_what_was_wrong():
         ({"epsilon": 0.0}, "epsilon must be > 0"),
         ({"proj_dim": 8}, "proj_dim must lie in"),
         ({"max_grid": 0}, "max_grid must be"),
+        ({"commitment_weight": -1.0}, "commitment_weight must be ≥ 0"),
     ],
 )
 def test_bad_options_are_rejected(kwargs, message):
@@ -246,3 +247,36 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.config.mode == "repulsive" and loaded.config.proj_dim == 3
     features = torch.randn(3, 6, 2, 2)
     assert torch.equal(sep(features).loss, loaded(features).loss)
+
+
+def test_commitment_is_the_normalised_role_entropy():
+    features = torch.randn(4, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    plain, committed = AtomSeparation(dim=8), AtomSeparation(dim=8, commitment_weight=0.5)
+    committed.load_state_dict(plain.state_dict())  # the same head
+    out, out_committed = plain(features), committed(features)
+    assert out.commitment.item() == pytest.approx(1.0, abs=1e-4)  # roles start (almost) uniform
+    torch.testing.assert_close(out_committed.loss, out.loss + 0.5 * out.commitment)
+    with torch.no_grad():  # a head that makes every particle a proton: one pure role, no entropy
+        committed.role_head.bias.copy_(torch.tensor([-30.0, 30.0, -30.0]))
+    assert committed(features).commitment.item() == pytest.approx(0.0, abs=1e-6)
+    assert AtomSeparation(dim=8, learn_roles=False)(features).commitment.item() == 0.0
+    # The token pooling of guidance (> max_grid² tokens) keeps the tokens' width.
+    assert AtomSeparation(dim=8)(torch.randn(2, 100, 8)).importance.shape == (2, 64)
+
+
+def test_commitment_makes_the_head_choose_the_distinct_particles():
+    """Every atom's particles alike but one: committed roles make the others neutrons, and the distinct
+    particle carries the atom's importance."""
+    torch.manual_seed(0)
+    features = torch.randn(1, 1, 8) + 0.05 * torch.randn(8, 16, 8)
+    features[:, 0] = 3 * torch.randn(8, 8)
+    separation = AtomSeparation(dim=8, commitment_weight=0.5)
+    optimizer = torch.optim.Adam(separation.parameters(), lr=0.05)
+    for _ in range(300):
+        out = separation(features)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    importance = out.importance.detach()
+    assert out.commitment.item() < 0.05
+    assert importance[:, 1:].max() < 0.05 and importance[:, 0].mean() > 0.8

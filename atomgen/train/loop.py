@@ -407,6 +407,7 @@ def _atom_parts(output: AtomOutput) -> dict[str, torch.Tensor]:
         "C_n": output.neutrality.detach(),
         "C_p": output.participation.detach(),
         "C_s": output.spacing.detach(),
+        "C_c": output.commitment.detach(),
         "atom_distance": distance[others].mean() if others.any() else distance.new_zeros(()),
         "importance_entropy": entropy,
     }
