@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import naive_atom_loss
@@ -119,6 +120,20 @@ def test_patches_and_pooling_set_the_particle_grid():
     # particle 0 is the top-left 2×2 patch of every channel
     assert torch.equal(particles[0, 0], torch.tensor([0.0, 1, 4, 5, 16, 17, 20, 21, 32, 33, 36, 37]))
     assert AtomSeparation(dim=3, max_grid=None)(torch.randn(2, 3, 16, 16)).grid == (16, 16)
+
+
+def test_long_token_sequences_are_pooled_like_feature_maps():
+    """More than max_grid² tokens: a square number is an image's patches, pooled in 2-D; any other
+    number is pooled along the sequence. A mask keeps every token."""
+    tokens = torch.arange(2 * 100 * 8, dtype=torch.float32).view(2, 100, 8)  # 10 × 10 patches
+    separation = AtomSeparation(dim=8)
+    particles, _, grid = separation.tokenize(tokens)
+    assert grid == (64,)
+    grid_2d = tokens.transpose(1, 2).reshape(2, 8, 10, 10)
+    torch.testing.assert_close(particles, F.adaptive_avg_pool2d(grid_2d, 8).flatten(2).transpose(1, 2))
+    assert separation.tokenize(tokens[:, :70])[2] == (64,)
+    assert separation.tokenize(tokens, mask=torch.ones(2, 100))[2] == (100,)
+    assert AtomSeparation(dim=8, max_grid=None).tokenize(tokens)[2] == (100,)
 
 
 def test_vectors_are_one_particle_each():
@@ -260,8 +275,6 @@ def test_commitment_is_the_normalised_role_entropy():
         committed.role_head.bias.copy_(torch.tensor([-30.0, 30.0, -30.0]))
     assert committed(features).commitment.item() == pytest.approx(0.0, abs=1e-6)
     assert AtomSeparation(dim=8, learn_roles=False)(features).commitment.item() == 0.0
-    # The token pooling of guidance (> max_grid² tokens) keeps the tokens' width.
-    assert AtomSeparation(dim=8)(torch.randn(2, 100, 8)).importance.shape == (2, 64)
 
 
 def test_commitment_makes_the_head_choose_the_distinct_particles():
