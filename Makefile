@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-all demo bench sweep cfg lint format clean
+.PHONY: test test-all demo bench sweep cfg attribution lint format clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,6 +38,10 @@ sweep: $(STAMP)
 # The classifier-free guidance benchmark (hours on 2 CPU cores; resumable: run it again to go on).
 cfg: $(STAMP)
 	$(PY) bench/cfg.py --out runs/cfg --results results
+
+# The attribution benchmark (issue 14; about 2 hours on 2 CPU cores, resumable: run it again to go on).
+attribution: $(STAMP)
+	$(PY) bench/attribution.py --out runs/attribution --results results
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -51,6 +51,10 @@ import torch
 
 from atomgen.eval.run import CLASSIFIER_OF_DATASET as CLASSIFIER  # dataset → its classifier
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, not a package
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from intervals import paired_interval
+
 logger = logging.getLogger("bench.cfg")
 
 TUNE, CONFIRM = "mnist5k", "fashion-mnist"
@@ -266,17 +270,6 @@ def choose_strength(candidates: dict[float, dict[str, float]], cfg: dict[str, fl
     if passing:
         return max(passing, key=lambda s: candidates[s]["recall"])
     return max(candidates, key=lambda s: candidates[s]["precision"])
-
-
-def paired_interval(differences: list[float]) -> tuple[float, float | None, float | None]:
-    """Mean of per-seed paired differences and its 95 % t-interval (none for one seed)."""
-    from scipy import stats
-
-    mean = statistics.fmean(differences)
-    if len(differences) < 2:
-        return mean, None, None
-    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / len(differences) ** 0.5
-    return mean, mean - half, mean + half
 
 
 # ------------------------------------------------------------------------------------------ the runs

@@ -5,6 +5,8 @@
 #   bench/gpu.sh RESULTS_DIR --dry-run   tiny sizes on the CPU: checks that every step runs
 #   bench/gpu.sh RESULTS_DIR --cfg       instead: the classifier-free guidance benchmark at its GPU preset
 #                                        (bench/cfg.py --preset gpu: 5 seeds, 500 samples per class)
+#   bench/gpu.sh RESULTS_DIR --attribution   instead: the attribution benchmark at its GPU preset
+#                                        (bench/attribution.py --preset gpu: 5 seeds per dataset; long)
 #
 # 1. the device; 2. AtomSeparation at B=256, n=256, d=512 against the bare Gram products (time, memory);
 # 3. a short mnist5k DDPM training, baseline and atom separation, at a GPU batch size; 4. Inception
@@ -20,6 +22,11 @@ mkdir -p "$out"
 if [ "$mode" = "--cfg" ]; then
     "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
     exec "$py" bench/cfg.py --out "$out/cfg" --preset gpu --results "$out/cfg"
+fi
+
+if [ "$mode" = "--attribution" ]; then
+    "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
+    exec "$py" bench/attribution.py --out "$out/attribution" --preset gpu --results "$out/attribution"
 fi
 
 if [ "$mode" = "--dry-run" ]; then

@@ -1,0 +1,154 @@
+"""bench/attribution.py: its rules on constructed inputs, and its dry run end to end (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).parent.parent
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_attribution", ROOT / "bench" / "attribution.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_role_diagnostics_of_uniform_and_committed_roles():
+    bench = _module()
+    uniform = torch.full((2, 4, 3), 1 / 3)
+    result = bench.role_diagnostics(1 - uniform[..., 2], uniform, uniform[..., 1] - uniform[..., 0])
+    assert result["role_entropy"] == pytest.approx(math.log(3))
+    assert result["role_entropy_fraction"] == pytest.approx(1.0)
+    assert result["importance_spread"] == pytest.approx(0.0, abs=1e-12)
+    assert result["mean_abs_charge"] == pytest.approx(0.0)
+    # Every atom: proton, neutron, proton, neutron (one-hot): s = 1, 0, 1, 0 and q = 1, 0, 1, 0.
+    roles = torch.eye(3)[[1, 2, 1, 2]].expand(2, 4, 3)
+    result = bench.role_diagnostics(1 - roles[..., 2], roles, roles[..., 1] - roles[..., 0])
+    assert result["role_entropy"] == pytest.approx(0.0, abs=1e-9)
+    assert result["importance_spread"] == pytest.approx(0.5)  # population std across the particles
+    assert result["mean_abs_charge"] == pytest.approx(0.5)
+    assert result["mean_importance"] == pytest.approx(0.5)
+
+
+def test_targets_need_both_datasets_both_curves_and_an_interval_above_zero():
+    bench = _module()
+
+    def interval(mean, low, high):
+        return {"mean": mean, "low": low, "high": high}
+
+    def dataset(low):
+        return {
+            baseline: {curve: interval(0.02, low, 0.04) for curve in bench.CURVES}
+            for baseline in bench.BASELINES
+        }
+
+    both = {"mnist5k": dataset(0.01), "fashion-mnist": dataset(0.01)}
+    result = bench.targets(both)
+    assert result["met"] and not result["missing"] and len(result["checks"]) == 8
+    # An interval touching zero, one seed (no interval), or a dataset not measured: missed.
+    touching = {**both, "fashion-mnist": dataset(0.0)}
+    assert not bench.targets(touching)["met"]
+    one_seed = {**both, "mnist5k": dataset(None)}
+    assert not bench.targets(one_seed)["met"]
+    only = bench.targets({"mnist5k": dataset(0.01)})
+    assert not only["met"] and only["missing"] == ["fashion-mnist"]
+    assert [c["met"] for c in only["checks"]] == [True] * 4 + [False] * 4
+    # Integrated gradients is reported but is not part of the target.
+    weaker = {d: {**part, "integrated_gradients": dataset(-1.0)["feature_norm"]} for d, part in both.items()}
+    assert bench.targets(weaker)["met"]
+
+
+def test_summary_pairs_seeds_and_normalized_maps():
+    bench = _module()
+
+    def seed(gain):  # the learned importance's gain over random is `gain`, every baseline's 0.01
+        methods = {
+            m: {
+                "deletion_auc": 0.3 + g,
+                "insertion_auc": 0.4 + g,
+                "deletion_gain": g,
+                "insertion_gain": g,
+            }
+            for m, g in ((m, gain if m == bench.LEARNED else 0.01) for m in bench.METHODS)
+        }
+        summary = {
+            **methods,
+            "random": {"deletion_auc": 0.3, "insertion_auc": 0.4},
+            "diagnostics": dict.fromkeys(bench.DIAGNOSTICS, 0.5),
+        }
+        return {"summary": summary, "by_tau": {"0.3": summary}, "reference": "mean particle", "seconds": 1.0}
+
+    part = bench.summarize([seed(0.02), seed(0.03), seed(0.04)])
+    paired = part["paired"]["gradient_x_activation"]["deletion"]
+    assert paired["mean"] == pytest.approx(0.02)
+    assert paired["low"] == pytest.approx(0.02 - 4.303 * 0.01 / 3**0.5, abs=1e-3)
+    assert part["methods"][bench.LEARNED]["deletion_auc"]["mean"] == pytest.approx(0.33)
+    assert part["best"] == {"deletion": bench.LEARNED, "insertion": bench.LEARNED}
+    scores = torch.tensor([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])
+    assert torch.equal(bench.normalized(scores), torch.tensor([[0.0, 1.0, 0.5], [0.0, 0.0, 0.0]]))
+
+
+def test_held_out_images_are_outside_the_training_subset():
+    from atomgen.train.config import DataConfig
+
+    bench = _module()
+    data = DataConfig(name="digits", limit=1700)
+    images = bench.held_out(data, 50)
+    training = {image.numpy().tobytes() for image in data.load().images}
+    assert images.shape == (50, 1, 8, 8)
+    assert not any(image.numpy().tobytes() in training for image in images)
+    assert torch.equal(images, bench.held_out(data, 50))  # the same images every time
+    with pytest.raises(ValueError, match="fewer than the 1000"):
+        bench.held_out(data, 1000)
+    with pytest.raises(ValueError, match="no image is held out"):
+        bench.held_out(DataConfig(name="digits"), 10)
+
+
+@pytest.mark.slow
+def test_attribution_dry_run_writes_the_report_and_resumes(tmp_path):
+    out, results = tmp_path / "out", tmp_path / "results"
+    command = [sys.executable, str(ROOT / "bench" / "attribution.py"), "--out", str(out), "--dry-run"]
+    command += ["--datasets", "mnist5k"]  # Fashion-MNIST is not installed everywhere
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=True, cwd=ROOT)
+    report = json.loads((out / "attribution.json").read_text())
+    part = report["datasets"]["mnist5k"]
+    assert part["seeds"] == 2 and part["site"] == "mid_block" and part["reference"] == "mean particle"
+    assert set(part["methods"]) == {
+        "importance",
+        "feature_norm",
+        "gradient_x_activation",
+        "integrated_gradients",
+        "random",
+    }
+    for method in ("importance", "gradient_x_activation"):
+        assert len(part["methods"][method]["deletion_gain"]["values"]) == 2
+    assert set(part["paired"]) == {"feature_norm", "gradient_x_activation", "integrated_gradients"}
+    assert part["paired"]["feature_norm"]["insertion"]["low"] is not None  # two seeds: an interval
+    assert set(part["by_tau"]) == {"0.3", "0.6"}
+    assert 0 <= part["diagnostics"]["role_entropy_fraction"]["mean"] <= 1 + 1e-9
+    assert report["targets"]["missing"] == ["fashion-mnist"] and not report["targets"]["met"]
+    markdown = (out / "attribution.md").read_text()
+    assert "## mnist5k" in markdown and "## Targets" in markdown and "not measured" in markdown
+    assert (out / "attribution.png").read_bytes()[:4] == b"\x89PNG"
+    measured = {p: p.stat().st_mtime_ns for p in out.glob("mnist5k/seed*/*") if p.is_file()}
+    assert len(measured) == 6  # attribution.json, maps.npz, train.json of each seed
+    # A second run finds every model and measurement and redoes nothing; --results gets copies.
+    subprocess.run(
+        [*command, "--results", str(results)],
+        capture_output=True, text=True, timeout=600, env=env, check=True, cwd=ROOT,
+    )  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in measured} == measured
+    again = json.loads((results / "attribution.json").read_text())
+    assert again["datasets"] == report["datasets"] and again["targets"] == report["targets"]
+    assert (results / "attribution.md").is_file() and (results / "attribution.png").is_file()
