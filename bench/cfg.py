@@ -53,7 +53,7 @@ from atomgen.eval.run import CLASSIFIER_OF_DATASET as CLASSIFIER  # dataset → 
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, not a package
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from intervals import paired_interval
+from intervals import format_interval, paired_interval
 
 logger = logging.getLogger("bench.cfg")
 
@@ -538,7 +538,9 @@ def _targets(targets: dict[str, Any]) -> list[str]:
     for method, row in targets.items():
         if method == "recall_lost":
             continue
-        cells = [f"{_interval(*p['recall'])} ({p['precision_diff']:+.3f})" for p in row["peers"].values()]
+        cells = [
+            f"{format_interval(*p['recall'])} ({p['precision_diff']:+.3f})" for p in row["peers"].values()
+        ]
         lines.append(
             f"| {method} | {_number(row['recovered'], '.2f')} | {'yes' if row['matched'] else 'no'} | "
             + " | ".join(cells)
@@ -556,12 +558,8 @@ def _front(gaps: dict[str, list], scale: float) -> list[str]:
         "| method | Δ recall over CFG's front |",
         "|---|---|",
     ]
-    lines += [f"| {method} | {_interval(*gap)} |" for method, gap in gaps.items()]
+    lines += [f"| {method} | {format_interval(*gap)} |" for method, gap in gaps.items()]
     return lines
-
-
-def _interval(mean: float, low: float | None, high: float | None) -> str:
-    return f"{mean:+.3f} " + (f"[{low:+.3f}, {high:+.3f}]" if low is not None else "(one seed: no interval)")
 
 
 def _number(value: float | None, spec: str) -> str:
@@ -577,7 +575,7 @@ def _table(rows: list[dict[str, Any]], diffs: bool) -> list[str]:
             value = row[metric]
             cell = f"{value['mean']:.3f} ± {value['std']:.3f}"
             if diffs and row["method"] != "cfg":
-                cell += f"<br>Δ {_interval(value['diff'], value['low'], value['high'])}"
+                cell += f"<br>Δ {format_interval(value['diff'], value['low'], value['high'])}"
             cells.append(cell)
         lines.append(f"| {row['setting']} | " + " | ".join(cells) + " |")
     return lines
