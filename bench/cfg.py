@@ -277,10 +277,19 @@ class Bench:
     """The stages above, writing ``<out>/<dataset>/seed<k>/{model,scores}`` and the report."""
 
     def __init__(
-        self, out: Path, preset: Preset, progress: bool = True, grid_only: bool = False, model: str = "cfg"
+        self,
+        out: Path,
+        preset: Preset,
+        progress: bool = True,
+        grid_only: bool = False,
+        model: str = "cfg",
+        cached_only: bool = False,
     ):
         self.out, self.preset, self.progress, self.grid_only = out, preset, progress, grid_only
         self.model = model  # the models are configs/<dataset>-<model>.yaml
+        # report on the scores already written, from the seeds that have all a table needs: an interim
+        # report of a benchmark still running (it never trains or samples)
+        self.cached_only = cached_only
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.scorers: dict[str, Scorer] = {}
 
@@ -315,7 +324,7 @@ class Bench:
     def score(
         self, dataset: str, seed: int, setting: Setting, pipe: Callable | None = None
     ) -> dict[str, float]:
-        path = self.out / dataset / f"seed{seed}" / "scores" / f"{setting.name}.json"
+        path = self._path(dataset, seed, setting)
         if path.is_file():
             return json.loads(path.read_text())["scores"]
         from atomgen.io import write_json
@@ -334,13 +343,22 @@ class Bench:
         logger.info("%s seed %d %s: %s", dataset, seed, setting.name, _brief(scores))
         return scores
 
+    def _path(self, dataset: str, seed: int, setting: Setting) -> Path:
+        return self.out / dataset / f"seed{seed}" / "scores" / f"{setting.name}.json"
+
     def scores(
         self, dataset: str, settings: list[Setting], seeds: int | None = None
     ) -> dict[Setting, list[dict[str, float]]]:
-        """Every setting on the first ``seeds`` seeds (default: all; one pipeline load per seed)."""
+        """Every setting on the first ``seeds`` seeds (default: all; one pipeline load per seed).
+        With ``cached_only``, the first seeds that have every setting scored already."""
         table: dict[Setting, list[dict[str, float]]] = {s: [] for s in settings}
         for seed in range(min(seeds or self.preset.seeds, self.preset.seeds)):
-            pipe = self.pipeline(dataset, seed)
+            if self.cached_only:
+                if not all(self._path(dataset, seed, s).is_file() for s in settings):
+                    break  # the seeds stay consecutive, so that every table is paired
+                pipe = None
+            else:
+                pipe = self.pipeline(dataset, seed)
             for setting in settings:
                 table[setting].append(self.score(dataset, seed, setting, pipe))
         return table
@@ -354,23 +372,32 @@ class Bench:
         chosen: dict[str, float] = {}
         for dataset in datasets:
             grid = self.scores(dataset, [Setting("cfg", w) for w in self.preset.scales])
+            if not next(iter(grid.values())):  # --cached-only, and no seed has the whole grid yet
+                logger.info("%s: no seed has the whole grid scored yet; left out of the report", dataset)
+                continue
             accuracy = {s.scale: _mean(rows, "accuracy") for s, rows in grid.items()}
             w = benchmark_scale(accuracy)
             cfg = Setting("cfg", w)
             part: dict[str, Any] = {
+                "seeds": len(grid[cfg]),
                 "benchmark_scale": w,
                 "grid": [_row(s, rows, grid[Setting("cfg", s.scale)]) for s, rows in grid.items()],
             }
             report["datasets"][dataset] = part
+            seeds = part["seeds"]  # every table on the grid's seeds at most (fewer: --cached-only)
             if self.grid_only:
                 continue
             if dataset == TUNE or not chosen:  # tune every method's strength here, once
                 sweeps = {
                     method: self.scores(
-                        dataset, [Setting(method, w, s) for s in strengths], self.preset.tune_seeds
+                        dataset,
+                        [Setting(method, w, s) for s in strengths],
+                        _at_most(self.preset.tune_seeds, seeds),
                     )
                     for method, strengths in self.preset.strengths
                 }
+                if not all(next(iter(sweep.values())) for sweep in sweeps.values()):
+                    continue  # --cached-only, and the sweeps are not all scored yet
                 tuning = grid[cfg][: self.preset.tune_seeds]  # plain CFG on the same seeds
                 cfg_mean = {m: _mean(tuning, m) for m in METRICS}
                 for method, table in sweeps.items():
@@ -378,12 +405,14 @@ class Bench:
                     chosen[method] = choose_strength(means, cfg_mean)
                 tuned_on = dataset
             methods = [Setting(m, w, chosen[m]) for m, _ in self.preset.strengths]
-            table = self.scores(dataset, methods)
+            table = self.scores(dataset, methods, seeds)
             combined = [
                 Setting(name, w, parts=tuple((p, chosen[p]) for p in name.split("+")))
                 for name in self.preset.combined
             ]
-            table |= self.scores(dataset, combined, self.preset.combined_seeds)
+            if not next(iter(table.values())):  # --cached-only, and no seed has every method yet
+                continue
+            table |= self.scores(dataset, combined, _at_most(self.preset.combined_seeds, seeds))
             sweeps_rows = {}
             if dataset == tuned_on:
                 sweeps_rows = {s: rows for sweep in sweeps.values() for s, rows in sweep.items()}
@@ -462,6 +491,11 @@ def front_gaps(
     return gaps
 
 
+def _at_most(seeds: int | None, limit: int) -> int:
+    """``seeds`` (``None``: all) but no more than ``limit``."""
+    return min(seeds or limit, limit)
+
+
 def _mean(rows: list[dict[str, float]], metric: str) -> float:
     return statistics.fmean(row[metric] for row in rows)
 
@@ -504,7 +538,14 @@ def markdown(report: dict[str, Any]) -> str:
         "Machine: {platform}, {device}, {threads} threads, torch {torch}.".format(**report["machine"]),
     ]
     for dataset, part in report["datasets"].items():
-        lines += ["", f"## {dataset}", "", "### The CFG grid", ""]
+        lines += ["", f"## {dataset}", ""]
+        if part.get("seeds", preset["seeds"]) < preset["seeds"]:
+            lines += [
+                f"**Interim: {part['seeds']} of {preset['seeds']} model seeds scored so far** "
+                "(`--cached-only`; the methods on the seeds that have all of them).",
+                "",
+            ]
+        lines += ["### The CFG grid", ""]
         lines += _table(part["grid"], diffs=False)
         scale = f"Benchmark scale w* = {part['benchmark_scale']:g} (the largest w at which class accuracy still rises)."
         if "methods" not in part:  # --grid-only
@@ -588,6 +629,8 @@ def front_plot(report: dict[str, Any], path: Path) -> None:
     from atomgen.io import write_atomic
 
     datasets = list(report["datasets"])
+    if not datasets:  # --cached-only before any grid is complete
+        return
     figure = Figure(figsize=(5.5 * len(datasets), 4.5))
     for index, dataset in enumerate(datasets):
         axes = figure.add_subplot(1, len(datasets), index + 1)
@@ -630,6 +673,11 @@ def main(argv: list[str] | None = None) -> int:
         "class-conditional DiT rectified flows); reports other than cfg are named cfg-<model>.*",
     )
     parser.add_argument("--grid-only", action="store_true", help="stop after the CFG grid (no methods)")
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="an interim report from the scores written so far (never trains or samples)",
+    )
     parser.add_argument("--results", type=Path, help="also write the tables and the plot here (results/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -638,7 +686,14 @@ def main(argv: list[str] | None = None) -> int:
         preset = dataclasses.replace(preset, seeds=args.seeds)
     if args.eta is not None:
         preset = dataclasses.replace(preset, eta=args.eta)
-    bench = Bench(args.out, preset, progress=not args.dry_run, grid_only=args.grid_only, model=args.model)
+    bench = Bench(
+        args.out,
+        preset,
+        progress=not args.dry_run,
+        grid_only=args.grid_only,
+        model=args.model,
+        cached_only=args.cached_only,
+    )
     report = bench.run(tuple(args.datasets))
     from atomgen.io import write_json, write_text
 

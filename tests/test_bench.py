@@ -176,6 +176,14 @@ def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
         and len(part["grid"]) == 3
         and "### Methods" not in (tmp_path / "cfg.md").read_text()
     )
+    # --cached-only: an interim report from the seeds whose scores are all written; samples nothing.
+    (tmp_path / "mnist5k" / "seed1" / "scores" / "cfg-w2.json").unlink()
+    subprocess.run(
+        [*command, "--cached-only"], capture_output=True, text=True, timeout=600, env=env, check=True
+    )
+    part = json.loads((tmp_path / "cfg.json").read_text())["datasets"]["mnist5k"]
+    assert part["seeds"] == 1 and "Interim: 1 of 2 model seeds" in (tmp_path / "cfg.md").read_text()
+    assert not (tmp_path / "mnist5k" / "seed1" / "scores" / "cfg-w2.json").exists()
 
 
 @pytest.mark.slow
