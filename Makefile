@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-all demo bench sweep cfg attribution lint format clean
+.PHONY: test test-all demo bench sweep cfg attribution vae lint format clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,10 @@ cfg: $(STAMP)
 # The attribution benchmark (issue 14; about 2 hours on 2 CPU cores, resumable: run it again to go on).
 attribution: $(STAMP)
 	$(PY) bench/attribution.py --out runs/attribution --results results
+
+# The VAE benchmark (issue 13; about 9 hours on 2 CPU cores, resumable: run it again to go on).
+vae: $(STAMP)
+	$(PY) bench/vae.py --out runs/vae --results results
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -41,8 +41,6 @@ import dataclasses
 import json
 import logging
 import math
-import platform
-import re
 import statistics
 import sys
 import time
@@ -55,7 +53,8 @@ import torch
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, not a package
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from intervals import format_interval, paired_interval
+from intervals import format_interval, machine, paired_interval, paragraph, spread
+from training import dataset_overrides, held_out, train_once
 
 logger = logging.getLogger("bench.attribution")
 
@@ -72,7 +71,6 @@ LABELS = {
     "integrated_gradients": "integrated gradients",
     "random": "random orders",
 }
-HELD_OUT_SEED = 0  # the order in which held-out images are taken: the same for every model seed
 
 
 # The recipe of configs/mnist5k-ddpm.yaml (16×16, about 0.3 s/step on 2 CPU cores); the Fashion-MNIST
@@ -163,10 +161,7 @@ class Preset:
         raise ValueError(f"unknown preset {name!r}; known: cpu, gpu, dry-run")
 
     def overrides_of(self, dataset: str) -> tuple[str, ...]:
-        known = dict(self.overrides)
-        if dataset not in known:
-            raise SystemExit(f"the preset has no sizes for dataset {dataset!r}; known: {sorted(known)}")
-        return known[dataset]
+        return dataset_overrides(self.overrides, dataset)
 
     def measurement(self) -> dict[str, Any]:
         """What a stored measurement depends on: a different value means it is redone."""
@@ -245,29 +240,6 @@ def normalized(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(high > low, (scores - low) / (high - low).clamp_min(1e-12), 0.0)
 
 
-# ------------------------------------------------------------------------------------------ the data
-def held_out(data: Any, count: int) -> torch.Tensor:
-    """``count`` images ``(count, C, H, W)`` in [-1, 1] of the dataset ``data`` (a ``DataConfig``) that
-    the models never saw: images of the whole dataset, prepared the same way, whose pixels match no image
-    of the training subset ``data.limit``; taken in a fixed random order."""
-    if data.limit is None:
-        raise ValueError(
-            f"the models train on the whole of {data.name!r} (data.limit is null): no image is held out"
-        )
-    training = data.load().images
-    everything = dataclasses.replace(data, limit=None).load().images
-    seen = {image.numpy().tobytes() for image in training}
-    unseen = [i for i, image in enumerate(everything) if image.numpy().tobytes() not in seen]
-    logger.info("%s: %d training images, %d held out", data.name, len(training), len(unseen))
-    if len(unseen) < count:
-        raise ValueError(
-            f"{data.name!r} has {len(unseen)} images outside the {len(training)} training images, fewer "
-            f"than the {count} to measure; lower data.limit or the preset's images × batches"
-        )
-    order = torch.randperm(len(unseen), generator=torch.Generator().manual_seed(HELD_OUT_SEED))
-    return everything[torch.tensor(unseen)[order[:count]]]
-
-
 # ------------------------------------------------------------------------------------------ the runs
 class Bench:
     """The stages above, writing ``<out>/<dataset>/seed<k>/{model,attribution.json,maps.npz}``."""
@@ -293,31 +265,12 @@ class Bench:
 
     def pipeline(self, dataset: str, seed: int):
         """The trained pipeline of one seed, trained (or resumed) first when its export is missing."""
-        from atomgen.io import write_json
         from atomgen.pipelines import AtomDDPMPipeline
-        from atomgen.train import ExperimentConfig, train
 
-        config = self.config(dataset, seed)
-        run = Path(config.train.output_dir)
-        if (run / "config.yaml").is_file():  # a run of another preset in this folder would be mixed in
-            saved = ExperimentConfig.from_yaml(run / "config.yaml")
-            saved.train.output_dir = config.train.output_dir  # the same folder, however it was spelled
-            if saved.to_dict() != config.to_dict():
-                raise SystemExit(
-                    f"{run} holds a model trained with another config (another preset?); use another --out"
-                )
-        if not (run / "pipeline" / "model_index.json").is_file():
-            resume = "latest" if (run / "checkpoints").is_dir() else None
-            logger.info("training %s seed %d%s", dataset, seed, " (resuming)" if resume else "")
-            started = time.perf_counter()
-            train(config, resume=resume, progress=self.progress)
-            seconds = time.perf_counter() - started  # of this invocation only, when it resumed
-            write_json(run.parent / "train.json", {"seconds": seconds, "resumed": bool(resume)})
-        pipe = AtomDDPMPipeline.from_pretrained(run / "pipeline").to(self.device)
+        folder = train_once(self.config(dataset, seed), "pipeline", progress=self.progress)
+        pipe = AtomDDPMPipeline.from_pretrained(folder).to(self.device)
         if pipe.separation is None:
-            raise SystemExit(
-                f"{run / 'pipeline'} has no separation module; was it trained with atom separation?"
-            )
+            raise SystemExit(f"{folder} has no separation module; was it trained with atom separation?")
         return pipe
 
     def images(self, dataset: str) -> torch.Tensor:
@@ -357,7 +310,7 @@ class Bench:
     def run(self, datasets: tuple[str, ...]) -> dict[str, Any]:
         report: dict[str, Any] = {
             "preset": dataclasses.asdict(self.preset),
-            "split": _plain(__doc__.split("**Held-out images.** ")[1].split("\n\n")[0]),
+            "split": paragraph(__doc__, "Held-out images."),
             "datasets": {},
         }
         for dataset in datasets:
@@ -370,12 +323,7 @@ class Bench:
             report["datasets"][dataset]["site"] = seeds[0]["site"]
         paired = {d: part["paired"] for d, part in report["datasets"].items()}
         report["targets"] = targets(paired)
-        report["machine"] = {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "device": torch.cuda.get_device_name() if self.device.type == "cuda" else "CPU",
-            "threads": torch.get_num_threads(),
-        }
+        report["machine"] = machine(self.device)
         return report
 
 
@@ -462,20 +410,12 @@ def _seed_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _spread(values: list[float]) -> dict[str, Any]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": values,
-    }
-
-
 def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     """A dataset's seeds: mean ± std of every area, gain and diagnostic, and the paired differences
     learned − baseline of the gains (equal to those of the areas: both share the random orders)."""
     summaries = [s["summary"] for s in seeds]
     methods = {
-        m: {key: _spread([s[m][key] for s in summaries]) for key in summaries[0][m]}
+        m: {key: spread([s[m][key] for s in summaries]) for key in summaries[0][m]}
         for m in (*METHODS, "random")
     }
     paired = {}
@@ -487,13 +427,13 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
             paired[baseline][curve] = {"mean": mean, "low": low, "high": high}
     by_tau = {
         tau: {
-            m: {f"{c}_gain": _spread([s["by_tau"][tau][m][f"{c}_gain"] for s in seeds]) for c in CURVES}
+            m: {f"{c}_gain": spread([s["by_tau"][tau][m][f"{c}_gain"] for s in seeds]) for c in CURVES}
             for m in METHODS
         }
         for tau in seeds[0]["by_tau"]
     }
     best = {c: max(METHODS, key=lambda m: methods[m][f"{c}_gain"]["mean"]) for c in CURVES}
-    diagnostics = {k: _spread([s["diagnostics"][k] for s in summaries]) for k in DIAGNOSTICS}
+    diagnostics = {k: spread([s["diagnostics"][k] for s in summaries]) for k in DIAGNOSTICS}
     return {
         "seeds": len(seeds),
         "reference": seeds[0]["reference"],
@@ -578,11 +518,6 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     lines += ["", "## Targets", "", *_targets(report["targets"])]
     return "\n".join(lines) + "\n"
-
-
-def _plain(text: str) -> str:
-    """A docstring paragraph as one line of Markdown (reST roles and literals as code)."""
-    return re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text).replace("``", "`").replace("\n", " ")
 
 
 def _reference(report: dict[str, Any]) -> str:

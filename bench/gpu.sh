@@ -7,6 +7,8 @@
 #                                        (bench/cfg.py --preset gpu: 5 seeds, 500 samples per class)
 #   bench/gpu.sh RESULTS_DIR --attribution   instead: the attribution benchmark at its GPU preset
 #                                        (bench/attribution.py --preset gpu: 5 seeds per dataset; long)
+#   bench/gpu.sh RESULTS_DIR --vae       instead: the VAE benchmark at its GPU preset (bench/vae.py
+#                                        --preset gpu: the configs' own sizes, 4 λ per method; hours)
 #
 # 1. the device; 2. AtomSeparation at B=256, n=256, d=512 against the bare Gram products (time, memory);
 # 3. a short mnist5k DDPM training, baseline and atom separation, at a GPU batch size; 4. Inception
@@ -27,6 +29,11 @@ fi
 if [ "$mode" = "--attribution" ]; then
     "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
     exec "$py" bench/attribution.py --out "$out/attribution" --preset gpu --results "$out/attribution"
+fi
+
+if [ "$mode" = "--vae" ]; then
+    "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
+    exec "$py" bench/vae.py --out "$out/vae" --preset gpu --results "$out/vae"
 fi
 
 if [ "$mode" = "--dry-run" ]; then

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_bench
 
 ROOT = Path(__file__).parent.parent
 
@@ -26,16 +26,8 @@ def test_gpu_script_dry_run(tmp_path):
     assert (tmp_path / "train-atom" / "pipeline" / "model_index.json").is_file()
 
 
-def _sweep_module():
-    spec = importlib.util.spec_from_file_location("bench_sweep", ROOT / "bench" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sweep_rule_prefers_diversity_within_the_baselines_fidelity():
-    sweep = _sweep_module()
+    sweep = load_bench("sweep")
 
     def scores(name, fid, precision, diversity):
         values = {"fid": fid, "precision": precision}
@@ -88,16 +80,8 @@ def test_sweep_dry_run_writes_every_stage_and_resumes(tmp_path):
     ]
 
 
-def _cfg_module():
-    spec = importlib.util.spec_from_file_location("bench_cfg", ROOT / "bench" / "cfg.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cfg_rules_pick_the_scale_and_the_strength_at_matched_fidelity():
-    cfg = _cfg_module()
+    cfg = load_bench("cfg")
     # Accuracy rises up to w = 3 and falls after: w* = 3, even though it rises again at 6.
     assert cfg.benchmark_scale({1.0: 0.90, 2.0: 0.95, 3.0: 0.96, 4.0: 0.955, 6.0: 0.97}) == 3.0
     assert cfg.benchmark_scale({1.0: 0.90, 2.0: 0.80}) == 1.0
@@ -114,7 +98,7 @@ def test_cfg_rules_pick_the_scale_and_the_strength_at_matched_fidelity():
 
 
 def test_cfg_paired_interval_and_targets():
-    cfg = _cfg_module()
+    cfg = load_bench("cfg")
     mean, low, high = cfg.paired_interval([0.02, 0.03, 0.04])
     assert mean == pytest.approx(0.03) and low == pytest.approx(0.03 - 4.303 * 0.01 / 3**0.5, abs=1e-3)
     assert high == pytest.approx(2 * mean - low)

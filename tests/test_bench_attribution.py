@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,20 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_bench
 
 ROOT = Path(__file__).parent.parent
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_attribution", ROOT / "bench" / "attribution.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_role_diagnostics_of_uniform_and_committed_roles():
-    bench = _module()
+    bench = load_bench("attribution")
     uniform = torch.full((2, 4, 3), 1 / 3)
     result = bench.role_diagnostics(1 - uniform[..., 2], uniform, uniform[..., 1] - uniform[..., 0])
     assert result["role_entropy"] == pytest.approx(math.log(3))
@@ -41,7 +33,7 @@ def test_role_diagnostics_of_uniform_and_committed_roles():
 
 
 def test_targets_need_both_datasets_both_curves_and_an_interval_above_zero():
-    bench = _module()
+    bench = load_bench("attribution")
 
     def interval(mean, low, high):
         return {"mean": mean, "low": low, "high": high}
@@ -69,7 +61,7 @@ def test_targets_need_both_datasets_both_curves_and_an_interval_above_zero():
 
 
 def test_summary_pairs_seeds_and_normalized_maps():
-    bench = _module()
+    bench = load_bench("attribution")
 
     def seed(gain):  # the learned importance's gain over random is `gain`, every baseline's 0.01
         methods = {
@@ -101,7 +93,7 @@ def test_summary_pairs_seeds_and_normalized_maps():
 def test_held_out_images_are_outside_the_training_subset():
     from atomgen.train.config import DataConfig
 
-    bench = _module()
+    bench = load_bench("attribution")
     data = DataConfig(name="digits", limit=1700)
     images = bench.held_out(data, 50)
     training = {image.numpy().tobytes() for image in data.load().images}

@@ -1,0 +1,679 @@
+"""Separation at the VAE encoder: atom separation against Dispersive Loss and the plain VAE (issue 13).
+
+    python bench/vae.py --out runs/vae                        # the CPU preset, staged and resumable
+    python bench/vae.py --out runs/vae --datasets mnist5k --seeds 1   # one stage of it
+    python bench/vae.py --out /tmp/vae --dry-run              # every code path, under a minute
+    python bench/vae.py --out runs/vae-gpu --preset gpu       # bench/gpu.sh --vae: the configs' own sizes
+
+Stages, each resumable (a finished model or score file is never redone):
+
+1. **Models**: per dataset (``configs/<dataset>-vae.yaml``, resized by the preset), KL weight ``β`` and
+   seed, an ``AutoencoderKL`` without separation (the baseline), with atom separation at the encoder (the
+   posterior mean; the library's separation options) at every ``λ`` of the preset, and with Dispersive
+   Loss at the encoder at every ``λ`` of the preset; trained by :func:`atomgen.train.train` into
+   ``<out>/<dataset>/seed<k>/<setting>/model`` (resumed from its latest checkpoint when one exists).
+   ``β`` takes the config's ``model.kl_weight`` times each of :attr:`Preset.kl_factors`.
+2. **Scores**, on held-out images, by :func:`atomgen.eval.run_eval` with the model's prior samples as the
+   generated side: reconstruction error (posterior mean, MSE on [0, 1] pixels), KL to the prior (nats per
+   image) and active units (``Var_x(μ_u) > 0.01``, Burda et al.) on the held-out images; FID, precision,
+   recall, density, coverage, Vendi and modes of the prior samples against the held-out images, on the
+   dataset classifier's features. Written to ``<setting>/scores.json`` (the run_eval report and the
+   reconstruction and prior-sample grids in ``<setting>/eval/``).
+3. **Report**: ``<out>/vae.{json,md,png}``: per dataset and ``β``, mean ± std over seeds of every score,
+   the paired difference to the baseline with a 95 % t-interval over seeds, the ``λ`` each method gets by
+   :func:`choose_weight`, and the issue's target evaluated by :func:`check_target` and :func:`targets`.
+
+**The λ rule** (:func:`choose_weight`): among the ``λ`` whose mean reconstruction error is at most the
+baseline's mean + 5 % (the issue's bar), the one with the highest mean prior-sample recall; ties go to more
+active units. When no ``λ`` meets the bar, the one with the lowest reconstruction error, marked
+inadmissible. Atom separation's ``λ`` at the config's own ``β`` is the one for ``separation.weight`` in
+``configs/<dataset>-vae.yaml``.
+
+**The target** (issue 13): at reconstruction error no worse than the baseline's + 5 %, atom separation (at
+its chosen ``λ``) gives more active units and higher prior-sample recall and coverage than the baseline
+and than Dispersive Loss (at its chosen ``λ``), on both datasets. "More" means the paired 95 % interval
+over seeds lies above zero; a dataset meets the target when it does so at every ``β``.
+
+**Held-out images.** Every model trains on a fixed subset of its dataset (``data.limit``); the held-out
+images are those of the whole dataset whose pixels appear nowhere in that subset (bench/training.py's
+``held_out_data``), the same for every model. mnist5k has only 5,000 images, so its models train on 4,500
+(4,000 in the GPU preset, which scores 1,000); Fashion-MNIST's train on the config's fixed 10,000 of the
+60,000 training images.
+Every seed of every setting trains on the same images in the same order (``train.seed`` fixes the
+initial weights and the batches) and its prior samples decode the same draws ``z ~ N(0, I)``, so the
+differences to the baseline are paired.
+
+**Cost of the CPU preset.** 2 datasets × 2 ``β`` × 3 seeds × 7 models (the baseline, 3 ``λ`` of each
+method) = 84 VAEs of the configs' architecture (``[32, 64]``, 4 latent channels) at 16×16, 1,000 steps
+each; the configs' own 3,000 steps at 28×28 (about 0.75 s/step without separation) would take more than
+50 hours. At 16×16 a training step (batch 128) measured 1.08 s without separation, 1.14 s with
+Dispersive Loss and 1.79 s with atom separation (64 particles per image, 8,192 per batch) on one core
+shared with two other benchmarks; mnist5k-ddpm's step measured 1.13 s the same way against its documented
+0.3 s/step on 2 free cores, so divide by about 3.8: 0.28, 0.30 and 0.47 s/step. That is about 43 minutes
+per dataset, ``β`` and seed, 8.6 hours of training in all, plus about 10 minutes of scoring (500
+held-out images and 500 prior samples per model: 4 s measured under the same load). About 9 hours on 2
+free CPU cores, half per dataset; ``--seeds 1`` first gives a one-seed report in a third of that. The
+GPU preset trains 108 VAEs at the configs' own sizes (not timed: no GPU was at hand; likely hours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, not a package
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from intervals import format_interval, machine, paired_interval, paragraph, spread
+from training import dataset_overrides, held_out_data, train_once
+
+logger = logging.getLogger("bench.vae")
+
+DATASETS = ("mnist5k", "fashion-mnist")
+METHODS = ("baseline", "atom", "dispersive")
+PEERS = ("baseline", "dispersive")  # what atom separation must beat
+# Per model: the VAE's own scores on held-out images, then its prior samples' scores.
+METRICS = (
+    "reconstruction_mse",
+    "active_units",
+    "kl",
+    "recall",
+    "coverage",
+    "precision",
+    "density",
+    "fid",
+    "vendi",
+    "modes_covered",
+)
+TARGET_METRICS = ("active_units", "recall", "coverage")
+RECONSTRUCTION_SLACK = 0.05  # the issue's bar: reconstruction error at most the baseline's + 5 %
+SLACK_TEXT = f"{RECONSTRUCTION_SLACK * 100:g} %"
+LABELS = {
+    "baseline": "baseline",
+    "atom": "atom separation",
+    "dispersive": "Dispersive Loss",
+    "reconstruction_mse": "recon. MSE",
+    "active_units": "active units",
+    "kl": "KL (nats)",
+    "recall": "recall",
+    "coverage": "coverage",
+    "precision": "precision",
+    "density": "density",
+    "fid": "FID",
+    "vendi": "Vendi",
+    "modes_covered": "modes",
+}
+
+_CPU_RECIPE = (  # the configs' VAE at 16×16 and a third of their steps: 4–5 minutes a model (docstring)
+    "data.resolution=16",
+    "train.steps=1000",
+    "train.checkpoint_every=250",
+)
+_TOY = (  # dry run: a toy VAE on 64 training images, 4 steps
+    "data.limit=64",
+    "data.resolution=16",
+    "model.block_out_channels=[8,16]",
+    "model.norm_num_groups=4",
+    "train.steps=4",
+    "train.batch_size=16",
+    "train.checkpoint_every=4",
+    "train.log_every=1",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one benchmark run.
+
+    Attributes:
+        seeds: model seeds per setting.
+        kl_factors: the KL weights ``β``, as multiples of the config's ``model.kl_weight`` (1e-3 in both
+            VAE configs). 1 is the config. 4 is meant to collapse the baseline partly, chosen by argument
+            rather than measured (a dry run is too short to show collapse): the loss is the pixel MSE (in
+            [-1, 1]) plus ``β`` times the KL summed over units, so a unit that costs 2 nats stays active
+            only while it removes more than 0.002 of the MSE at the config's ``β``, 0.008 at 4×: a sizeable
+            share of a trained VAE's few hundredths, which should close the units that carry least and keep
+            the strongest; 10× (0.02 a unit) risks closing nearly all. The report's active units show
+            whether it did.
+        weights: per method, the ``λ`` swept (around the library defaults, 0.3 for atom separation and
+            0.03 for Dispersive Loss, and the 0.1 the VAE configs pinned).
+        overrides: per dataset, config overrides on top of ``configs/<dataset>-vae.yaml``; each dataset's
+            ``data.limit`` must leave at least ``images`` held out.
+        images: held-out images per dataset, for every score.
+        samples: prior samples per model.
+        batch_size: images per forward pass when scoring (it fixes how the prior draws are batched).
+    """
+
+    seeds: int = 3
+    kl_factors: tuple[float, ...] = (1.0, 4.0)
+    weights: tuple[tuple[str, tuple[float, ...]], ...] = (
+        ("atom", (0.03, 0.1, 0.3)),
+        ("dispersive", (0.01, 0.03, 0.1)),
+    )
+    overrides: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("mnist5k", ("data.limit=4500", *_CPU_RECIPE)),
+        ("fashion-mnist", _CPU_RECIPE),
+    )
+    images: int = 500
+    samples: int = 500
+    batch_size: int = 250
+
+    @classmethod
+    def named(cls, name: str) -> Preset:
+        if name == "cpu":
+            return cls()
+        if name == "gpu":  # the configs' own sizes (28×28, 3,000 steps), a wider sweep, more images
+            return cls(
+                weights=(("atom", (0.03, 0.1, 0.3, 1.0)), ("dispersive", (0.01, 0.03, 0.1, 0.3))),
+                overrides=(("mnist5k", ("data.limit=4000",)), ("fashion-mnist", ())),
+                images=1000,
+                samples=1000,
+                batch_size=1000,
+            )
+        if name == "dry-run":
+            return cls(
+                seeds=2,
+                weights=(("atom", (0.1,)), ("dispersive", (0.03,))),
+                overrides=tuple((dataset, _TOY) for dataset in DATASETS),
+                images=24,
+                samples=24,
+                batch_size=24,
+            )
+        raise ValueError(f"unknown preset {name!r}; known: cpu, gpu, dry-run")
+
+    def overrides_of(self, dataset: str) -> tuple[str, ...]:
+        return dataset_overrides(self.overrides, dataset)
+
+    def measurement(self) -> dict[str, int]:
+        """What a stored score depends on besides the model: a different value means it is redone."""
+        return {"images": self.images, "samples": self.samples, "batch_size": self.batch_size}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One trained VAE: ``method`` at separation weight ``weight`` (0 for the baseline), KL weight ``β``."""
+
+    method: str
+    kl_weight: float
+    weight: float = 0.0
+
+    @property
+    def name(self) -> str:
+        head = "baseline" if self.method == "baseline" else f"{self.method}-{self.weight:g}"
+        return f"{head}-kl{self.kl_weight:g}"
+
+
+# ------------------------------------------------------------------------------------------ the rules
+def admissible(reconstruction: float, baseline: float) -> bool:
+    """The issue's bar: a mean reconstruction error at most the baseline's mean + 5 %."""
+    return reconstruction <= (1 + RECONSTRUCTION_SLACK) * baseline
+
+
+def choose_weight(candidates: dict[float, dict[str, float]], baseline: dict[str, float]) -> dict[str, Any]:
+    """The ``λ`` of one method at one ``β`` (see the module docstring), from mean scores over seeds.
+
+    Args:
+        candidates: ``λ → {"reconstruction_mse", "recall", "active_units", ...}``, means over seeds.
+        baseline: the baseline's means at the same ``β``.
+
+    Returns:
+        ``{"weight": λ, "admissible": whether it meets the reconstruction bar}``.
+    """
+    passing = [
+        w
+        for w, s in candidates.items()
+        if admissible(s["reconstruction_mse"], baseline["reconstruction_mse"])
+    ]
+    if passing:
+        weight = max(passing, key=lambda w: (candidates[w]["recall"], candidates[w]["active_units"]))
+        return {"weight": weight, "admissible": True}
+    weight = min(candidates, key=lambda w: candidates[w]["reconstruction_mse"])
+    return {"weight": weight, "admissible": False}
+
+
+def check_target(
+    atom: list[dict[str, float]], baseline: list[dict[str, float]], dispersive: list[dict[str, float]]
+) -> dict[str, Any]:
+    """The issue's target at one dataset and ``β``, from per-seed scores (paired by position: seed k).
+
+    Atom separation meets it when its mean reconstruction error is within the bar and, against the
+    baseline and against Dispersive Loss, the paired differences of active units, recall and coverage
+    have a 95 % interval above zero (one seed has no interval, so it never meets it).
+    """
+    ratio = _mean(atom, "reconstruction_mse") / _mean(baseline, "reconstruction_mse")
+    checks = []
+    for peer, rows in (("baseline", baseline), ("dispersive", dispersive)):
+        for metric in TARGET_METRICS:
+            mean, low, high = paired_interval(
+                [a[metric] - b[metric] for a, b in zip(atom, rows, strict=True)]
+            )
+            checks.append(
+                {
+                    "peer": peer,
+                    "metric": metric,
+                    "mean": mean,
+                    "low": low,
+                    "high": high,
+                    "met": bool(low is not None and low > 0),
+                }
+            )
+    reconstruction = {"ratio": ratio, "met": admissible(ratio, 1.0)}
+    met = reconstruction["met"] and all(c["met"] for c in checks)
+    return {"reconstruction": reconstruction, "checks": checks, "met": met}
+
+
+def targets(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The target over datasets: ``results`` is ``dataset → β → check_target(...)``. A dataset meets it
+    when it does at every ``β``; the whole target, when both datasets were measured and meet it."""
+    datasets = {d: bool(r) and all(check["met"] for check in r.values()) for d, r in results.items()}
+    missing = [d for d in DATASETS if d not in results]
+    return {"datasets": datasets, "missing": missing, "met": not missing and all(datasets.values())}
+
+
+def compare(
+    per_seed: dict[Setting, list[dict[str, float]]],
+    train_seconds: dict[Setting, list[float | None]] | None = None,
+) -> dict[str, Any]:
+    """One dataset at one ``β``: the table rows, each method's chosen ``λ`` and the target.
+
+    Args:
+        per_seed: setting → its scores seed by seed (the same seeds in the same order for every setting);
+            exactly one baseline, and atom separation and Dispersive Loss at one ``λ`` or more.
+        train_seconds: setting → training seconds per seed, for the rows.
+    """
+    (baseline_setting,) = [s for s in per_seed if s.method == "baseline"]
+    baseline = per_seed[baseline_setting]
+    means = {s: {m: _mean(values, m) for m in METRICS} for s, values in per_seed.items()}
+    rows = [_row(s, values, baseline, (train_seconds or {}).get(s, [])) for s, values in per_seed.items()]
+    chosen, picked = {}, {}
+    for method in ("atom", "dispersive"):
+        candidates = {s.weight: means[s] for s in per_seed if s.method == method}
+        chosen[method] = choose_weight(candidates, means[baseline_setting])
+        (picked[method],) = [
+            s for s in per_seed if s.method == method and s.weight == chosen[method]["weight"]
+        ]
+    target = check_target(per_seed[picked["atom"]], baseline, per_seed[picked["dispersive"]])
+    return {"rows": rows, "chosen": chosen, "target": target}
+
+
+def _mean(rows: list[dict[str, float]], metric: str) -> float:
+    return statistics.fmean(row[metric] for row in rows)
+
+
+# ------------------------------------------------------------------------------------------ the runs
+class Bench:
+    """The stages above, writing ``<out>/<dataset>/seed<k>/<setting>/{model,eval,scores.json,train.json}``."""
+
+    def __init__(self, out: Path, preset: Preset, progress: bool = True):
+        self.out, self.preset, self.progress = out, preset, progress
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._real: dict[str, Any] = {}
+
+    def folder(self, dataset: str, seed: int, setting: Setting) -> Path:
+        return self.out / dataset / f"seed{seed}" / setting.name
+
+    def config(self, dataset: str, seed: int = 0, setting: Setting | None = None):
+        """The experiment of one model; without ``setting``, the dataset's resized config as it is."""
+        from atomgen.train.config import ExperimentConfig
+
+        path = Path(f"configs/{dataset}-vae.yaml")
+        if not path.is_file():
+            raise SystemExit(f"no VAE config {path} for dataset {dataset!r}")
+        overrides = list(self.preset.overrides_of(dataset))
+        if setting is not None:
+            method = "none" if setting.method == "baseline" else setting.method
+            overrides += [
+                f"separation.method={method}",
+                f"separation.weight={_number(setting.weight)}",
+                f"model.kl_weight={_number(setting.kl_weight)}",
+                f"train.seed={seed}",
+                f"train.output_dir={self.folder(dataset, seed, setting) / 'model'}",
+            ]
+        return ExperimentConfig.from_yaml(path, overrides)
+
+    def settings(self, dataset: str) -> dict[float, list[Setting]]:
+        """Per ``β``: the baseline, then each method at each of its ``λ``."""
+        config_kl = self.config(dataset).model.kl_weight
+        table = {}
+        for factor in self.preset.kl_factors:
+            kl = config_kl * factor
+            table[kl] = [Setting("baseline", kl)]
+            table[kl] += [Setting(m, kl, w) for m, weights in self.preset.weights for w in weights]
+        return table
+
+    def real(self, dataset: str):
+        """The held-out images of ``dataset`` (a ``TensorSource`` named after it, with labels), once."""
+        from atomgen.eval import TensorSource
+
+        if dataset not in self._real:
+            held = held_out_data(self.config(dataset).data, self.preset.images)
+            # Named after the dataset so run_eval takes its classifier's features and its ten modes.
+            self._real[dataset] = TensorSource(
+                held.images, value_range=(-1, 1), name=dataset, labels=held.labels
+            )
+        return self._real[dataset]
+
+    def score(self, dataset: str, seed: int, setting: Setting) -> dict[str, Any]:
+        """The scores of one model (stage 2), trained first when needed; read back when stored."""
+        from atomgen.eval import run_eval
+        from atomgen.io import write_json
+
+        folder = self.folder(dataset, seed, setting)
+        path, settings = folder / "scores.json", self.preset.measurement()
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored["settings"] == settings:
+                return stored
+            logger.info("%s: scored with other settings; scoring again", path)
+        model = train_once(self.config(dataset, seed, setting), "vae", progress=self.progress)
+        logger.info("scoring %s seed %d %s", dataset, seed, setting.name)
+        started = time.perf_counter()
+        report = run_eval(
+            self.real(dataset),
+            model,
+            ["fid", "prdc", "vendi", "mode_coverage"],
+            out_dir=folder / "eval",
+            batch_size=self.preset.batch_size,
+            device=self.device,
+            cache_dir=self.out / "cache",  # the held-out images' features, once per dataset
+            num_samples=self.preset.samples,
+            progress=False,
+        )
+        stored = {
+            "settings": settings,
+            "scores": flat_scores(report),
+            "extractor": report["extractor"],
+            "seconds": time.perf_counter() - started,
+        }
+        write_json(path, stored)
+        return stored
+
+    def dataset(self, dataset: str) -> dict[str, Any]:
+        """Stages 1–3 of one dataset: every model of every seed (seed by seed), then the tables."""
+        table = self.settings(dataset)
+        every = [s for settings in table.values() for s in settings]
+        stored = {(s, seed): self.score(dataset, seed, s) for seed in range(self.preset.seeds) for s in every}
+        part: dict[str, Any] = {"kl_weights": {}, "extractor": next(iter(stored.values()))["extractor"]}
+        for kl, settings in table.items():
+            per_seed = {s: [stored[s, seed]["scores"] for seed in range(self.preset.seeds)] for s in settings}
+            seconds = {s: self._train_seconds(dataset, s) for s in settings}
+            part["kl_weights"][f"{kl:g}"] = {"kl_weight": kl, **compare(per_seed, seconds)}
+        config_kl = self.config(dataset).model.kl_weight
+        part["config"] = {
+            "path": f"configs/{dataset}-vae.yaml",
+            "kl_weight": config_kl,
+            "atom_weight": part["kl_weights"][f"{config_kl:g}"]["chosen"]["atom"]
+            if f"{config_kl:g}" in part["kl_weights"]
+            else None,
+        }
+        part["num_units"] = stored[every[0], 0]["scores"]["num_units"]
+        return part
+
+    def _train_seconds(self, dataset: str, setting: Setting) -> list[float | None]:
+        files = [self.folder(dataset, seed, setting) / "train.json" for seed in range(self.preset.seeds)]
+        return [json.loads(f.read_text())["seconds"] if f.is_file() else None for f in files]
+
+    def run(self, datasets: tuple[str, ...]) -> dict[str, Any]:
+        report: dict[str, Any] = {
+            "preset": dataclasses.asdict(self.preset),
+            "split": paragraph(__doc__, "Held-out images."),
+            "datasets": {dataset: self.dataset(dataset) for dataset in datasets},
+        }
+        report["targets"] = targets(
+            {
+                dataset: {kl: part["target"] for kl, part in entry["kl_weights"].items()}
+                for dataset, entry in report["datasets"].items()
+            }
+        )
+        report["machine"] = machine(self.device)
+        return report
+
+
+def flat_scores(report: dict[str, Any]) -> dict[str, float]:
+    """The numbers of one :func:`atomgen.eval.run_eval` report that the benchmark compares."""
+    metrics = report["metrics"]
+    vae, prdc = metrics["vae"], metrics["prdc"]
+    return {
+        "reconstruction_mse": vae["reconstruction_mse"],
+        "active_units": vae["active_units"],
+        "num_units": vae["num_units"],
+        "kl": vae["kl"],
+        **{key: prdc[key] for key in ("recall", "coverage", "precision", "density")},
+        "fid": metrics["fid"],
+        "vendi": metrics["vendi"]["fake"],
+        "modes_covered": metrics["mode_coverage"]["modes_covered"],
+    }
+
+
+def _row(
+    setting: Setting,
+    values: list[dict[str, float]],
+    baseline: list[dict[str, float]],
+    train_seconds: list[float | None],
+) -> dict[str, Any]:
+    """Mean ± std over seeds of every metric and the paired difference to the baseline (same seed)."""
+    row: dict[str, Any] = {
+        "setting": setting.name,
+        "method": setting.method,
+        "weight": setting.weight,
+        "train_seconds": train_seconds,
+    }
+    for metric in METRICS:
+        diff = paired_interval([a[metric] - b[metric] for a, b in zip(values, baseline, strict=True)])
+        row[metric] = {
+            **spread([v[metric] for v in values]),
+            "diff": diff[0],
+            "low": diff[1],
+            "high": diff[2],
+        }
+    return row
+
+
+def _number(value: float) -> str:
+    """A float as YAML reads it back as a float (YAML takes ``1e-05``, Python's spelling, for a string)."""
+    return format(value, ".15f").rstrip("0").rstrip(".") or "0"
+
+
+# ------------------------------------------------------------------------------------------ the report
+SHOWN = METRICS  # every metric in the tables; Δ to the baseline under those of the target
+DIFFS = ("reconstruction_mse", *TARGET_METRICS)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    preset = report["preset"]
+    factors = ", ".join(f"{f:g}×" for f in preset["kl_factors"])
+    lines = [
+        "# Separation at the VAE encoder (bench/vae.py)",
+        "",
+        f"{preset['seeds']} seeds per setting; AutoencoderKL of configs/<dataset>-vae.yaml (resized by "
+        f"the preset), KL weight β at {factors} the config's; separation on the posterior mean. Scores "
+        f"on {preset['images']} held-out images: reconstruction MSE (posterior mean, [0, 1] pixels), KL to "
+        f"the prior (nats per image), active units (Var_x(μ_u) > 0.01); {preset['samples']} prior samples "
+        "against them on the dataset classifier's features (FID, precision, recall, density, coverage, "
+        "Vendi, modes). Mean ± std over seeds; Δ = paired difference to the baseline at the same β (same "
+        "seed, same data order), [95 % t-interval over seeds]; an interval containing 0 is not a result. "
+        "★ = the λ chosen by the rule: the highest mean recall among the λ within the baseline's "
+        f"reconstruction MSE + {SLACK_TEXT}, ties to more active units (none within: the lowest MSE, "
+        "marked ✗).",
+        "",
+        f"Held-out images: {report['split']}",
+        "",
+        "Machine: {platform}, {device}, {threads} threads, torch {torch}.".format(**report["machine"]),
+    ]
+    for dataset, part in report["datasets"].items():
+        lines += [
+            "",
+            f"## {dataset}",
+            "",
+            f"{part['num_units']} latent units; features: {part['extractor']}.",
+        ]
+        for kl, entry in part["kl_weights"].items():
+            lines += ["", f"### β = {kl}", "", *_table(entry)]
+        config = part["config"]
+        if config["atom_weight"] is not None:
+            choice = config["atom_weight"]
+            note = "" if choice["admissible"] else " (no λ met the reconstruction bar: the lowest MSE)"
+            lines += [
+                "",
+                f"Chosen λ for {config['path']} (β = {config['kl_weight']:g}): separation.weight = "
+                f"{choice['weight']:g}{note}.",
+            ]
+    lines += ["", "## Target", "", *_targets(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _table(entry: dict[str, Any]) -> list[str]:
+    lines = ["| setting | " + " | ".join(LABELS[m] for m in SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
+    chosen = entry["chosen"]
+    for row in entry["rows"]:
+        mark = ""
+        if row["method"] in chosen and chosen[row["method"]]["weight"] == row["weight"]:
+            mark = " ★" if chosen[row["method"]]["admissible"] else " ✗"
+        cells = []
+        for metric in SHOWN:
+            value = row[metric]
+            spec = (
+                ".5f"
+                if metric == "reconstruction_mse"
+                else ".1f"
+                if metric in ("active_units", "kl", "fid")
+                else ".3f"
+            )
+            cell = f"{value['mean']:{spec}} ± {value['std']:{spec}}"
+            if row["method"] != "baseline" and metric in DIFFS:
+                scale = 1e3 if metric == "reconstruction_mse" else 1
+                unit = " ×1e-3" if metric == "reconstruction_mse" else ""
+                low = None if value["low"] is None else value["low"] * scale
+                high = None if value["high"] is None else value["high"] * scale
+                cell += f"<br>Δ {format_interval(value['diff'] * scale, low, high)}{unit}"
+            cells.append(cell)
+        name = f"{LABELS[row['method']]}" + ("" if row["method"] == "baseline" else f" λ={row['weight']:g}")
+        lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _targets(report: dict[str, Any]) -> list[str]:
+    lines = [
+        f"At reconstruction error no worse than the baseline's + {SLACK_TEXT}, atom separation (chosen λ) "
+        "gives more active units and higher prior-sample recall and coverage than the baseline and than "
+        "Dispersive Loss (chosen λ) on both datasets: each paired interval above zero, at every β.",
+        "",
+        "| dataset | β | recon. MSE / baseline | "
+        + " | ".join(f"Δ {LABELS[m]} vs {p}" for p in PEERS for m in TARGET_METRICS)
+        + " | |",
+        "|---" * (4 + len(PEERS) * len(TARGET_METRICS)) + "|",
+    ]
+    for dataset, part in report["datasets"].items():
+        for kl, entry in part["kl_weights"].items():
+            target = entry["target"]
+            recon = target["reconstruction"]
+            cells = [
+                f"{format_interval(c['mean'], c['low'], c['high'])} {'✓' if c['met'] else '✗'}"
+                for c in target["checks"]
+            ]
+            ratio = f"{recon['ratio']:.3f} {'✓' if recon['met'] else '✗'}"
+            mark = "met" if target["met"] else "missed"
+            lines.append(f"| {dataset} | {kl} | {ratio} | " + " | ".join(cells) + f" | {mark} |")
+    result = report["targets"]
+    lines.append("")
+    for dataset, met in result["datasets"].items():
+        lines.append(f"- {dataset}: **{'met' if met else 'missed'}**")
+    missing = f" (not measured: {', '.join(result['missing'])})" if result["missing"] else ""
+    lines += ["", f"Target {'**met**' if result['met'] else '**missed**'}{missing}."]
+    return lines
+
+
+def figure(report: dict[str, Any], path: Path) -> None:
+    """Per dataset: prior recall and active units against reconstruction MSE, means over seeds; one
+    colour per method, one marker per β, the λ beside each point, each β's reconstruction bar (the
+    baseline's + 5 %) as a grey line."""
+    from matplotlib.figure import Figure
+
+    from atomgen.io import write_atomic
+
+    datasets = list(report["datasets"])
+    fig = Figure(figsize=(5.5 * len(datasets), 8))
+    colours = {"baseline": "black", "atom": "tab:red", "dispersive": "tab:blue"}
+    markers = "os^Dv"
+    for column, dataset in enumerate(datasets):
+        entries = report["datasets"][dataset]["kl_weights"]
+        for row_index, metric in enumerate(("recall", "active_units")):
+            axes = fig.add_subplot(2, len(datasets), row_index * len(datasets) + column + 1)
+            for index, (kl, entry) in enumerate(entries.items()):
+                marker = markers[index % len(markers)]
+                for method in METHODS:
+                    rows = [r for r in entry["rows"] if r["method"] == method]
+                    x = [r["reconstruction_mse"]["mean"] for r in rows]
+                    y = [r[metric]["mean"] for r in rows]
+                    label = f"{LABELS[method]}, β={kl}"
+                    axes.plot(x, y, marker=marker, linestyle="none", color=colours[method], label=label)
+                    if method != "baseline":
+                        for r, xi, yi in zip(rows, x, y, strict=True):
+                            axes.annotate(f"λ={r['weight']:g}", (xi, yi), fontsize=6)
+                bar = entry["rows"][0]["reconstruction_mse"]["mean"] * (1 + RECONSTRUCTION_SLACK)
+                style = (":", "--", "-.")[index % 3]
+                axes.axvline(
+                    bar, color="grey", linestyle=style, linewidth=1, label=f"baseline + {SLACK_TEXT}, β={kl}"
+                )
+            axes.set(
+                title=dataset if row_index == 0 else None,
+                xlabel="reconstruction MSE (held out)",
+                ylabel="prior-sample recall" if metric == "recall" else "active units",
+            )
+            if row_index == 0 and column == 0:
+                axes.legend(fontsize=6)
+    fig.tight_layout()
+    write_atomic(path, lambda file: fig.savefig(file, format="png", dpi=110))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run directory (resumable)")
+    parser.add_argument(
+        "--preset", default="cpu", choices=("cpu", "gpu", "dry-run"), help="sizes (default: cpu)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="the dry-run preset: every code path at toy sizes"
+    )
+    parser.add_argument("--seeds", type=int, help="model seeds (default: the preset's)")
+    parser.add_argument(
+        "--datasets", nargs="+", default=list(DATASETS), choices=DATASETS, help="default: both"
+    )
+    parser.add_argument("--results", type=Path, help="also write vae.{json,md,png} here (results/)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    dry = args.dry_run or args.preset == "dry-run"
+    preset = Preset.named("dry-run" if dry else args.preset)
+    if args.seeds:
+        preset = dataclasses.replace(preset, seeds=args.seeds)
+    started = time.perf_counter()
+    try:
+        report = Bench(args.out, preset, progress=not dry).run(tuple(args.datasets))
+    except FileNotFoundError as error:  # a dataset that is not installed
+        raise SystemExit(str(error)) from None
+    report["wall_seconds"] = time.perf_counter() - started
+    from atomgen.io import write_json, write_text
+
+    for folder in filter(None, (args.out, args.results)):
+        write_json(folder / "vae.json", report)
+        write_text(folder / "vae.md", markdown(report))
+        figure(report, folder / "vae.png")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
