@@ -15,8 +15,8 @@ from . import __version__
 DEMO_EPILOG = """\
 examples:
   atomgen demo                                   # about 10 minutes on 2 CPU cores
-  atomgen demo --quick --out runs/smoke          # under 3 minutes
-  atomgen demo --no-cfg                          # without the classifier-free-guidance section
+  atomgen demo --quick --out runs/smoke          # about 3 minutes
+  atomgen demo --no-cfg --no-vae                 # without the classifier-free-guidance and VAE sections
   atomgen demo --seeds 3 --mode repulsive        # mean ± std over 3 seeds, the repulsive atom loss
   atomgen demo --inception --num-samples 1000    # FID Inception-v3 features (slow on a CPU)
   atomgen demo --set separation.weight=0.5 --set model.block_out_channels=[32,64]
@@ -56,9 +56,11 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
         description="Train a small DDPM on scikit-learn's 8×8 digits three times with the same seed (plain,\n"
         "atom separation, Dispersive Loss), sample each, and sample the plain one with atom guidance and\n"
         "Particle Guidance; score all five with atomgen.eval and write report.md, report.json, sample\n"
-        "grids, attribution heat maps, deletion curves and a diversity-fidelity plot to --out. A last\n"
-        "section trains a class-conditional model and compares plain classifier-free guidance over a\n"
-        "grid of w with atom and feature guidance (--no-cfg skips it).",
+        "grids, the atom model's attribution maps beside the best saliency baseline's, deletion and\n"
+        "insertion curves and a diversity-fidelity plot to --out. Two last sections train a\n"
+        "class-conditional model and compare plain classifier-free guidance over a grid of w with atom and\n"
+        "feature guidance (--no-cfg skips it), and train a plain VAE and one with atom separation at the\n"
+        "encoder, measured on held-out images (--no-vae skips it).",
         epilog=DEMO_EPILOG,
         formatter_class=_HelpFormatter,
     )
@@ -69,7 +71,7 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
     demo.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke-test sizes, under 3 minutes (steps={small.steps}, samples={small.num_samples}, "
+        help=f"smoke-test sizes, about 3 minutes (steps={small.steps}, samples={small.num_samples}, "
         f"inference steps={small.num_inference_steps}); explicit options still win",
     )
     demo.add_argument("--seeds", type=int, default=defaults.seeds, help="repeat with N seeds: mean ± std")
@@ -127,6 +129,25 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
         type=int,
         default=defaults.cfg_inference_steps,
         help="CFG section: DDIM sampling steps",
+    )
+    demo.add_argument(
+        "--no-vae",
+        dest="vae",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="skip the VAE section (run by default)",
+    )
+    demo.add_argument(
+        "--vae-steps", type=int, default=defaults.vae_steps, help="training steps of each of the two VAEs"
+    )
+    demo.add_argument(
+        "--vae-held-out",
+        type=int,
+        default=defaults.vae_held_out,
+        help="VAE section: images the VAEs do not train on, where they are measured",
+    )
+    demo.add_argument(
+        "--vae-samples", type=int, default=defaults.vae_samples, help="VAE section: prior samples per VAE"
     )
     demo.add_argument("--no-progress", action="store_true", help="hide the sampling and scoring bars")
     demo.set_defaults(handler=_demo, command_parser=demo)

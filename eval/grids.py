@@ -10,14 +10,13 @@ from PIL import Image
 
 from atomgen.io import write_atomic
 
-__all__ = ["save_image_grid"]
+__all__ = ["image_grid", "save_image_grid"]
 
 
-def save_image_grid(path: str | Path, images: torch.Tensor, *, nrow: int = 8, cell_side: int = 40) -> Path:
-    """Images ``(N, C, H, W)`` in ``[0, 1]`` as one PNG grid, written atomically.
+def image_grid(images: torch.Tensor, *, nrow: int = 8, cell_side: int = 40) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` in ``[0, 1]`` as one RGB grid ``(3, H', W')`` in ``[0, 1]``, white gaps between.
 
     Args:
-        path: the PNG to write (folders are created).
         images: one or three channels, values in ``[0, 1]`` (clamped).
         nrow: images per row.
         cell_side: small images are enlarged (nearest neighbour, an integer factor) to about this side,
@@ -30,7 +29,17 @@ def save_image_grid(path: str | Path, images: torch.Tensor, *, nrow: int = 8, ce
     images = images.detach().float().cpu().clamp(0, 1)
     factor = max(1, cell_side // max(images.shape[-2:]))
     big = F.interpolate(images, scale_factor=factor, mode="nearest")
-    grid = make_grid(big, nrow=nrow, padding=2, pad_value=1.0)  # make_grid repeats grey to 3 channels
+    return make_grid(big, nrow=nrow, padding=2, pad_value=1.0)  # make_grid repeats grey to 3 channels
+
+
+def save_image_grid(path: str | Path, images: torch.Tensor, *, nrow: int = 8, cell_side: int = 40) -> Path:
+    """Images ``(N, C, H, W)`` in ``[0, 1]`` as one PNG grid (:func:`image_grid`), written atomically.
+
+    Args:
+        path: the PNG to write (folders are created).
+        images, nrow, cell_side: as in :func:`image_grid`.
+    """
+    grid = image_grid(images, nrow=nrow, cell_side=cell_side)
     pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     picture = Image.fromarray(pixels[..., 0] if images.shape[1] == 1 else pixels)
     write_atomic(path, lambda file: picture.save(file, format="PNG"))

@@ -13,13 +13,13 @@ from PIL import Image
 from atomgen import DispersiveLoss
 from atomgen.cli import build_parser, main
 from atomgen.data import load_digits_images
-from atomgen.demo import cfg
+from atomgen.demo import cfg, vae
 from atomgen.demo.report import COLUMNS, aggregate
-from atomgen.demo.run import METHODS, DemoConfig, _batch_sizes, run_demo
+from atomgen.demo.run import ATTRIBUTIONS, METHODS, DemoConfig, _batch_sizes, run_demo
 from atomgen.train.config import ConfigError
 
-# A tiny UNet, two training steps, twelve samples (six per class in the CFG section): seconds, and every
-# code path of the real demo.
+# A tiny UNet, two training steps, twelve samples (six per class in the CFG section; twelve prior samples
+# of each two-step VAE): seconds, and every code path of the real demo.
 TINY_SETS = ["model.block_out_channels=[8,16]", "model.norm_num_groups=4", "train.batch_size=16"]
 TINY = {
     "steps": 2,
@@ -30,9 +30,12 @@ TINY = {
     "cfg_steps": 2,
     "cfg_samples_per_class": 6,
     "cfg_inference_steps": 2,
+    "vae_steps": 2,
+    "vae_samples": 12,
 }
 TINY_ARGS = ["--steps", "2", "--num-samples", "12", "--num-inference-steps", "2"]
 TINY_ARGS += ["--cfg-steps", "2", "--cfg-samples-per-class", "6", "--cfg-inference-steps", "2"]
+TINY_ARGS += ["--vae-steps", "2", "--vae-samples", "12"]
 for item in TINY_SETS:
     TINY_ARGS += ["--set", item]
 
@@ -44,6 +47,12 @@ def demo_run(tmp_path_factory):
     argv = ["demo", "--out", str(out), "--no-progress", "--seeds", "2", "--mode", "repulsive", *TINY_ARGS]
     assert main(argv) == 0
     return out, json.loads((out / "report.json").read_text())
+
+
+def _assert_png(path) -> None:
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG" and min(image.size) > 16, path
 
 
 def _finite(value) -> bool:
@@ -82,8 +91,24 @@ def test_report_json_has_every_method_and_metric(demo_run):
     for model in ("baseline", "atom", "dispersive"):
         assert _finite(report["training"][model]["final_task_loss"]["mean"])
     assert _finite(report["training"]["atom"]["final_separation_loss"]["mean"])
-    for key in ("auc_importance", "auc_random", "gain", "mean_abs_charge"):
-        assert _finite(report["attribution"][key]["mean"])
+    attribution = report["attribution"]
+    assert attribution["methods"] == list(ATTRIBUTIONS) and attribution["reference"] == "mean particle"
+    for method in ATTRIBUTIONS:
+        for key in ("deletion_auc", "deletion_gain", "insertion_auc", "insertion_gain"):
+            assert _finite(attribution["table"][method][key]["mean"]), (method, key)
+    gains = attribution["table"]["importance"]
+    assert gains["deletion_gain"]["mean"] == pytest.approx(
+        gains["deletion_auc"]["mean"] - attribution["random"]["deletion_auc"]["mean"]
+    )
+    assert attribution["best_baseline"] in ATTRIBUTIONS[1:]
+    for curve in ("deletion", "insertion"):  # the best method of a curve has the largest mean gain
+        best = attribution["best"][curve]
+        top = max([0.0, *(attribution["table"][m][f"{curve}_gain"]["mean"] for m in ATTRIBUTIONS)])
+        assert (0.0 if best == "random" else attribution["table"][best][f"{curve}_gain"]["mean"]) == top
+    for key in ("mean_abs_charge", "mean_importance"):
+        assert _finite(attribution[key]["mean"])
+    assert set(report["timings"]) == {"setup", "ddpm", "attribution", "cfg", "vae", "report"}
+    assert all(_finite(spent["wall"]) and _finite(spent["cpu"]) for spent in report["timings"].values())
     settings = report["settings"]
     assert settings["atom_mode"] == "repulsive" and settings["atom_mode_source"] == "--mode"
     assert settings["demo"]["steps"] == 2 and settings["model"]["block_out_channels"] == [8, 16]
@@ -107,18 +132,17 @@ def test_report_md_and_pictures(demo_run):
     pictures = [
         *files["samples"].values(),
         files["attribution"],
-        files["deletion"],
+        files["attribution_curves"],
         files["diversity_fidelity"],
     ]
     assert len(pictures) == len(METHODS) + 3
     for name in pictures:
         assert f"({name})" in text
-        with Image.open(out / name) as image:
-            image.load()
-            assert image.format == "PNG" and min(image.size) > 16
+        _assert_png(out / name)
     # 12 samples of 8×8, enlarged ×5 to 40 px, 8 per row with 2 px gaps: 2 rows
     with Image.open(out / files["samples"]["atom"]) as grid:
         assert grid.size == (8 * 42 + 2, 2 * 42 + 2)
+    assert "wall time by section: setup" in text and "load average (1 min) at the start" in text
 
 
 @pytest.mark.slow
@@ -195,19 +219,100 @@ def test_cfg_section(demo_run):
     for setting in cfg.SETTINGS:
         assert f"| {setting.label} | {setting.scale:g} |" in text
     assert report["figures"]["cfg_front"] == "cfg-front.png" and "(cfg-front.png)" in text
-    with Image.open(out / "cfg-front.png") as image:
-        image.load()
-        assert image.format == "PNG" and min(image.size) > 16
+    _assert_png(out / "cfg-front.png")
+
+
+@pytest.mark.slow
+def test_attribution_section(demo_run):
+    """The learned maps beside the best baseline's, both curves, and a table of both areas per method."""
+    out, report = demo_run
+    text = (out / "report.md").read_text()
+    attribution = report["attribution"]
+    labels = attribution["labels"]
+    section = text.split("## Attribution", 1)[1].split("\n## ", 1)[0]
+    assert (
+        "mean particle" in section
+        and "Best on deletion: **" in section
+        and "best on insertion: **" in section
+    )
+    assert "| method | deletion AUC ↑ | deletion gain ↑ | insertion AUC ↑ | insertion gain ↑ |" in section
+    for method in ATTRIBUTIONS:
+        assert f"| {labels[method]}" in section
+    assert f"| {labels[attribution['best_baseline']]} (best baseline) |" in section
+    assert "| random order (reference) |" in section
+    importance = attribution["table"]["importance"]
+    for curve in ("deletion", "insertion"):  # a baseline that beats the learned importances is named
+        beaten = [
+            m
+            for m in ATTRIBUTIONS[1:]
+            if attribution["table"][m][f"{curve}_gain"]["mean"] > importance[f"{curve}_gain"]["mean"]
+        ]
+        if beaten:
+            assert f"the learned importances ({importance[f'{curve}_gain']['mean']:+.4f})" in section
+    assert report["figures"]["attribution_curves"] == "attribution-curves.png"
+    _assert_png(out / "attribution.png")  # three rows: samples, learned maps, best baseline's maps
+
+
+@pytest.mark.slow
+def test_vae_section(demo_run):
+    """Two VAEs (first seed), measured on held-out images, prior samples scored, a table and a figure."""
+    out, report = demo_run
+    section = report["vae"]
+    assert [row["model"] for row in section["rows"]] == list(vae.MODELS)
+    assert [row["separation"] for row in section["rows"]] == ["none", "atom"]
+    assert section["held_out_images"] == DemoConfig().vae_held_out
+    assert section["training_images"] == 1797 - DemoConfig().vae_held_out
+    assert section["prior_samples"] == 12 and section["model"]["steps"] == 2
+    for row in section["rows"]:
+        scores = row["vae"]
+        assert scores["images"] == section["held_out_images"] and 0 <= scores["active_units"] <= 32
+        assert _finite(scores["reconstruction_mse"]) and _finite(scores["kl"])
+        for key in ("precision", "recall", "coverage", "vendi", "fid"):
+            assert _finite(row["metrics"][key]), (row["model"], key)
+    trained = json.loads((out / "config.json").read_text())["training"]
+    assert trained["vae-atom"]["separation"]["method"] == "atom"
+    assert trained["vae-atom"]["separation"]["options"] == {"mode": "repulsive"}  # --mode reaches it
+    assert trained["vae-baseline"]["model"]["family"] == "vae"
+    assert trained["vae-baseline"]["data"]["limit"] == section["training_images"]
+    assert trained["vae-baseline"]["model"]["block_out_channels"] == [16, 32]  # its own config, not --set
+    for model in vae.MODELS:
+        assert (out / "seed-0" / model / "vae" / "config.json").is_file()
+        assert not (out / "seed-1" / model).exists()  # one seed only
+    text = (out / "report.md").read_text()
+    assert "## VAE: atom separation at the encoder" in text
+    assert f"**{section['held_out_images']} images are held out**" in text
+    for model in vae.MODELS:
+        assert f"| {model} |" in text
+    assert report["figures"]["vae"] == "vae.png" and "(vae.png)" in text
+    _assert_png(out / "vae.png")
+
+
+def test_held_out_images_are_unseen():
+    """The VAE section measures on images whose pixels match no training image, in a fixed order."""
+    from atomgen.train.config import DataConfig
+
+    data = DataConfig(name="digits", limit=1700)
+    held = data.held_out()
+    training = {image.numpy().tobytes() for image in data.load().images}
+    assert len(held) == 97 and held.labels.shape == (97,) and held.images.min() >= -1
+    assert not any(image.numpy().tobytes() in training for image in held.images)
+    assert torch.equal(data.held_out(10).images, held.images[:10])
+    with pytest.raises(ValueError, match="fewer than the 98"):
+        data.held_out(98)
+    with pytest.raises(ValueError, match="no image is held out"):
+        DataConfig(name="digits").held_out()
 
 
 @pytest.mark.slow
 def test_weight_zero_replays_the_baseline(tmp_path):
     """With λ = 0 the atom run is an exact replay of the baseline: same weights, batches, noise, samples.
 
-    The CFG section is off (``cfg=False``): no class-conditional run, no section, no front.
+    The CFG and VAE sections are off (``cfg=False``, ``vae=False``): no runs, no sections, no figures.
     """
     overrides = (*TINY["overrides"], "separation.weight=0")
-    report = run_demo(tmp_path, progress=False, **{**TINY, "overrides": overrides, "cfg": False})
+    report = run_demo(
+        tmp_path, progress=False, **{**TINY, "overrides": overrides, "cfg": False, "vae": False}
+    )
     for column in COLUMNS:
         assert report["table"]["atom"][column.key] == report["table"]["baseline"][column.key]
     with (
@@ -220,6 +325,12 @@ def test_weight_zero_replays_the_baseline(tmp_path):
     assert not (tmp_path / "cfg-front.png").exists() and not (tmp_path / "seed-0" / "cfg").exists()
     assert "Classifier-free guidance" not in (tmp_path / "report.md").read_text()
     assert "cfg" not in json.loads((tmp_path / "config.json").read_text())["training"]
+    assert "vae" not in report and "vae" not in report["figures"] and not (tmp_path / "vae.png").exists()
+    assert (
+        not (tmp_path / "seed-0" / "vae-atom").exists()
+        and "## VAE" not in (tmp_path / "report.md").read_text()
+    )
+    assert set(report["timings"]) == {"setup", "ddpm", "attribution", "report"}
 
 
 def test_aggregate_and_batches():
@@ -246,6 +357,16 @@ def test_config_validation(tmp_path):
         DemoConfig(cfg_samples_per_class=5)
     with pytest.raises(ValueError, match="cfg must be True or False"):
         DemoConfig(cfg="no")
+    with pytest.raises(ValueError, match="vae must be True or False"):
+        DemoConfig(vae=1)
+    with pytest.raises(ValueError, match="vae_steps must be a positive integer"):
+        DemoConfig(vae_steps=0)
+    with pytest.raises(ValueError, match="vae_samples must be an integer of at least 8"):
+        DemoConfig(vae_samples=7)
+    with pytest.raises(ValueError, match="vae_held_out must be an integer of at least 2"):
+        DemoConfig(vae_held_out=1)
+    with pytest.raises(ConfigError, match="hold out fewer"):  # refused before any work
+        run_demo(tmp_path / "new", vae_held_out=1796)
     with pytest.raises(TypeError, match="unknown settings"):
         run_demo(tmp_path, stpes=3)
     with pytest.raises(ConfigError, match="bogus"):  # refused before any work: nothing is written
@@ -267,6 +388,8 @@ def test_cli_help_defaults_and_user_errors(capsys, tmp_path):
     assert quick.cfg_steps == DemoConfig.quick().cfg_steps < DemoConfig().cfg_steps
     assert build_parser().parse_args(["demo", "--no-cfg"]).cfg is False
     assert not hasattr(build_parser().parse_args(["demo"]), "cfg") and DemoConfig().cfg  # the default: on
+    assert build_parser().parse_args(["demo", "--no-vae"]).vae is False and DemoConfig().vae
+    assert quick.vae_steps == DemoConfig.quick().vae_steps < DemoConfig().vae_steps
 
     bad = (
         ["demo", "--bogus"],
@@ -274,6 +397,7 @@ def test_cli_help_defaults_and_user_errors(capsys, tmp_path):
         ["demo", "--seeds", "0"],
         ["demo", "--atom-guidance", "abc"],
         ["demo", "--cfg-samples-per-class", "3"],
+        ["demo", "--vae-held-out", "1"],
         ["demo", "--mode", "x"],
         ["demo", "--out", str(tmp_path / "a"), "--set", "train.bogus=1"],
         [],

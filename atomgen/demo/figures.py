@@ -1,5 +1,6 @@
-"""The demo's pictures: sample grids, attribution heat maps, deletion curves, diversity against fidelity,
-and the CFG section's front (recall against precision).
+"""The demo's pictures: sample grids, attribution maps (learned beside the best baseline), deletion and
+insertion curves, diversity against fidelity, the CFG section's front (recall against precision) and the
+VAE section's reconstructions and prior samples.
 
 Every file is written atomically (:mod:`atomgen.io`). Plots use matplotlib's object API (a ``Figure``
 without ``pyplot``, so no global backend state is touched); the grids use PIL.
@@ -7,14 +8,13 @@ without ``pyplot``, so no global backend state is touched); the grids use PIL.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..eval.grids import save_image_grid
+from ..eval.grids import image_grid, save_image_grid
 from ..io import write_atomic
 
 __all__ = ["save_grid", "write_figures"]
@@ -24,7 +24,11 @@ CELL_SIDE = 40  # small images are enlarged (nearest neighbour) to about this si
 
 
 def write_figures(
-    out: Path, report: dict[str, Any], grids: dict[str, torch.Tensor], picture: dict[str, Any]
+    out: Path,
+    report: dict[str, Any],
+    grids: dict[str, torch.Tensor],
+    maps: dict[str, Any],
+    vae: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write every figure of the report into ``out``; returns their file names, relative to ``out``.
 
@@ -33,23 +37,29 @@ def write_figures(
         report: what :func:`atomgen.demo.report.build` returned (table, attribution, methods), and
             the CFG section's ``cfg`` entry if it ran.
         grids: images in [0, 1] per method key, for the sample grids.
-        picture: ``images``, ``importance`` and ``grid`` of the atom model, for the heat maps.
+        maps: ``images`` of the atom model, the particle ``grid`` and per attribution method its scores
+            ``(B, n)`` of them under ``maps`` (the learned importance, then the best baseline).
+        vae: the VAE section's ``originals``, ``reconstructions`` and ``samples`` (per model), if it ran.
     """
     files: dict[str, Any] = {"samples": {}}
     for key, images in grids.items():
         name = f"samples-{key}.png"
         save_grid(out / name, images)
         files["samples"][key] = name
-    if picture:
+    labels = report["attribution"]["labels"]
+    if maps:
         files["attribution"] = "attribution.png"
-        _save_attribution(out / files["attribution"], **picture)
-    files["deletion"] = "deletion.png"
-    _save_figure(out / files["deletion"], _deletion_plot(report["attribution"]["per_seed"]))
+        _save_figure(out / files["attribution"], _attribution_plot(maps, labels))
+    files["attribution_curves"] = "attribution-curves.png"
+    _save_figure(out / files["attribution_curves"], _attribution_curves_plot(report["attribution"]))
     files["diversity_fidelity"] = "diversity-fidelity.png"
     _save_figure(out / files["diversity_fidelity"], _diversity_fidelity_plot(report))
     if "cfg" in report:
         files["cfg_front"] = "cfg-front.png"
         _save_figure(out / files["cfg_front"], _cfg_front_plot(report["cfg"]))
+    if vae:
+        files["vae"] = "vae.png"
+        _save_figure(out / files["vae"], _vae_plot(vae))
     return files
 
 
@@ -59,14 +69,26 @@ def save_grid(path: Path, images: torch.Tensor) -> None:
     save_image_grid(path, images, nrow=GRID_COLUMNS, cell_side=CELL_SIDE)
 
 
-def _save_attribution(path: Path, images: torch.Tensor, importance: torch.Tensor, grid: tuple) -> None:
-    """:func:`atomgen.eval.save_attribution_grid` (which writes to a path) made atomic."""
-    from ..eval import save_attribution_grid
+def _strip(images: torch.Tensor, columns: int, side: int = CELL_SIDE) -> np.ndarray:
+    """Images ``(N, C, H, W)`` in [0, 1] as one RGB array for ``imshow``, ``columns`` per row."""
+    return image_grid(images, nrow=columns, cell_side=side).permute(1, 2, 0).numpy()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        drawn = save_attribution_grid(images, importance, grid, Path(tmp) / path.name)
-        data = drawn.read_bytes()
-    write_atomic(path, lambda file: file.write(data))
+
+def _overlays(images: torch.Tensor, scores: torch.Tensor, grid: tuple, alpha: float = 0.6) -> torch.Tensor:
+    """Each image with its map laid over it: scores ``(B, n)`` on the particle grid, scaled to [0, 1] per
+    image (the methods have different units; the curves use the order only), upsampled bilinearly to
+    the image and coloured black → red → yellow → white."""
+    from matplotlib import colormaps
+
+    from ..eval import attribution_maps
+
+    low, high = scores.min(1, keepdim=True).values, scores.max(1, keepdim=True).values
+    scaled = (scores - low) / (high - low).clamp_min(1e-12)
+    side = max(1, CELL_SIDE // max(images.shape[-2:])) * max(images.shape[-2:])
+    heat = attribution_maps(scaled, grid, (side, side))[:, 0].numpy()
+    colour = torch.from_numpy(colormaps["hot"](heat)[..., :3]).permute(0, 3, 1, 2).float()
+    grey = torch.nn.functional.interpolate(images.float(), size=(side, side), mode="nearest")
+    return (1 - alpha) * grey.expand(-1, 3, -1, -1) + alpha * colour
 
 
 # -------------------------------------------------------------------------------------------- plots
@@ -82,27 +104,80 @@ def _save_figure(path: Path, figure) -> None:
     write_atomic(path, lambda file: figure.savefig(file, format="png"))
 
 
-def _deletion_plot(per_seed: list[dict[str, Any]]):
-    """Relative drop of d̄ against the deleted fraction: importance order and random order, ± std over seeds."""
-    figure = _figure(5.0, 3.6)
-    axes = figure.add_subplot()
-    fractions = np.asarray(per_seed[0]["fractions"])
-    for key, label, colour in (
-        ("drop_importance", "by importance", "tab:red"),
-        ("drop_random", "at random", "tab:grey"),
-    ):
-        curves = np.asarray([seed[key] for seed in per_seed])
-        mean = curves.mean(0)
-        axes.plot(fractions, mean, marker="o", markersize=3, color=colour, label=label)
-        if len(curves) > 1:
-            std = curves.std(0, ddof=1)
-            axes.fill_between(fractions, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
-    axes.axhline(0.0, color="black", linewidth=0.5)
-    axes.set_xlabel("fraction of each atom's particles deleted")
-    axes.set_ylabel("relative drop of the atom distance d̄")
-    seeds = f" (mean ± std over {len(per_seed)} seeds)" if len(per_seed) > 1 else ""
-    axes.set_title(f"Deletion curves of the atom model{seeds}", fontsize=10)
-    axes.legend(frameon=False)
+def _attribution_plot(maps: dict[str, Any], labels: dict[str, str]):
+    """Three rows: the samples, the learned importance maps, the best baseline's maps."""
+    images = maps["images"]
+    rows = [("samples", images)]
+    rows += [(labels[m], _overlays(images, scores, maps["grid"])) for m, scores in maps["maps"].items()]
+    figure = _figure(1.0 + 0.55 * len(images), 0.75 * len(rows) + 0.4)
+    for index, (label, row) in enumerate(rows):
+        axes = figure.add_subplot(len(rows), 1, index + 1)
+        axes.imshow(_strip(row, len(images)), interpolation="nearest")
+        axes.set_xticks([])
+        axes.set_yticks([])
+        axes.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+    return figure
+
+
+def _attribution_curves_plot(attribution: dict[str, Any]):
+    """Deletion and insertion curves of the learned importances, the best baseline and random orders;
+    mean ± std over seeds."""
+    per_seed, labels = attribution["per_seed"], attribution["labels"]
+    best = attribution["best_baseline"]
+    figure = _figure(9.0, 3.6)
+    panels = (
+        ("drop", "deletion: relative drop of d̄", "fraction of each atom's particles deleted"),
+        ("recovery", "insertion: relative recovery of d̄", "fraction of each atom's particles inserted"),
+    )
+    lines = (
+        ("importance", "importance", labels["importance"], "tab:red"),
+        (best, best, f"{labels[best]} (best baseline)", "tab:blue"),
+        ("random", "importance", "random orders (their mean)", "tab:grey"),
+    )
+    fractions = np.asarray(per_seed[0]["methods"]["importance"]["fractions"])
+    for index, (curve, ylabel, xlabel) in enumerate(panels):
+        axes = figure.add_subplot(1, 2, index + 1)
+        for kind, method, label, colour in lines:
+            key = f"{curve}_{'random' if kind == 'random' else 'importance'}"
+            curves = np.asarray([seed["methods"][method][key] for seed in per_seed])
+            mean = curves.mean(0)
+            axes.plot(fractions, mean, marker="o", markersize=3, color=colour, label=label)
+            if len(curves) > 1:
+                std = curves.std(0, ddof=1)
+                axes.fill_between(fractions, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+        axes.axhline(0.0, color="black", linewidth=0.5)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        if index == 0:
+            axes.legend(fontsize=7, frameon=False)
+    seeds = f", mean ± std over {len(per_seed)} seeds" if len(per_seed) > 1 else ""
+    figure.suptitle(
+        f"Attribution curves of the atom model (masking reference: the atom's {attribution['reference']}"
+        f"{seeds}); higher is better",
+        fontsize=9,
+    )
+    return figure
+
+
+def _vae_plot(pictures: dict[str, Any]):
+    """Held-out images above their reconstructions by each VAE; below, each VAE's prior samples."""
+    models = list(pictures["reconstructions"])
+    figure = _figure(9.0, 4.8)
+    top, bottom = figure.subfigures(2, 1, height_ratios=[1.0, 1.3])
+    rows = [("held out", pictures["originals"])] + [(m, pictures["reconstructions"][m]) for m in models]
+    for index, (label, images) in enumerate(rows):
+        axes = top.add_subplot(len(rows), 1, index + 1)
+        axes.imshow(_strip(images, len(images), side=28), interpolation="nearest")
+        axes.set_xticks([])
+        axes.set_yticks([])
+        axes.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+    top.suptitle("held-out images and their reconstructions (posterior mean)", fontsize=9)
+    for index, model in enumerate(models):
+        axes = bottom.add_subplot(1, len(models), index + 1)
+        axes.imshow(_strip(pictures["samples"][model], GRID_COLUMNS, side=28), interpolation="nearest")
+        axes.set_axis_off()
+        axes.set_title(f"{model}: prior samples", fontsize=9)
     return figure
 
 

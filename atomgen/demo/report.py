@@ -46,6 +46,15 @@ COLUMNS = (
     Column("modes_covered", "modes", "higher", 1, "diversity"),
     Column("kl", "class KL", "lower", 4, "mode balance"),
 )
+# The attribution methods (atomgen.eval.attribution) as the report and the figures name them.
+ATTRIBUTION_LABELS = {
+    "importance": "learned importance s",
+    "feature_norm": "feature norm ‖h‖",
+    "gradient_x_activation": "gradient × activation",
+    "integrated_gradients": "integrated gradients",
+    "random": "random order",
+}
+CURVES = ("deletion", "insertion")
 TRAINING_COLUMNS = (
     ("train_seconds", "train s", 0),
     ("final_task_loss", "task loss", 4),
@@ -86,7 +95,8 @@ def build(
         methods: the table's rows (:class:`atomgen.demo.Method`).
         runs: one entry per seed and method: ``metrics``, ``train_seconds``, ``sample_seconds``, ...
         trainings: one entry per seed and trained model: wall time and final losses.
-        attributions: one entry per seed: the deletion curves of the atom model.
+        attributions: one entry per seed: the atom model's deletion and insertion curves per
+            attribution method (:func:`atomgen.eval.compare_attributions`) and its role head's state.
         scoring: the feature extractor, LPIPS and classifier names and the real data's reference values.
     """
     from atomgen.eval.run import DESCRIPTIONS
@@ -133,17 +143,60 @@ def build(
         "table": table,
         "reference": scoring["reference"],
         "training": training,
-        "attribution": {
-            "per_seed": attributions,
-            **{
-                key: aggregate([a[key] for a in attributions])
-                for key in ("auc_importance", "auc_random", "gain")
-            },
-            "mean_abs_charge": aggregate([a["mean_abs_charge"] for a in attributions]),
-        },
+        "attribution": attribution_summary(attributions),
         "runs": runs,
         "machine": machine(),
         "versions": versions(),
+    }
+
+
+def attribution_summary(attributions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method, the areas under the deletion and insertion curves and their gains over random orders
+    (mean ± std over seeds); the best baseline; the best method on each curve.
+
+    The best baseline is the one with the largest mean of its two gains (it is drawn beside the learned
+    maps). The best method on a curve is the largest gain among all methods and random orders (gain 0).
+    """
+    methods = list(attributions[0]["methods"])
+    keys = {
+        "deletion_auc": "auc_importance",
+        "deletion_gain": "gain",
+        "insertion_auc": "insertion_auc_importance",
+        "insertion_gain": "insertion_gain",
+    }
+    table = {
+        method: {
+            key: aggregate([a["methods"][method][name] for a in attributions]) for key, name in keys.items()
+        }
+        for method in methods
+    }
+    reference = [a["methods"][methods[0]] for a in attributions]  # the same random orders for every method
+    random = {
+        "deletion_auc": aggregate([r["auc_random"] for r in reference]),
+        "insertion_auc": aggregate([r["insertion_auc_random"] for r in reference]),
+    }
+    gains = _mean_gains(table)
+    baselines = [m for m in methods if m != "importance"]
+    return {
+        "reference": reference[0]["reference"],
+        "atoms": attributions[0]["atoms"],
+        "methods": methods,
+        "labels": {m: ATTRIBUTION_LABELS.get(m, m) for m in [*methods, "random"]},
+        "table": table,
+        "random": random,
+        "best_baseline": max(baselines, key=lambda m: gains["deletion"][m] + gains["insertion"][m]),
+        "best": {curve: max(gains[curve], key=gains[curve].get) for curve in CURVES},
+        "per_seed": attributions,
+        "mean_abs_charge": aggregate([a["mean_abs_charge"] for a in attributions]),
+        "mean_importance": aggregate([a["mean_importance"] for a in attributions]),
+    }
+
+
+def _mean_gains(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per curve, each method's mean gain over random orders, and random orders' own (0)."""
+    return {
+        curve: {**{m: e[f"{curve}_gain"]["mean"] for m, e in table.items()}, "random": 0.0}
+        for curve in CURVES
     }
 
 
@@ -233,7 +286,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- modes and class KL: classes predicted by {scoring['classifier']}")
     lines += ["", "## Against the baseline", "", *_comparison(report), "", "## Setup", "", *_setup(report)]
     lines += ["", "## Training", "", *_training_table(report), *_training_notes(report)]
-    lines += ["", "## Attribution", "", *_attribution(report)]
+    lines += ["", "## Attribution: learned importances against the baselines", "", *_attribution(report)]
     figures = report.get("figures", {})
     if "diversity_fidelity" in figures:
         lines += [
@@ -246,13 +299,15 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     if "cfg" in report:
         lines += ["", "## Classifier-free guidance", "", *_cfg(report["cfg"], figures)]
+    if "vae" in report:
+        lines += ["", "## VAE: atom separation at the encoder", "", *_vae(report["vae"], figures)]
     samples = figures.get("samples", {})
     if samples:
         lines += ["", f"## Samples (seed {seeds[0]}, the same initial noise for every method)", ""]
         labels = {m["key"]: m["label"] for m in report["methods"]}
         for key, file in samples.items():
             lines += [f"**{labels.get(key, key)}**", "", f"![{key}]({file})", ""]
-    lines += ["## Machine and versions", "", *_machine(report), ""]
+    lines += ["## Machine and versions", "", *_machine(report), *_timings(report), ""]
     return "\n".join(lines)
 
 
@@ -430,35 +485,162 @@ def _training_notes(report: dict[str, Any]) -> list[str]:
 
 
 def _attribution(report: dict[str, Any]) -> list[str]:
+    """The learned importances against the baselines: the maps, the table of areas, the verdict, the curves."""
     attribution = report["attribution"]
     figures = report.get("figures", {})
+    labels, table = attribution["labels"], attribution["table"]
+    best_baseline = attribution["best_baseline"]
+    per_seed = attribution["per_seed"]
     lines = []
     if "attribution" in figures:
         lines += [
-            f"![attribution]({figures['attribution']})",
+            f"![attribution maps]({figures['attribution']})",
             "",
-            "Each sample of the atom model beside its importance s = 1 − r^neutron (method.md §3) on the "
-            "particle grid of the site, upsampled and laid over it (black 0 → red → yellow → white 1). "
-            "The samples were re-noised to 5 % of the trajectory and passed through the UNet once.",
+            f"Top: samples of the atom model (seed {report['seeds'][0]}). Middle: its learned importance "
+            "s = 1 − r^neutron (method.md §3). Bottom: the best baseline, "
+            f"**{labels[best_baseline]}** (the largest mean of its deletion and insertion gains). Each map "
+            "is on the site's particle grid, upsampled bilinearly to the image and scaled to [0, 1] per "
+            "image (the methods have different units, and the curves depend on the order only), laid "
+            "over the sample (black 0 → red → yellow → white 1).",
             "",
         ]
-    per_seed = attribution["per_seed"]
-    wins = sum(a["gain"] > 0 for a in per_seed)
+    random = attribution["random"]
     lines += [
-        "Deletion curves (method.md §9): the share of each atom's particles replaced by its mean "
-        "particle, in order of decreasing importance or at random, against the relative drop of its mean "
-        "distance d̄ to the other atoms. If the importances are faithful, deleting by importance drops d̄ "
-        "faster: a larger area under the curve.",
+        f"Deletion and insertion curves (method.md §9) on {attribution['atoms']} atoms, the atom model's "
+        "samples re-noised to 5 % of the trajectory and passed through the UNet once. Each method ranks "
+        "every atom's particles at the site; **deletion** replaces the top-ranked fraction with the "
+        f"masking reference, **the atom's {attribution['reference']}**, and measures the relative drop of "
+        "the atom's mean distance d̄ to the other atoms; **insertion** starts from every particle replaced "
+        "by it and puts the top-ranked fraction back, measuring the recovery of d̄. A faithful ranking "
+        "drops (recovers) d̄ faster: a larger area under the curve. Gains are areas minus those of random "
+        "orders on the same batch; the gradient methods attribute the summed atom distance.",
         "",
-        "| area under the drop curve | by importance | at random | gain |",
-        "|---|---|---|---|",
-        f"| atom model | {_format(attribution['auc_importance'], 4)} | {_format(attribution['auc_random'], 4)} "
-        f"| {_format(attribution['gain'], 4)} |",
-        "",
-        f"Importance order beats random order in {wins} of {len(per_seed)} seed(s).",
+        "| method | deletion AUC ↑ | deletion gain ↑ | insertion AUC ↑ | insertion gain ↑ |",
+        "|---|---|---|---|---|",
     ]
-    if "deletion" in figures:
-        lines += ["", f"![deletion curves]({figures['deletion']})"]
+    for method in attribution["methods"]:
+        entry = table[method]
+        cells = [labels[method] + (" (best baseline)" if method == best_baseline else "")]
+        cells += [_format(entry[key], 4) for key in ("deletion_auc", "deletion_gain")]
+        cells += [_format(entry[key], 4) for key in ("insertion_auc", "insertion_gain")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(
+        f"| {labels['random']} (reference) | {_format(random['deletion_auc'], 4)} | 0 | "
+        f"{_format(random['insertion_auc'], 4)} | 0 |"
+    )
+    lines += ["", *_attribution_verdict(attribution)]
+    if len(per_seed) > 1:
+        for curve, key in (("deletion", "gain"), ("insertion", "insertion_gain")):
+            wins = sum(a["methods"]["importance"][key] > a["methods"][best_baseline][key] for a in per_seed)
+            lines.append(
+                f"The learned importances beat {labels[best_baseline]} on {curve} in {wins} of "
+                f"{len(per_seed)} seeds."
+            )
+    lines += [
+        "",
+        f"The role head on these samples: mean importance s̄ = "
+        f"{_format(attribution['mean_importance'], 3)}, mean |charge| = "
+        f"{_format(attribution['mean_abs_charge'], 3)}. At the demo's sizes, on the model's own samples: "
+        "`bench/attribution.py` is the benchmark (held-out images, 3 seeds, paired 95 % intervals).",
+    ]
+    if "attribution_curves" in figures:
+        lines += ["", f"![deletion and insertion curves]({figures['attribution_curves']})"]
+    return lines
+
+
+def _attribution_verdict(attribution: dict[str, Any]) -> list[str]:
+    """Which method is best on each curve, every baseline that beats the learned importances, and which
+    method a user should then prefer."""
+    labels, best = attribution["labels"], attribution["best"]
+    gain = _mean_gains(attribution["table"])
+    lines = [
+        "Best on deletion: **"
+        + labels[best["deletion"]]
+        + f"** (gain {gain['deletion'][best['deletion']]:+.4f}); best on insertion: **"
+        + labels[best["insertion"]]
+        + f"** (gain {gain['insertion'][best['insertion']]:+.4f})."
+    ]
+    for curve in CURVES:
+        ours = gain[curve]["importance"]
+        better = [m for m in [*attribution["methods"][1:], "random"] if gain[curve][m] > ours]
+        if better:
+            names = " and ".join(f"{labels[m]} ({gain[curve][m]:+.4f})" for m in better)
+            lines.append(
+                f"On {curve}, {names} beat{'s' if len(better) == 1 else ''} the learned importances ({ours:+.4f})."
+            )
+    # The advice: a baseline that beats the learned importances on both curves is the better choice here.
+    both = [m for m in attribution["methods"][1:] if all(gain[c][m] > gain[c]["importance"] for c in CURVES)]
+    if best["deletion"] == best["insertion"] == "importance":
+        lines.append("The learned importances have the largest gain on both curves.")
+    elif both:
+        names = " and ".join(labels[m] for m in both)
+        lines.append(
+            f"{names[0].upper()}{names[1:]} beat{'s' if len(both) == 1 else ''} the learned importances on both curves: prefer "
+            f"{labels[max(both, key=lambda m: gain['deletion'][m] + gain['insertion'][m])]} for "
+            "attribution at this site (in this run; `bench/attribution.py` tests whether it holds)."
+        )
+    else:
+        lines.append("No baseline beats the learned importances on both curves.")
+    return lines
+
+
+def _vae(section: dict[str, Any], figures: dict[str, Any]) -> list[str]:
+    """The VAE section: what ran, its table, the difference atom − baseline, the figure."""
+    model, rows = section["model"], section["rows"]
+    atom = next(row for row in rows if row["separation"] != "none")
+    options = ", ".join(f"{k} = {v}" for k, v in atom["options"].items())
+    lines = [
+        f"Two `AutoencoderKL` VAEs from `{Path(section['config']).name}` (block_out_channels "
+        f"{model['block_out_channels']}, {model['latent_channels']} latent channels, KL weight "
+        f"{model['kl_weight']:g}), trained {model['steps']} steps of {model['batch_size']} images with the "
+        f"same seed on {section['training_images']} images of {section['dataset']}: plain, and with atom "
+        f"separation on the posterior mean (λ = {atom['weight']:g}"
+        + (f", {options}" if options else "")
+        + f"). **{section['held_out_images']} images are held out** (never trained on): reconstruction "
+        "error (decoded posterior mean, pixels in [0, 1]), KL to the prior N(0, I) (nats per image, "
+        "summed over the latent units) and active units (channel × position units whose posterior mean "
+        f"varies over the held-out images by more than {atom['vae']['threshold']:g}, Burda et al.) are "
+        f"measured on them. {section['prior_samples']} prior samples z ~ N(0, I) per VAE, the same draws "
+        "for both, are decoded and scored like the DDPMs' samples, against all the real images.",
+        "",
+        "| VAE | recon. MSE ↓ | KL | active units ↑ | FID ↓ | precision ↑ | recall ↑ | coverage ↑ | "
+        "Vendi ↑ | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        scores, metrics = row["vae"], row["metrics"]
+        cells = [
+            row["model"],
+            f"{scores['reconstruction_mse']:.5f}",
+            f"{scores['kl']:.2f}",
+            f"{scores['active_units']} / {scores['num_units']}",
+            *[
+                "–" if metrics.get(key) is None else _number(metrics[key], _decimals(key))
+                for key in ("fid", "precision", "recall", "coverage", "vendi")
+            ],
+            f"{row['train_seconds']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    base = next(row for row in rows if row["separation"] == "none")
+    ratio = atom["vae"]["reconstruction_mse"] / base["vae"]["reconstruction_mse"] - 1
+    deltas = ", ".join(
+        f"{key} {atom['metrics'][key] - base['metrics'][key]:+.3f}"
+        for key in ("recall", "coverage", "precision")
+        if atom["metrics"].get(key) is not None and base["metrics"].get(key) is not None
+    )
+    lines += [
+        "",
+        f"Atom − baseline: active units {atom['vae']['active_units'] - base['vae']['active_units']:+d}, "
+        f"reconstruction error {ratio:+.1%}, {deltas}. One seed at quick sizes: a picture of what "
+        "separation at the encoder does, not a measurement; small differences may be noise.",
+    ]
+    if "vae" in figures:
+        lines += [
+            "",
+            f"![VAE reconstructions and prior samples]({figures['vae']})",
+            "",
+            "Top: held-out images and their reconstructions by each VAE. Below: prior samples of each.",
+        ]
     return lines
 
 
@@ -518,6 +700,24 @@ def _overshoot(grid: list[dict[str, Any]], peak: dict[str, Any]) -> str:
         f"class accuracy {above[-1]['accuracy']:.3f}): on this small model strong guidance pushes the "
         "samples off the data rather than towards their class, so the useful range of w is narrow."
     )
+
+
+def _timings(report: dict[str, Any]) -> list[str]:
+    """Wall and CPU seconds per section: the CPU time is what a section costs an idle machine."""
+    timings = report.get("timings")
+    if not timings:
+        return []
+    parts = ", ".join(
+        f"{section} {spent['wall']:.0f} s (CPU {spent['cpu']:.0f} s)" for section, spent in timings.items()
+    )
+    lines = [f"- wall time by section: {parts}; total {report.get('wall_seconds', 0):.0f} s"]
+    load = report.get("load_average")
+    if load and None not in load.values():  # a busy machine stretches the wall times: say how busy
+        lines.append(
+            f"- load average (1 min) at the start and the end: {load['start']:.2f}, {load['end']:.2f} "
+            f"on {report['machine']['usable_cpus']} usable CPUs"
+        )
+    return lines
 
 
 def _machine(report: dict[str, Any]) -> list[str]:

@@ -6,23 +6,30 @@ timesteps — plain (``separation.method=none``), with atom separation and with 
 sampled through :class:`~atomgen.pipelines.AtomDDIMPipeline` from the same initial noise, and the plain
 model is also sampled with the two sampling-time methods, atom guidance and
 :class:`~atomgen.pipelines.ParticleGuidance`. Every set of samples is scored by :mod:`atomgen.eval`, the
-atom model's importances are drawn and checked with deletion curves. Last, unless ``cfg=False``, the
-classifier-free-guidance section (:mod:`.cfg`, first seed) trains a class-conditional model from the same
-base config and compares plain CFG over a grid of ``w`` with atom and feature guidance. The run directory
-receives:
+atom model's learned importances are set against the standard saliency baselines at the same site
+(:func:`atomgen.eval.compare_attributions`: deletion and insertion curves). Then, unless ``cfg=False``,
+the classifier-free-guidance section (:mod:`.cfg`, first seed) trains a class-conditional model from the
+same base config and compares plain CFG over a grid of ``w`` with atom and feature guidance; and unless
+``vae=False``, the VAE section (:mod:`.vae`, first seed) trains a plain VAE and one with atom separation
+at the encoder on all but ``vae_held_out`` images and measures both on those. The run directory receives:
 
     config.json               the demo settings, the resolved training configs and each method's settings
                               (:func:`method_settings`), before any work
     report.md, report.json    the table (mean ± std over seeds), the machine, the versions
     samples-<method>.png      a sample grid per method (first seed)
-    attribution.png           the atom model's importance maps over its samples (first seed)
-    deletion.png              deletion curves: importance order against random order (all seeds)
+    attribution.png           the atom model's samples, its learned importance maps and the best
+                              baseline's maps, in pixel space (first seed)
+    attribution-curves.png    deletion and insertion curves: learned importances, the best baseline and
+                              random orders (all seeds)
     diversity-fidelity.png    diversity against fidelity, one point per method
     cfg-front.png             the CFG section (:mod:`.cfg`, skipped with ``cfg=False``): recall against
                               precision of a class-conditional model under plain CFG over a grid of ``w``
                               and under atom and feature guidance; its table is in the report
+    vae.png                   the VAE section (:mod:`.vae`, skipped with ``vae=False``): held-out images
+                              and their reconstructions, and prior samples, of both VAEs
     seed-<S>/<model>/         each training run (config.yaml, metrics.jsonl, checkpoints/, pipeline/)
     seed-<S>/cfg/             the CFG section's class-conditional run (first seed only)
+    seed-<S>/vae-baseline/, seed-<S>/vae-atom/   the VAE section's runs (first seed only; vae/)
     seed-<S>/samples/<method>.npz   the evaluated samples (uint8): ``atomgen eval --fake`` reads them
     cache/                    feature cache of the real images
 """
@@ -37,7 +44,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,16 +92,19 @@ METHODS = (
 )
 
 PROBE_FRACTION = 0.05  # samples are re-noised to t = 5 % of the trajectory to read the site's features
-ATTRIBUTION_IMAGES = 32  # images in the attribution picture
+ATTRIBUTION_IMAGES = 12  # images in the attribution picture (one column each)
 GRID_IMAGES = 64  # images in each sample grid
-DELETION_ATOMS = 256  # atoms (samples) in the deletion curves
+DELETION_ATOMS = 256  # atoms (samples) in the deletion and insertion curves
+# The learned importance first, then the baselines it is measured against (random orders are the
+# reference of every curve).
+ATTRIBUTIONS = ("importance", "feature_norm", "gradient_x_activation", "integrated_gradients")
 
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class DemoConfig:
     """What the demo does; the defaults take about 10 minutes on 2 CPU cores (measured with one thread):
-    about 8 for the five methods and about 2 for the CFG section.
+    about 8 for the five methods and the attribution, about 2 for the CFG section and 1 for the VAEs.
 
     Args:
         steps: training steps of each model (``train.steps``).
@@ -104,20 +114,26 @@ class DemoConfig:
             a batch, so this is their batch of atoms.
         seeds: how many seeds to repeat everything with (the table reports mean ± std over them).
         seed: the first seed; the others follow it.
-        mode: the atom model's pair weights (method.md §4), ``"repulsive"`` or ``"signed"``; ``None``
-            keeps the library default (``"repulsive"``).
+        mode: the atom model's (and the atom VAE's) pair weights (method.md §4), ``"repulsive"`` or
+            ``"signed"``; ``None`` keeps the library default (``"repulsive"``).
         atom_guidance: ``γ`` of atom guidance on the baseline model (:func:`~atomgen.pipelines.guide`).
         particle_guidance: ``γ`` of Particle Guidance on the baseline model.
         inception: score with FID Inception-v3 features instead of the digit classifier's.
         config: the base training config (YAML).
         overrides: ``key=value`` overrides of the base config, applied to all three trainings (and the
             CFG section's), except ``separation.options.*``: those are ``AtomSeparation`` keyword
-            arguments, for the atom model.
+            arguments, for the atom model. The VAE section trains from its own config
+            (:data:`atomgen.demo.vae.BASE_CONFIG`, as it is) on the base config's data.
         cfg: run the classifier-free-guidance section (:mod:`atomgen.demo.cfg`, first seed only).
         cfg_steps: training steps of its class-conditional model.
         cfg_samples_per_class: images sampled per class and setting (the scores are per class, with 5
             neighbours).
         cfg_inference_steps: its DDIM steps.
+        vae: run the VAE section (:mod:`atomgen.demo.vae`, first seed only).
+        vae_steps: training steps of each of its two VAEs.
+        vae_held_out: images of the dataset the VAEs do not train on; reconstruction error, KL and
+            active units are measured on them.
+        vae_samples: prior samples scored per VAE.
     """
 
     steps: int = 800
@@ -138,40 +154,28 @@ class DemoConfig:
     cfg_steps: int = 500
     cfg_samples_per_class: int = 40
     cfg_inference_steps: int = 15
+    vae: bool = True
+    vae_steps: int = 200
+    vae_held_out: int = 300
+    vae_samples: int = 512
 
     def __post_init__(self) -> None:
-        names = (
-            "steps",
-            "num_inference_steps",
-            "sample_batch_size",
-            "seeds",
-            "cfg_steps",
-            "cfg_inference_steps",
-        )
-        for name in names:
+        positive = ("steps", "num_inference_steps", "sample_batch_size", "seeds", "cfg_steps")
+        positive += ("cfg_inference_steps", "vae_steps")
+        counts = {  # name: (the least value, why)
+            **dict.fromkeys(positive, (1, "")),
+            **dict.fromkeys(("num_samples", "vae_samples"), (8, "precision and recall use 5 neighbours")),
+            "cfg_samples_per_class": (6, "precision and recall within a class use 5 neighbours"),
+            "vae_held_out": (2, "active units are a variance over the held-out images"),
+        }
+        for name, (least, why) in counts.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if (
-            isinstance(self.num_samples, bool)
-            or not isinstance(self.num_samples, int)
-            or self.num_samples < 8
-        ):
-            raise ValueError(
-                f"num_samples must be an integer of at least 8 (precision and recall use 5 neighbours), "
-                f"got {self.num_samples!r}"
-            )
-        if (
-            isinstance(self.cfg_samples_per_class, bool)
-            or not isinstance(self.cfg_samples_per_class, int)
-            or self.cfg_samples_per_class < 6
-        ):
-            raise ValueError(
-                f"cfg_samples_per_class must be an integer of at least 6 (precision and recall within a "
-                f"class use 5 neighbours), got {self.cfg_samples_per_class!r}"
-            )
-        if not isinstance(self.cfg, bool):
-            raise ValueError(f"cfg must be True or False, got {self.cfg!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                wanted = "a positive integer" if least == 1 else f"an integer of at least {least} ({why})"
+                raise ValueError(f"{name} must be {wanted}, got {value!r}")
+        for name in ("cfg", "vae"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.sample_batch_size < 2:
             raise ValueError("sample_batch_size must be at least 2: guidance separates samples of a batch")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -188,8 +192,8 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
-        """A smoke-test size, under 3 minutes on 2 CPU cores, about 40 s of it the CFG section (the samples
-        are blurry digits at best)."""
+        """A smoke-test size, about 3 minutes on 2 CPU cores, about 40 s of it the CFG section and 30 s the
+        VAE section (the samples are blurry digits at best)."""
         sizes = {
             "steps": 150,
             "num_samples": 256,
@@ -197,6 +201,8 @@ class DemoConfig:
             "cfg_steps": 150,
             "cfg_samples_per_class": 20,
             "cfg_inference_steps": 10,
+            "vae_steps": 100,
+            "vae_samples": 256,
         }
         return cls(**{**sizes, **overrides})
 
@@ -211,7 +217,14 @@ class DemoConfig:
         )
 
     def experiment(
-        self, model: str, seed: int, out: Path, *, steps: int | None = None, extra: Sequence[str] = ()
+        self,
+        model: str,
+        seed: int,
+        out: Path,
+        *,
+        steps: int | None = None,
+        extra: Sequence[str] = (),
+        base: str | None = None,
     ) -> ExperimentConfig:
         """The resolved training config of one model and seed (raises ``ConfigError`` for a bad one).
 
@@ -222,9 +235,12 @@ class DemoConfig:
             out: the demo's run directory.
             steps: ``train.steps``; ``None`` for :attr:`steps`.
             extra: overrides applied last (the CFG section's class-conditional model).
+            base: another base config, used without :attr:`overrides` (they are for :attr:`config`):
+                the VAE section's.
         """
-        values = yaml.safe_load(config_path(self.config).read_text()) or {}
-        values = apply_overrides(values, self.overrides)
+        values = yaml.safe_load(config_path(base or self.config).read_text()) or {}
+        if base is None:
+            values = apply_overrides(values, self.overrides)
         steps = self.steps if steps is None else steps
         warmup = values.get("train", {}).get("lr_warmup_steps", 100)
         demo = [
@@ -310,7 +326,7 @@ def run_demo(
         >>> report["table"]["atom"]["vendi"]  # doctest: +SKIP
     """
     from ..eval.features import default_device
-    from . import cfg, figures, report
+    from . import cfg, figures, report, vae
 
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DemoConfig)})
     if unknown:
@@ -323,19 +339,24 @@ def run_demo(
     }
     first = experiments[config.seed]
     conditional = cfg.experiment(config, out) if config.cfg else None
+    autoencoders = vae.experiments(config, out, first["baseline"].data) if config.vae else {}
     methods = method_settings(config, first)
     training = {m: c.to_dict() for m, c in first.items()}
     if conditional is not None:
         training[cfg.MODEL] = conditional.to_dict()
+    training.update({m: c.to_dict() for m, c in autoencoders.items()})
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "config.json", {"demo": dataclasses.asdict(config), "training": training, "methods": methods}
     )
     started = time.perf_counter()
+    load = _load_average()
+    timings: dict[str, dict[str, float]] = {}  # seconds per section: the 10-minute budget is kept by these
     device = default_device()
-    data = first["baseline"].data.load()
     site = site_of(first["atom"].separation, first["atom"].model)
-    scorer = _Scorer(data, config, out / "cache", device, progress)
+    with _timed(timings, "setup"):  # the real images' features and LPIPS diversity, once
+        data = first["baseline"].data.load()
+        scorer = _Scorer(data, config, out / "cache", device, progress)
 
     trainings: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
@@ -344,35 +365,44 @@ def run_demo(
     picture: dict[str, Any] = {}
     for seed in config.seed_list:
         pipes = {}
-        for model, experiment in experiments[seed].items():
-            logger.info("seed %d: training %s for %d steps", seed, model, config.steps)
-            pipes[model], training = _train(experiment, site, device)
-            trainings.append({"seed": seed, "model": model, **training})
-        seconds_of = {t["model"]: t["train_seconds"] for t in trainings if t["seed"] == seed}
-        samples = {}
-        for method in METHODS:
-            images, seconds = _sample(pipes[method.model], method, config, seed, progress)
-            _save_samples(out / f"seed-{seed}" / "samples" / f"{method.key}.npz", images)
-            scored = scorer(images, f"{method.key} (seed {seed})")
-            logger.info("seed %d, %s: %s", seed, method.key, _brief(scored["metrics"]))
-            runs.append(
-                {
-                    "seed": seed,
-                    "method": method.key,
-                    "train_seconds": seconds_of[method.model] if method.kind == "training" else None,
-                    "sample_seconds": seconds,
-                    **scored,
-                }
-            )
-            samples[method.key] = images
-        shown, output, faithfulness = _attribution(pipes["atom"], site, samples["atom"], seed)
-        attributions.append({"seed": seed, **faithfulness})
+        with _timed(timings, "ddpm"):
+            for model, experiment in experiments[seed].items():
+                logger.info("seed %d: training %s for %d steps", seed, model, config.steps)
+                pipes[model], training = _train(experiment, site, device)
+                trainings.append({"seed": seed, "model": model, **training})
+            seconds_of = {t["model"]: t["train_seconds"] for t in trainings if t["seed"] == seed}
+            samples = {}
+            for method in METHODS:
+                images, seconds = _sample(pipes[method.model], method, config, seed, progress)
+                _save_samples(out / f"seed-{seed}" / "samples" / f"{method.key}.npz", images)
+                scored = scorer(images, f"{method.key} (seed {seed})")
+                logger.info("seed %d, %s: %s", seed, method.key, _brief(scored["metrics"]))
+                runs.append(
+                    {
+                        "seed": seed,
+                        "method": method.key,
+                        "train_seconds": seconds_of[method.model] if method.kind == "training" else None,
+                        "sample_seconds": seconds,
+                        **scored,
+                    }
+                )
+                samples[method.key] = images
+        with _timed(timings, "attribution"):
+            measured, probe = _attribution(pipes["atom"], site, samples["atom"], seed)
+        attributions.append({"seed": seed, **measured})
         if seed == config.seed:
             grids = {key: images[:GRID_IMAGES] for key, images in samples.items()}
-            picture = {"images": shown, "importance": output.importance[: len(shown)], "grid": output.grid}
+            picture = probe
         mode = pipes["atom"].separation.config.mode
         del pipes, samples
-    guided = cfg.run_cfg(conditional, config, out / "cache", device, progress) if conditional else None
+    guided = None
+    if conditional is not None:
+        with _timed(timings, "cfg"):
+            guided = cfg.run_cfg(conditional, config, out / "cache", device, progress)
+    autoencoded, vae_pictures = None, {}
+    if autoencoders:
+        with _timed(timings, "vae"):
+            autoencoded, vae_pictures = vae.run_vae(autoencoders, config, scorer, device)
 
     settings = {
         "demo": dataclasses.asdict(config),
@@ -387,22 +417,52 @@ def run_demo(
         "train": dataclasses.asdict(first["baseline"].train),
         "device": str(device),
     }
-    result = report.build(
-        settings=settings,
-        methods=METHODS,
-        runs=runs,
-        trainings=trainings,
-        attributions=attributions,
-        scoring=scorer.description,
-    )
-    if guided is not None:
-        result["cfg"] = guided
-    result["figures"] = figures.write_figures(out, result, grids, picture)
+    with _timed(timings, "report"):
+        result = report.build(
+            settings=settings,
+            methods=METHODS,
+            runs=runs,
+            trainings=trainings,
+            attributions=attributions,
+            scoring=scorer.description,
+        )
+        if guided is not None:
+            result["cfg"] = guided
+        if autoencoded is not None:
+            result["vae"] = autoencoded
+        # The maps of the best baseline (chosen over all seeds) on the first seed's samples.
+        maps = _attribution_maps(picture, result["attribution"]["best_baseline"], config.seed)
+        result["figures"] = figures.write_figures(out, result, grids, maps, vae_pictures)
+    result["timings"] = timings
+    result["load_average"] = {"start": load, "end": _load_average()}
     result["wall_seconds"] = time.perf_counter() - started
     write_json(out / "report.json", result)
     write_text(out / "report.md", report.markdown(result))
-    logger.info("demo finished in %.0f s: %s", result["wall_seconds"], out / "report.md")
+    logger.info(
+        "demo finished in %.0f s (%s): %s",
+        result["wall_seconds"],
+        ", ".join(f"{key} {spent['wall']:.0f} s" for key, spent in timings.items()),
+        out / "report.md",
+    )
     return result
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, dict[str, float]], section: str) -> Iterator[None]:
+    """Add the block's wall and CPU seconds to ``timings[section]`` and log them.
+
+    The CPU time of this process is what the section costs on an idle machine with one thread; the wall
+    time also counts the waits for other processes on a shared one.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        spent = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+        total = timings.setdefault(section, {"wall": 0.0, "cpu": 0.0})
+        for key, seconds in spent.items():
+            total[key] += seconds
+        logger.info("%s took %.1f s (CPU %.1f s)", section, spent["wall"], spent["cpu"])
 
 
 # ---------------------------------------------------------------------------------- the three steps
@@ -558,13 +618,20 @@ class _Scorer:
 
 
 @torch.no_grad()
-def _attribution(pipe: Any, site: str, images: torch.Tensor, seed: int) -> tuple[torch.Tensor, Any, dict]:
-    """The atom model's separation on its own samples' site features: output and deletion curves.
+def _attribution(
+    pipe: Any, site: str, images: torch.Tensor, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The atom model's learned importances and the baselines on its own samples' site features.
 
     The samples are re-noised to ``t = PROBE_FRACTION · T`` (nearly clean) and passed through the UNet
-    once, with a capture-only hook at the site.
+    once, with a capture-only hook at the site; :func:`atomgen.eval.compare_attributions` scores every
+    method of :data:`ATTRIBUTIONS` by deletion and insertion curves against the same random orders.
+
+    Returns:
+        The curves and areas per method with the role head's state (mean importance, mean |charge|), and
+        what the maps need: the shown images, the module, the features and the particle grid.
     """
-    from ..eval import attribution_faithfulness
+    from ..eval import compare_attributions
 
     separation: AtomSeparation = pipe.separation.eval()
     unet = pipe.unet
@@ -577,11 +644,37 @@ def _attribution(pipe: Any, site: str, images: torch.Tensor, seed: int) -> tuple
         unet(noisy, t)
     features = handle.features
     output = separation(features)
-    faithfulness = attribution_faithfulness(separation, features, seed=seed).to_dict()
-    # How charged the particles are: |q| near 0 everywhere is the trivial solution of the signed mode.
-    faithfulness["mean_abs_charge"] = float(output.charge.abs().mean())
-    faithfulness["mean_importance"] = float(output.importance.mean())
-    return images[:ATTRIBUTION_IMAGES].cpu(), output, faithfulness
+    compared = compare_attributions(separation, features, methods=ATTRIBUTIONS, seed=seed)
+    measured = {
+        "atoms": len(images),
+        "methods": {method: result.to_dict() for method, result in compared.items()},
+        # How charged the particles are: |q| near 0 everywhere is the trivial solution of the signed mode.
+        "mean_abs_charge": float(output.charge.abs().mean()),
+        "mean_importance": float(output.importance.mean()),
+    }
+    probe = {
+        "images": images[:ATTRIBUTION_IMAGES].cpu(),
+        "separation": separation,
+        "features": features,
+        "grid": output.grid,
+    }
+    return measured, probe
+
+
+def _attribution_maps(probe: dict[str, Any], baseline: str, seed: int) -> dict[str, Any]:
+    """The shown images, the particle grid, and the learned importance and ``baseline``'s scores of them.
+
+    The baseline is computed on the whole probed batch, as its curves were: the gradient methods
+    attribute the batch's summed atom distance, so a smaller batch would rank differently.
+    """
+    from ..eval import particle_attributions
+
+    shown = len(probe["images"])
+    scores = {
+        method: particle_attributions(probe["separation"], probe["features"], method, seed=seed + 1)[:shown]
+        for method in ("importance", baseline)
+    }
+    return {"images": probe["images"], "grid": probe["grid"], "maps": {k: v.cpu() for k, v in scores.items()}}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -590,6 +683,11 @@ def _mode_source(config: DemoConfig, atom: ExperimentConfig) -> str:
     if config.mode is not None:
         return "--mode"
     return "--set separation.options.mode" if "mode" in atom.separation.options else "library default"
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (``None`` where the platform has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _finite_or_none(value: float | int) -> float | int | None:

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..data import DATASETS, ImageData, load_dataset
@@ -108,6 +109,37 @@ class DataConfig:
             limit=self.limit,
             skip_bad_images=self.skip_bad_images,
         )
+
+    def held_out(self, count: int | None = None, *, seed: int = 0) -> ImageData:
+        """Images of the whole dataset that a model trained on this section never saw, with their labels.
+
+        Those whose pixels match no image of the training subset ``limit`` (a duplicate of a training
+        image is not held out), prepared the same way (in [-1, 1]), in a fixed random order (``seed``).
+
+        Args:
+            count: how many to take (``None``: all of them).
+            seed: the order in which they are taken.
+
+        Raises:
+            ValueError: ``limit`` is ``None`` (nothing is held out), or fewer than ``count`` are.
+        """
+        if self.limit is None:
+            raise ValueError(
+                f"a model trains on the whole of {self.name!r} (data.limit is null): no image is held out"
+            )
+        training = self.load().images
+        everything = dataclasses.replace(self, limit=None).load()
+        seen = {image.numpy().tobytes() for image in training}
+        unseen = [i for i, image in enumerate(everything.images) if image.numpy().tobytes() not in seen]
+        count = len(unseen) if count is None else count
+        if len(unseen) < count:
+            raise ValueError(
+                f"{self.name!r} has {len(unseen)} images outside the {len(training)} training images, "
+                f"fewer than the {count} asked for; lower data.limit or the count"
+            )
+        order = torch.randperm(len(unseen), generator=torch.Generator().manual_seed(seed))
+        keep = torch.tensor(unseen, dtype=torch.long)[order[:count]]
+        return dataclasses.replace(everything, images=everything.images[keep], labels=everything.labels[keep])
 
 
 @dataclass
