@@ -8,7 +8,6 @@ on ``sys.path`` (``python bench/x.py`` does that already; the tests load the scr
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -72,25 +71,10 @@ def train_once(config: Any, export: str, *, progress: bool = True) -> Path:
 
 def held_out_data(data: Any, count: int) -> Any:
     """``count`` images of the dataset ``data`` (a ``DataConfig``) that the models never saw, with their
-    labels: an ``ImageData`` of images of the whole dataset, prepared the same way (in [-1, 1]), whose
-    pixels match no image of the training subset ``data.limit``; taken in a fixed random order."""
-    if data.limit is None:
-        raise ValueError(
-            f"the models train on the whole of {data.name!r} (data.limit is null): no image is held out"
-        )
-    training = data.load().images
-    everything = dataclasses.replace(data, limit=None).load()
-    seen = {image.numpy().tobytes() for image in training}
-    unseen = [i for i, image in enumerate(everything.images) if image.numpy().tobytes() not in seen]
-    logger.info("%s: %d training images, %d held out", data.name, len(training), len(unseen))
-    if len(unseen) < count:
-        raise ValueError(
-            f"{data.name!r} has {len(unseen)} images outside the {len(training)} training images, fewer "
-            f"than the {count} to measure; lower data.limit or the number of images to measure"
-        )
-    order = torch.randperm(len(unseen), generator=torch.Generator().manual_seed(HELD_OUT_SEED))
-    keep = torch.tensor(unseen)[order[:count]]
-    return dataclasses.replace(everything, images=everything.images[keep], labels=everything.labels[keep])
+    labels, the same for every model seed: :meth:`DataConfig.held_out`."""
+    held = data.held_out(count, seed=HELD_OUT_SEED)
+    logger.info("%s: %d images held out from the %d-image training subset", data.name, count, data.limit)
+    return held
 
 
 def held_out(data: Any, count: int) -> torch.Tensor:
