@@ -412,7 +412,8 @@ class Bench:
             ]
             if not next(iter(table.values())):  # --cached-only, and no seed has every method yet
                 continue
-            table |= self.scores(dataset, combined, _at_most(self.preset.combined_seeds, seeds))
+            combined_rows = self.scores(dataset, combined, _at_most(self.preset.combined_seeds, seeds))
+            table |= {s: rows for s, rows in combined_rows.items() if rows}  # none yet: --cached-only
             sweeps_rows = {}
             if dataset == tuned_on:
                 sweeps_rows = {s: rows for sweep in sweeps.values() for s, rows in sweep.items()}
@@ -476,19 +477,29 @@ def front_gaps(
 
     Lowering ``w`` also trades precision for recall, so a method only adds something where it lies above
     the line CFG draws on its grid from ``w = 1`` to ``w*``. Per seed, CFG's recall at the method's
-    precision is interpolated linearly along that seed's grid points (held at the ends beyond them), and
-    the method's recall minus it is averaged over seeds with a 95 % interval.
+    precision is interpolated linearly along that seed's grid points that no other dominates (higher
+    precision and recall: where precision falls with w, a larger w is no trade at all), held at the
+    ends beyond them, and the method's recall minus it is averaged over seeds with a 95 % interval.
     """
     scales = [w for w in sorted(grid) if w <= scale]
     gaps = {}
     for setting, rows in table.items():
         differences = []
         for seed, row in enumerate(rows):
-            points = sorted((grid[w][seed]["precision"], grid[w][seed]["recall"]) for w in scales)
+            points = _pareto([(grid[w][seed]["precision"], grid[w][seed]["recall"]) for w in scales])
             precisions, recalls = zip(*points, strict=True)
             differences.append(row["recall"] - float(np.interp(row["precision"], precisions, recalls)))
         gaps[setting.method] = paired_interval(differences)
     return gaps
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (precision, recall) points that no other point beats on both, by increasing precision."""
+    front: list[tuple[float, float]] = []
+    for precision, recall in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if not front or recall > front[-1][1]:
+            front.append((precision, recall))
+    return front[::-1]
 
 
 def _at_most(seeds: int | None, limit: int) -> int:

@@ -126,6 +126,11 @@ def test_cfg_paired_interval_and_targets():
     gaps = cfg.front_gaps(grid, 3.0, table)
     assert gaps["atom"][0] == pytest.approx(0.035)
     assert gaps["apg"][0] == pytest.approx(0.01) and gaps["apg"][1] == pytest.approx(0.01)
+    # A grid point that another beats on precision and recall is no part of the front.
+    assert cfg._pareto([(0.95, 0.80), (0.97, 0.75), (0.97, 0.70), (0.94, 0.66)]) == [
+        (0.95, 0.80),
+        (0.97, 0.75),
+    ]
 
 
 @pytest.mark.slow
