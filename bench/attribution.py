@@ -36,7 +36,6 @@ module, so they have no learned importances.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -54,6 +53,7 @@ import torch
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, not a package
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import format_interval, machine, paired_interval, paragraph, spread
+from runner import parse_arguments, write_reports
 from training import dataset_overrides, held_out, train_once
 
 logger = logging.getLogger("bench.attribution")
@@ -597,21 +597,7 @@ def figure(out: Path, report: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
-    parser.add_argument("--out", type=Path, required=True, help="run directory (resumable)")
-    parser.add_argument("--preset", default="cpu", choices=("cpu", "gpu"), help="sizes (default: cpu)")
-    parser.add_argument("--dry-run", action="store_true", help="toy sizes: every code path in under a minute")
-    parser.add_argument("--seeds", type=int, help="model seeds (default: the preset's)")
-    parser.add_argument(
-        "--datasets", nargs="+", default=list(DATASETS), choices=DATASETS, help="default: both"
-    )
-    parser.add_argument("--results", type=Path, help="also write the report and the figure here (results/)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    args = parse_arguments(__doc__, DATASETS, "attribution.{json,md,png}", argv)
     preset = Preset.named("dry-run" if args.dry_run else args.preset)
     if args.seeds:
         preset = dataclasses.replace(preset, seeds=args.seeds)
@@ -621,13 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:  # a dataset that is not installed
         raise SystemExit(str(error)) from None
     report["wall_seconds"] = time.perf_counter() - started
-    from atomgen.io import write_json, write_text
-
-    for folder in filter(None, (args.out, args.results)):
-        write_json(folder / "attribution.json", report)
-        write_text(folder / "attribution.md", markdown(report))
-        figure(args.out, report, folder / "attribution.png")
-    print(markdown(report))
+    write_reports(
+        report, "attribution", (args.out, args.results), markdown, lambda path: figure(args.out, report, path)
+    )
     return 0
 
 

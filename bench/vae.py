@@ -58,7 +58,6 @@ GPU preset trains 108 VAEs at the configs' own sizes (not timed: no GPU was at h
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -74,6 +73,7 @@ import torch
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, not a package
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import format_interval, machine, paired_interval, paragraph, spread
+from runner import parse_arguments, write_reports
 from training import dataset_overrides, held_out_data, train_once
 
 logger = logging.getLogger("bench.vae")
@@ -636,42 +636,17 @@ def figure(report: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
-    parser.add_argument("--out", type=Path, required=True, help="run directory (resumable)")
-    parser.add_argument(
-        "--preset", default="cpu", choices=("cpu", "gpu", "dry-run"), help="sizes (default: cpu)"
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="the dry-run preset: every code path at toy sizes"
-    )
-    parser.add_argument("--seeds", type=int, help="model seeds (default: the preset's)")
-    parser.add_argument(
-        "--datasets", nargs="+", default=list(DATASETS), choices=DATASETS, help="default: both"
-    )
-    parser.add_argument("--results", type=Path, help="also write vae.{json,md,png} here (results/)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    dry = args.dry_run or args.preset == "dry-run"
-    preset = Preset.named("dry-run" if dry else args.preset)
+    args = parse_arguments(__doc__, DATASETS, "vae.{json,md,png}", argv)
+    preset = Preset.named("dry-run" if args.dry_run else args.preset)
     if args.seeds:
         preset = dataclasses.replace(preset, seeds=args.seeds)
     started = time.perf_counter()
     try:
-        report = Bench(args.out, preset, progress=not dry).run(tuple(args.datasets))
+        report = Bench(args.out, preset, progress=not args.dry_run).run(tuple(args.datasets))
     except FileNotFoundError as error:  # a dataset that is not installed
         raise SystemExit(str(error)) from None
     report["wall_seconds"] = time.perf_counter() - started
-    from atomgen.io import write_json, write_text
-
-    for folder in filter(None, (args.out, args.results)):
-        write_json(folder / "vae.json", report)
-        write_text(folder / "vae.md", markdown(report))
-        figure(report, folder / "vae.png")
-    print(markdown(report))
+    write_reports(report, "vae", (args.out, args.results), markdown, lambda path: figure(report, path))
     return 0
 
 

@@ -1,0 +1,58 @@
+"""The command line and the report writing that the staged benchmarks (attribution, vae) share.
+
+bench/ is a folder of scripts, not a package; a script imports this module after putting its own folder
+on ``sys.path``, as for :mod:`intervals`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def parse_arguments(
+    doc: str, datasets: tuple[str, ...], results: str, argv: list[str] | None
+) -> argparse.Namespace:
+    """``--out``, ``--preset``, ``--dry-run``, ``--seeds``, ``--datasets`` and ``--results`` (whose
+    help says which files: ``results``); the docstring's first paragraph is the description, the rest
+    the epilog. Also sets up logging to stderr."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc.split("\n\n", 1)[1],
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run directory (resumable)")
+    parser.add_argument("--preset", default="cpu", choices=("cpu", "gpu"), help="sizes (default: cpu)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="the dry-run preset: every code path at toy sizes"
+    )
+    parser.add_argument("--seeds", type=int, help="model seeds (default: the preset's)")
+    parser.add_argument(
+        "--datasets", nargs="+", default=list(datasets), choices=datasets, help="default: all"
+    )
+    parser.add_argument("--results", type=Path, help=f"also write {results} here (results/)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    return args
+
+
+def write_reports(
+    report: dict[str, Any],
+    stem: str,
+    folders: tuple[Path | None, ...],
+    markdown: Callable[[dict[str, Any]], str],
+    figure: Callable[[Path], None],
+) -> None:
+    """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` (drawn by ``figure(path)``) into every folder
+    given, atomically; the markdown to stdout."""
+    from atomgen.io import write_json, write_text
+
+    for folder in filter(None, folders):
+        write_json(folder / f"{stem}.json", report)
+        write_text(folder / f"{stem}.md", markdown(report))
+        figure(folder / f"{stem}.png")
+    print(markdown(report))
