@@ -119,6 +119,17 @@ class Preset:
             )
         raise ValueError(f"unknown preset {name!r}; known: cpu, gpu, dry-run")
 
+    def only(self, methods: list[str]) -> Preset:
+        """This preset with the given methods only (each combined one needs all of its parts)."""
+        missing = {p for name in methods if "+" in name for p in name.split("+")} - set(methods)
+        if missing:
+            raise SystemExit(f"--methods: the combined methods also need {sorted(missing)}")
+        return dataclasses.replace(
+            self,
+            strengths=tuple((m, s) for m, s in self.strengths if m in methods),
+            combined=tuple(c for c in self.combined if c in methods),
+        )
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -455,7 +466,7 @@ def targets(
         means = {m: _mean(mine, m) for m in METRICS}
         plain = {m: _mean(cfg[:seeds], m) for m in METRICS}
         peers = {}
-        for peer in PEERS:
+        for peer in (p for p in PEERS if p in rows):  # --methods may leave peers out
             theirs = rows[peer][:seeds]
             recall = paired_interval([a["recall"] - b["recall"] for a, b in zip(mine, theirs, strict=True)])
             peers[peer] = {
@@ -579,13 +590,14 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _targets(targets: dict[str, Any]) -> list[str]:
+    peers = [p for p in PEERS if any(p in row["peers"] for m, row in targets.items() if m != "recall_lost")]
     lines = [
         f"CFG lost {targets['recall_lost']:.3f} recall from w = 1 to w*. Recovered = the share of it that a "
         "method wins back over plain CFG (target ≥ 0.5 at matched fidelity). Δ recall to each peer: paired, "
         "[95 % interval]; the peer's precision gap in parentheses (matched when within ±0.01).",
         "",
-        "| method | recovered | matched fidelity | " + " | ".join(f"Δ recall vs {p}" for p in PEERS) + " |",
-        "|---" * (3 + len(PEERS)) + "|",
+        "| method | recovered | matched fidelity | " + " | ".join(f"Δ recall vs {p}" for p in peers) + " |",
+        "|---" * (3 + len(peers)) + "|",
     ]
     for method, row in targets.items():
         if method == "recall_lost":
@@ -683,6 +695,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the models: configs/<dataset>-<model>.yaml (default: cfg, the UNet DDPMs; flow-dit: the "
         "class-conditional DiT rectified flows); reports other than cfg are named cfg-<model>.*",
     )
+    parser.add_argument("--scales", type=float, nargs="+", help="the CFG grid (default: the preset's)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[m for m, _ in Preset.strengths] + list(Preset.combined),
+        help="only these methods (default: all); a combined one needs its parts",
+    )
     parser.add_argument("--grid-only", action="store_true", help="stop after the CFG grid (no methods)")
     parser.add_argument(
         "--cached-only",
@@ -697,6 +716,10 @@ def main(argv: list[str] | None = None) -> int:
         preset = dataclasses.replace(preset, seeds=args.seeds)
     if args.eta is not None:
         preset = dataclasses.replace(preset, eta=args.eta)
+    if args.scales:
+        preset = dataclasses.replace(preset, scales=tuple(sorted(args.scales)))
+    if args.methods:
+        preset = preset.only(args.methods)
     bench = Bench(
         args.out,
         preset,

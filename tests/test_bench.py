@@ -119,6 +119,12 @@ def test_cfg_paired_interval_and_targets():
     recall, low, high = result["atom"]["peers"]["apg"]["recall"]
     assert recall == pytest.approx(0.06) and low == pytest.approx(0.06) == high  # no spread: exact
     assert result["atom"]["peers"]["apg"]["precision_diff"] == pytest.approx(-0.005)
+    # --methods without peers: the targets compare with the peers that ran, and the report says so
+    alone = cfg.targets(
+        unguided, plain, {cfg.Setting("atom", 3.0, 0.1): table[cfg.Setting("atom", 3.0, 0.1)]}
+    )
+    assert alone["atom"]["peers"] == {} and alone["atom"]["recovered"] == pytest.approx(0.5)
+    assert "vs apg" not in "\n".join(cfg._targets(alone)) and "vs apg" in "\n".join(cfg._targets(result))
     # CFG's front from w = 1 (precision 0.88) to w* = 3 (0.90), w = 4 beyond w* ignored: at precision
     # 0.895 CFG's recall is three quarters of the way down (0.84, 0.855, 0.87 on the three seeds), so
     # atom sits 0.03, 0.035, 0.04 above it; the peers, at precision 0.90, lie 0.01 above its end.
@@ -131,6 +137,14 @@ def test_cfg_paired_interval_and_targets():
         (0.95, 0.80),
         (0.97, 0.75),
     ]
+
+
+def test_cfg_preset_keeps_only_the_methods_asked_for():
+    cfg = load_bench("cfg")
+    preset = cfg.Preset().only(["atom", "interval", "atom+interval"])
+    assert [m for m, _ in preset.strengths] == ["interval", "atom"] and preset.combined == ("atom+interval",)
+    with pytest.raises(SystemExit, match="interval"):
+        cfg.Preset().only(["atom", "atom+interval"])
 
 
 @pytest.mark.slow
