@@ -53,7 +53,7 @@ import torch
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, not a package
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import format_interval, machine, paired_interval, paragraph, spread
-from runner import parse_arguments, write_reports
+from runner import chosen_preset, parse_arguments, write_reports
 from training import dataset_overrides, held_out, train_once
 
 logger = logging.getLogger("bench.attribution")
@@ -468,6 +468,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"Held-out images: {report['split']}",
         "",
         "Machine: {platform}, {device}, {threads} threads, torch {torch}.".format(**report["machine"]),
+        *(
+            ["", "Every model also with: " + ", ".join(f"`{o}`" for o in report["set"]) + "."]
+            if report.get("set")
+            else []
+        ),
     ]
     for dataset, part in report["datasets"].items():
         lines += ["", f"## {dataset}", "", f"Site `{part['site']}`.", ""]
@@ -598,15 +603,14 @@ def figure(out: Path, report: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(__doc__, DATASETS, "attribution.{json,md,png}", argv)
-    preset = Preset.named("dry-run" if args.dry_run else args.preset)
-    if args.seeds:
-        preset = dataclasses.replace(preset, seeds=args.seeds)
+    preset = chosen_preset(args, Preset)
     started = time.perf_counter()
     try:
         report = Bench(args.out, preset, progress=not args.dry_run).run(tuple(args.datasets))
     except FileNotFoundError as error:  # a dataset that is not installed
         raise SystemExit(str(error)) from None
     report["wall_seconds"] = time.perf_counter() - started
+    report["set"] = args.set
     write_reports(
         report, "attribution", (args.out, args.results), markdown, lambda path: figure(args.out, report, path)
     )

@@ -232,27 +232,13 @@ class Scorer:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
-        from atomgen.eval import classify, fid, lpips_diversity, prdc, vendi
+        from atomgen.eval import classify, per_class_scores
 
         features = self._features(images)
-        accuracy = float((classify(images, self.classifier) == labels).mean())
-        per_class = []
-        for c in np.unique(labels):
-            real, fake = self.real_features[self.real_labels == c], features[labels == c]
-            scores = prdc(real, fake, k=5)
-            per_class.append(
-                {
-                    "fid": fid(real, fake),
-                    "precision": scores.precision,
-                    "recall": scores.recall,
-                    "density": scores.density,
-                    "coverage": scores.coverage,
-                    "vendi": vendi(fake),
-                    "lpips": lpips_diversity(images[labels == c], extractor=self.lpips, progress=False).mean,
-                }
-            )
-        means = {m: float(np.mean([row[m] for row in per_class])) for m in per_class[0]}
-        return {**means, "accuracy": accuracy}
+        scores = per_class_scores(
+            self.real_features, self.real_labels, features, labels, images=images, lpips=self.lpips
+        )
+        return {**scores, "accuracy": float((classify(images, self.classifier) == labels).mean())}
 
 
 # ------------------------------------------------------------------------------------------ the rules

@@ -7,6 +7,7 @@ on ``sys.path``, as for :mod:`intervals`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable
@@ -17,9 +18,9 @@ from typing import Any
 def parse_arguments(
     doc: str, datasets: tuple[str, ...], results: str, argv: list[str] | None
 ) -> argparse.Namespace:
-    """``--out``, ``--preset``, ``--dry-run``, ``--seeds``, ``--datasets`` and ``--results`` (whose
-    help says which files: ``results``); the docstring's first paragraph is the description, the rest
-    the epilog. Also sets up logging to stderr."""
+    """``--out``, ``--preset``, ``--dry-run``, ``--seeds``, ``--datasets``, ``--set`` and ``--results``
+    (whose help says which files: ``results``); the docstring's first paragraph is the description, the
+    rest the epilog. Also sets up logging to stderr."""
     parser = argparse.ArgumentParser(
         description=doc.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -34,10 +35,30 @@ def parse_arguments(
     parser.add_argument(
         "--datasets", nargs="+", default=list(datasets), choices=datasets, help="default: all"
     )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every model, after the preset's (a variant: give it its own --out), "
+        "e.g. 'separation.options={commitment_weight: 1.0}'",
+    )
     parser.add_argument("--results", type=Path, help=f"also write {results} here (results/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     return args
+
+
+def chosen_preset(args: argparse.Namespace, presets: Any) -> Any:
+    """The preset the arguments ask for, from ``presets.named``: ``--dry-run`` or ``--preset``, then
+    ``--seeds`` and the ``--set`` overrides added to every dataset's (they land in the report's preset)."""
+    preset = presets.named("dry-run" if args.dry_run else args.preset)
+    if args.seeds:
+        preset = dataclasses.replace(preset, seeds=args.seeds)
+    if args.set:
+        overrides = tuple((dataset, (*own, *args.set)) for dataset, own in preset.overrides)
+        preset = dataclasses.replace(preset, overrides=overrides)
+    return preset
 
 
 def write_reports(

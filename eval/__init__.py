@@ -4,7 +4,8 @@
    [0, 1] → vectors; FID Inception-v3, the small digit classifiers, LPIPS AlexNet, any ``nn.Module``.
 2. **Statistics** (:mod:`.statistics`): streamed float64 mean and covariance, ``.npz`` cache.
 3. **Scores** (:mod:`.scores`, :mod:`.modes`, :mod:`.attribution`): :func:`fid`, :func:`kid`, :func:`prdc`,
-   :func:`vendi`, :func:`lpips_diversity`, :func:`mode_coverage`, :func:`attribution_faithfulness`.
+   :func:`vendi`, :func:`lpips_diversity`, :func:`mode_coverage`, :func:`attribution_faithfulness`;
+   :func:`per_class_scores` (:mod:`.per_class`) for class-conditional samples.
 
 VAEs (:mod:`.vae`): :func:`vae_scores` (reconstruction error, KL per latent channel, active units),
 :func:`prior_samples` and :func:`reconstruct`; :func:`save_image_grid` writes PNG grids.
@@ -37,6 +38,7 @@ from .grids import save_image_grid
 from .inception import InceptionFeatures, load_inception
 from .lpips import LPIPSDiversity, LPIPSFeatures, lpips_diversity, lpips_pairwise
 from .modes import ModeCoverage, mode_coverage
+from .per_class import per_class_scores
 from .run import METRICS, add_eval_arguments, eval_command, run_eval, write_reports
 from .scores import KID, PRDC, fid, frechet_distance, kid, prdc, vendi
 from .sources import FolderSource, ImageSource, TensorSource, open_source
@@ -84,6 +86,7 @@ __all__ = [
     "mode_coverage",
     "open_source",
     "particle_attributions",
+    "per_class_scores",
     "prdc",
     "prior_samples",
     "reconstruct",

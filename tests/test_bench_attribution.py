@@ -144,3 +144,19 @@ def test_attribution_dry_run_writes_the_report_and_resumes(tmp_path):
     again = json.loads((results / "attribution.json").read_text())
     assert again["datasets"] == report["datasets"] and again["targets"] == report["targets"]
     assert (results / "attribution.md").is_file() and (results / "attribution.png").is_file()
+
+
+def test_set_adds_overrides_to_every_dataset_of_the_preset():
+    runner = load_bench("runner")
+    attribution = load_bench("attribution")
+    args = runner.parse_arguments(
+        attribution.__doc__,
+        attribution.DATASETS,
+        "x",
+        ["--out", "o", "--seeds", "2", "--set", "separation.options={commitment_weight: 1.0}"],
+    )
+    preset = runner.chosen_preset(args, attribution.Preset)
+    assert preset.seeds == 2
+    for dataset in attribution.DATASETS:
+        own = attribution.Preset().overrides_of(dataset)
+        assert preset.overrides_of(dataset) == (*own, "separation.options={commitment_weight: 1.0}")

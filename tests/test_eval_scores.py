@@ -247,3 +247,28 @@ def test_vendi_equals_naive(shape, q):
 def test_vendi_zero_vector_is_an_error():
     with pytest.raises(ValueError, match="zero"):
         vendi(np.zeros((3, 2)))
+
+
+def test_per_class_scores_score_each_class_against_its_own_images():
+    from atomgen.eval import per_class_scores
+
+    rng = np.random.default_rng(3)
+    real = np.concatenate([rng.normal(size=(60, 4)), rng.normal(size=(60, 4)) + 50.0])
+    real_labels = np.repeat([0, 1], 60)
+    # class 0 asked for and drawn from class 0's data; class 1 asked for but drawn from class 0's too: a
+    # pooled score would call every sample precise, per class half of them are off their class
+    fake = np.concatenate([real[:30] + 0.01, real[30:60] + 0.01])
+    labels = np.repeat([0, 1], 30)
+    scores = per_class_scores(real, real_labels, fake, labels)
+    by_hand = [prdc(real[real_labels == c], fake[labels == c], k=5) for c in (0, 1)]
+    assert scores["precision"] == pytest.approx(0.5) == np.mean([s.precision for s in by_hand])
+    assert scores["coverage"] == pytest.approx(np.mean([s.coverage for s in by_hand]))
+    assert scores["fid"] == pytest.approx(np.mean([fid(real[:60], fake[:30]), fid(real[60:], fake[30:])]))
+    assert set(per_class_scores(real, real_labels, fake, labels, distribution=False)) == {
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+    }
+    with pytest.raises(ValueError, match=r"classes \[7\]"):
+        per_class_scores(real, real_labels, fake, np.repeat([0, 7], 30))

@@ -45,7 +45,6 @@ OVERRIDES = (
     "separation.method=none",
 )
 ETA = 1.0  # DDIM's η: ancestral sampling, each step's noise drawn from a seeded generator per batch
-PRDC_K = 5  # neighbours of precision, recall and coverage, within each class
 
 
 # -------------------------------------------------------------------------------------------- settings
@@ -197,6 +196,7 @@ class _Scorer:
 
     def __init__(self, data: Any, cache_dir: Path, device: torch.device, progress: bool):
         from ..eval import TensorSource, compute_features, load_digit_classifier, load_extractor
+        from ..eval.per_class import PRDC_K
         from ..eval.run import CLASSIFIER_OF_DATASET
 
         name = CLASSIFIER_OF_DATASET[data.name]
@@ -213,16 +213,11 @@ class _Scorer:
         }
 
     def __call__(self, images: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
-        from ..eval import classify, compute_features, prdc
+        from ..eval import classify, compute_features, per_class_scores
 
         fake = compute_features(images, self.extractor, progress=False).features
-        per_class = [
-            prdc(self.real[self.real_labels == c], fake[labels == c], k=PRDC_K) for c in np.unique(labels)
-        ]
+        scores = per_class_scores(self.real, self.real_labels, fake, labels, distribution=False)
         return {
-            **{
-                m: float(np.mean([getattr(s, m) for s in per_class]))
-                for m in ("precision", "recall", "coverage")
-            },
+            **{m: scores[m] for m in ("precision", "recall", "coverage")},
             "accuracy": float(np.mean(classify(images, self.classifier) == labels)),
         }
