@@ -5,6 +5,8 @@
 #   bench/gpu.sh RESULTS_DIR --dry-run   tiny sizes on the CPU: checks that every step runs
 #   bench/gpu.sh RESULTS_DIR --cfg       instead: the classifier-free guidance benchmark at its GPU preset
 #                                        (bench/cfg.py --preset gpu: 5 seeds, 500 samples per class)
+#   bench/gpu.sh RESULTS_DIR --cfg-flow  instead: the same on the class-conditional DiT rectified flows
+#                                        (bench/cfg.py --model flow-dit --preset gpu)
 #   bench/gpu.sh RESULTS_DIR --attribution   instead: the attribution benchmark at its GPU preset
 #                                        (bench/attribution.py --preset gpu: 5 seeds per dataset; long)
 #   bench/gpu.sh RESULTS_DIR --vae       instead: the VAE benchmark at its GPU preset (bench/vae.py
@@ -24,6 +26,12 @@ mkdir -p "$out"
 if [ "$mode" = "--cfg" ]; then
     "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
     exec "$py" bench/cfg.py --out "$out/cfg" --preset gpu --results "$out/cfg"
+fi
+
+if [ "$mode" = "--cfg-flow" ]; then
+    "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
+    exec "$py" bench/cfg.py --out "$out/cfg-flow" --model flow-dit --preset gpu --datasets mnist5k \
+        --results "$out/cfg-flow"
 fi
 
 if [ "$mode" = "--attribution" ]; then
