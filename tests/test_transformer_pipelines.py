@@ -1,12 +1,12 @@
 """Guidance on the pipelines people use now: flow matching (Stable Diffusion 3, Flux) and transformer
-denoisers (SD3's MMDiT, Flux, DiT), on tiny pipelines built in the tests."""
+denoisers (SD3's MMDiT, Flux, DiT, PixArt-α), on tiny pipelines built in the tests."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from tiny import PROMPT_WIDTH, tiny_dit, tiny_flux, tiny_sd3
+from tiny import PROMPT_WIDTH, tiny_dit, tiny_flux, tiny_pixart, tiny_sd3
 
 import atomgen
 from atomgen.pipelines import CADS, DenoiserHook, ParticleGuidance, guide, guide_features
@@ -33,6 +33,19 @@ def run(name: str, pipe, steps: int = 3, seed: int = 1) -> torch.Tensor:
             labels, guidance_scale=3.0, num_inference_steps=steps, generator=generator, output_type="pt"
         ).images
     options = dict(num_inference_steps=steps, height=8, width=8, output_type="latent", generator=generator)
+    if name == "pixart":  # prompt embeddings and their attention masks, as T5 would give them
+        embeds = prompts()["prompt_embeds"]
+        mask = torch.ones(embeds.shape[:2])
+        return pipe(
+            prompt_embeds=embeds,
+            prompt_attention_mask=mask,
+            negative_prompt=None,
+            negative_prompt_embeds=torch.zeros_like(embeds),
+            negative_prompt_attention_mask=mask,
+            guidance_scale=3.0,
+            use_resolution_binning=False,
+            **options,
+        ).images
     if name == "sd3":
         embeds = prompts()
         negative = {f"negative_{k}": torch.zeros_like(v) for k, v in embeds.items()}
@@ -40,7 +53,7 @@ def run(name: str, pipe, steps: int = 3, seed: int = 1) -> torch.Tensor:
     return pipe(**prompts(), **options).images  # Flux: guidance-distilled, one pass per step
 
 
-PIPELINES = {"sd3": tiny_sd3, "flux": tiny_flux, "dit": tiny_dit}
+PIPELINES = {"sd3": tiny_sd3, "flux": tiny_flux, "dit": tiny_dit, "pixart": tiny_pixart}
 
 
 def spread(samples: torch.Tensor) -> float:
@@ -133,10 +146,16 @@ def test_a_list_of_blocks_is_not_a_site():
 
 @pytest.mark.parametrize(
     ("name", "guided"),
-    [("sd3", slice(BATCH, None)), ("flux", slice(None)), ("dit", slice(None, BATCH))],
+    [
+        ("sd3", slice(BATCH, None)),
+        ("flux", slice(None)),
+        ("dit", slice(None, BATCH)),
+        ("pixart", slice(BATCH, None)),
+    ],
 )
 def test_each_pipeline_s_conditional_rows_are_found(name, guided):
-    """SD3 batches [uncond, cond], DiT [cond, uncond] (null label 1000 second), Flux does not double."""
+    """SD3 and PixArt batch [uncond, cond], DiT [cond, uncond] (null label 1000 second), Flux does not
+    double."""
 
     class Record(DenoiserHook):
         needs_batch, seen = False, []

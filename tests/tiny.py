@@ -11,6 +11,8 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    PixArtAlphaPipeline,
+    PixArtTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     UNet2DConditionModel,
@@ -164,6 +166,38 @@ def tiny_dit() -> DiTPipeline:
         norm_elementwise_affine=False,
     ).eval()
     return quiet(DiTPipeline(transformer=transformer, vae=tiny_latent_vae(4), scheduler=DDIMScheduler()))
+
+
+def tiny_pixart() -> PixArtAlphaPipeline:
+    """PixArt-α's pipeline: a 2-block transformer with cross-attention to T5-width prompts (learned
+    variance), DDIM, on 8×8×4 latents; the prompts are passed as embeddings (no T5 here)."""
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_channels=PROMPT_WIDTH,
+        in_channels=4,
+        cross_attention_dim=16,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    ).eval()
+    return quiet(
+        PixArtAlphaPipeline(
+            tokenizer=None,
+            text_encoder=None,
+            vae=tiny_latent_vae(4),
+            transformer=transformer,
+            scheduler=DDIMScheduler(),
+        )
+    )
 
 
 def quiet(pipe):
