@@ -85,6 +85,7 @@ def test_cfg_rules_pick_the_scale_and_the_strength_at_matched_fidelity():
     # Accuracy rises up to w = 3 and falls after: w* = 3, even though it rises again at 6.
     assert cfg.benchmark_scale({1.0: 0.90, 2.0: 0.95, 3.0: 0.96, 4.0: 0.955, 6.0: 0.97}) == 3.0
     assert cfg.benchmark_scale({1.0: 0.90, 2.0: 0.80}) == 1.0
+    assert cfg.benchmark_scale({2.0: 0.9965, 2.5: 0.9995, 3.0: 1.0}) == 2.5  # saturated: no rise
     plain = {"precision": 0.90, "recall": 0.70, "accuracy": 0.95}
     candidates = {
         0.1: {"precision": 0.895, "recall": 0.75, "accuracy": 0.95},  # admissible
