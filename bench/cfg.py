@@ -557,7 +557,7 @@ def markdown(report: dict[str, Any]) -> str:
             ]
         lines += ["### The CFG grid", ""]
         lines += _table(part["grid"], diffs=False)
-        scale = f"Benchmark scale w* = {part['benchmark_scale']:g} (the largest w at which class accuracy still rises)."
+        scale = f"Benchmark scale w* = {part['benchmark_scale']:g} (the largest w at which class accuracy still rises, by more than {ACCURACY_RISE:g})."
         if "methods" not in part:  # --grid-only
             lines += ["", scale]
             continue
