@@ -19,7 +19,12 @@ Stages, each resumable (a finished model or measurement is never redone):
    diagnostics (issue 14, item 3): the spread of ``s`` across a sample's particles, the entropy of the
    roles, the mean ``|q|``. Written to ``<out>/<dataset>/seed<k>/attribution.json`` (and ``maps.npz``,
    every method's particle scores for the figure).
-3. **Report**: ``<out>/attribution.{json,md,png}``: per dataset and method, deletion and insertion AUC
+3. **Samples**: ``samples`` images of each model by DDIM (``sample_steps`` steps, deterministic), from the
+   same noise for every seed and every variant (``--set``), scored against held-out images on the dataset
+   classifier's features (:func:`atomgen.eval.run_eval`: FID, precision, recall, density, coverage,
+   Vendi, modes): what a separation variant that sharpens the importances costs, or gains, in samples.
+   Written to ``<out>/<dataset>/seed<k>/samples.json``.
+4. **Report**: ``<out>/attribution.{json,md,png}``: per dataset and method, deletion and insertion AUC
    mean ± std over seeds and their gains over random; the paired difference learned − baseline with a
    95 % t-interval over seeds; the issue's targets evaluated (:func:`targets`); the diagnostics; pixel-space
    maps of every method.
@@ -54,7 +59,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, n
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import format_interval, machine, paired_interval, paragraph, spread
 from runner import chosen_preset, parse_arguments, write_reports
-from training import dataset_overrides, held_out, train_once
+from training import dataset_overrides, held_out, held_out_source, sample_scores, train_once
 
 logger = logging.getLogger("bench.attribution")
 
@@ -118,6 +123,10 @@ class Preset:
         steps: integration steps of integrated gradients.
         num_random: random orders averaged for the reference curves.
         map_images: images in the figure.
+        reference_images: held-out images the samples are scored against (mnist5k holds out 500).
+        samples: DDIM samples per model.
+        sample_steps: DDIM steps.
+        sample_batch: images per sampling call (it fixes how the noise is drawn, so keep it to compare).
     """
 
     seeds: int = 3
@@ -131,6 +140,10 @@ class Preset:
     steps: int = 32
     num_random: int = 8
     map_images: int = 6
+    reference_images: int = 500
+    samples: int = 1000
+    sample_steps: int = 25
+    sample_batch: int = 250
 
     @classmethod
     def named(cls, name: str) -> Preset:
@@ -147,6 +160,9 @@ class Preset:
                 batches=5,
                 steps=64,
                 num_random=16,
+                samples=2000,
+                sample_steps=50,
+                sample_batch=500,
             )
         if name == "dry-run":
             return cls(
@@ -157,6 +173,10 @@ class Preset:
                 steps=4,
                 num_random=2,
                 map_images=4,
+                reference_images=24,
+                samples=24,
+                sample_steps=4,
+                sample_batch=12,
             )
         raise ValueError(f"unknown preset {name!r}; known: cpu, gpu, dry-run")
 
@@ -167,6 +187,11 @@ class Preset:
         """What a stored measurement depends on: a different value means it is redone."""
         fields = ("images", "batches", "taus", "steps", "num_random", "map_images")
         return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in fields}
+
+    def sampling(self) -> dict[str, int]:
+        """What stored sample scores depend on besides the model."""
+        fields = ("reference_images", "samples", "sample_steps", "sample_batch")
+        return {name: getattr(self, name) for name in fields}
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
@@ -192,6 +217,7 @@ def role_diagnostics(importance: torch.Tensor, roles: torch.Tensor, charge: torc
     }
 
 
+SAMPLE_METRICS = ("fid", "precision", "recall", "density", "coverage", "vendi", "modes_covered")
 DIAGNOSTICS = (
     "importance_spread",
     "role_entropy",
@@ -248,6 +274,7 @@ class Bench:
         self.out, self.preset, self.progress = out, preset, progress
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._held_out: dict[str, torch.Tensor] = {}
+        self._reference: dict[str, Any] = {}
 
     def folder(self, dataset: str, seed: int) -> Path:
         return self.out / dataset / f"seed{seed}"
@@ -307,6 +334,57 @@ class Bench:
         )
         return measurement
 
+    def sample_quality(self, dataset: str, seed: int) -> dict[str, Any]:
+        """Stage 3 for one seed, read back when it exists with the same settings."""
+        from atomgen.eval import TensorSource, run_eval
+        from atomgen.io import write_json
+        from atomgen.pipelines import AtomDDIMPipeline
+
+        path, settings = self.folder(dataset, seed) / "samples.json", self.preset.sampling()
+        if path.is_file() and (stored := json.loads(path.read_text()))["settings"] == settings:
+            return stored
+        folder = train_once(self.config(dataset, seed), "pipeline", progress=self.progress)
+        pipe = AtomDDIMPipeline.from_pretrained(folder).to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        if dataset not in self._reference:
+            self._reference[dataset] = held_out_source(
+                self.config(dataset, 0).data, self.preset.reference_images
+            )
+        started = time.perf_counter()
+        chunks = []
+        for index, first in enumerate(range(0, self.preset.samples, self.preset.sample_batch)):
+            generator = torch.Generator().manual_seed(index)  # the same noise for every seed and variant
+            images = pipe(
+                batch_size=min(self.preset.sample_batch, self.preset.samples - first),
+                generator=generator,
+                num_inference_steps=self.preset.sample_steps,
+                output_type="pt",
+            ).images
+            chunks.append((images.cpu() * 255).round() / 255)  # 8 bits, as saved images would be
+        report = run_eval(
+            self._reference[dataset],
+            TensorSource(torch.cat(chunks)),
+            ["fid", "prdc", "vendi", "mode_coverage"],
+            batch_size=self.preset.sample_batch,
+            device=self.device,
+            cache_dir=self.out / "cache",  # the held-out images' features, once per dataset
+            progress=False,
+        )
+        stored = {
+            "settings": settings,
+            "scores": sample_scores(report),
+            "extractor": report["extractor"],
+            "seconds": time.perf_counter() - started,
+        }
+        write_json(path, stored)
+        logger.info(
+            "%s seed %d samples: %s",
+            dataset,
+            seed,
+            ", ".join(f"{k} {v:.3f}" for k, v in stored["scores"].items()),
+        )
+        return stored
+
     def run(self, datasets: tuple[str, ...]) -> dict[str, Any]:
         report: dict[str, Any] = {
             "preset": dataclasses.asdict(self.preset),
@@ -316,6 +394,12 @@ class Bench:
         for dataset in datasets:
             seeds = [self.measure(dataset, seed) for seed in range(self.preset.seeds)]
             report["datasets"][dataset] = summarize(seeds)
+            samples = [self.sample_quality(dataset, seed) for seed in range(self.preset.seeds)]
+            report["datasets"][dataset]["samples"] = {
+                "scores": {k: spread([s["scores"][k] for s in samples]) for k in SAMPLE_METRICS},
+                "per_seed": [s["scores"] for s in samples],
+                "extractor": samples[0]["extractor"],
+            }
             train_file = [self.folder(dataset, s) / "train.json" for s in range(self.preset.seeds)]
             report["datasets"][dataset]["train_seconds"] = [
                 json.loads(f.read_text())["seconds"] if f.is_file() else None for f in train_file
@@ -521,6 +605,18 @@ def markdown(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
             "| " + " | ".join(_cell(diagnostics[k], ".4f") for k in DIAGNOSTICS) + " |",
         ]
+        if "samples" in part:
+            scores = part["samples"]["scores"]
+            lines += [
+                "",
+                f"Samples of these models ({preset['samples']} each, DDIM {preset['sample_steps']} steps, the "
+                f"same noise for every seed and variant) against {preset['reference_images']} held-out "
+                f"images, {part['samples']['extractor']} features:",
+                "",
+                "| " + " | ".join(SAMPLE_METRICS) + " |",
+                "|---" * len(SAMPLE_METRICS) + "|",
+                "| " + " | ".join(_cell(scores[k]) for k in SAMPLE_METRICS) + " |",
+            ]
     lines += ["", "## Targets", "", *_targets(report["targets"])]
     return "\n".join(lines) + "\n"
 

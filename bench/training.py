@@ -80,3 +80,26 @@ def held_out_data(data: Any, count: int) -> Any:
 def held_out(data: Any, count: int) -> torch.Tensor:
     """The images of :func:`held_out_data`, ``(count, C, H, W)`` in [-1, 1]."""
     return held_out_data(data, count).images
+
+
+def held_out_source(data: Any, count: int) -> Any:
+    """The images of :func:`held_out_data` as the real side of :func:`atomgen.eval.run_eval`: a
+    ``TensorSource`` named after the dataset (so run_eval takes its classifier's features and its ten
+    modes), with the labels."""
+    from atomgen.eval import TensorSource
+
+    held = held_out_data(data, count)
+    return TensorSource(held.images, value_range=(-1, 1), name=data.name, labels=held.labels)
+
+
+def sample_scores(report: dict[str, Any]) -> dict[str, float]:
+    """The generated side's numbers of one :func:`atomgen.eval.run_eval` report (metrics ``fid``,
+    ``prdc``, ``vendi``, ``mode_coverage``) that the benchmarks compare."""
+    metrics = report["metrics"]
+    prdc = metrics["prdc"]
+    return {
+        **{key: prdc[key] for key in ("recall", "coverage", "precision", "density")},
+        "fid": metrics["fid"],
+        "vendi": metrics["vendi"]["fake"],
+        "modes_covered": metrics["mode_coverage"]["modes_covered"],
+    }

@@ -74,7 +74,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, n
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import format_interval, machine, paired_interval, paragraph, spread
 from runner import chosen_preset, parse_arguments, write_reports
-from training import dataset_overrides, held_out_data, train_once
+from training import dataset_overrides, held_out_source, sample_scores, train_once
 
 logger = logging.getLogger("bench.vae")
 
@@ -352,14 +352,8 @@ class Bench:
 
     def real(self, dataset: str):
         """The held-out images of ``dataset`` (a ``TensorSource`` named after it, with labels), once."""
-        from atomgen.eval import TensorSource
-
         if dataset not in self._real:
-            held = held_out_data(self.config(dataset).data, self.preset.images)
-            # Named after the dataset so run_eval takes its classifier's features and its ten modes.
-            self._real[dataset] = TensorSource(
-                held.images, value_range=(-1, 1), name=dataset, labels=held.labels
-            )
+            self._real[dataset] = held_out_source(self.config(dataset).data, self.preset.images)
         return self._real[dataset]
 
     def score(self, dataset: str, seed: int, setting: Setting) -> dict[str, Any]:
@@ -440,17 +434,13 @@ class Bench:
 
 def flat_scores(report: dict[str, Any]) -> dict[str, float]:
     """The numbers of one :func:`atomgen.eval.run_eval` report that the benchmark compares."""
-    metrics = report["metrics"]
-    vae, prdc = metrics["vae"], metrics["prdc"]
+    vae = report["metrics"]["vae"]
     return {
         "reconstruction_mse": vae["reconstruction_mse"],
         "active_units": vae["active_units"],
         "num_units": vae["num_units"],
         "kl": vae["kl"],
-        **{key: prdc[key] for key in ("recall", "coverage", "precision", "density")},
-        "fid": metrics["fid"],
-        "vendi": metrics["vendi"]["fake"],
-        "modes_covered": metrics["mode_coverage"]["modes_covered"],
+        **sample_scores(report),
     }
 
 

@@ -129,12 +129,17 @@ def test_attribution_dry_run_writes_the_report_and_resumes(tmp_path):
     assert part["paired"]["feature_norm"]["insertion"]["low"] is not None  # two seeds: an interval
     assert set(part["by_tau"]) == {"0.3", "0.6"}
     assert 0 <= part["diagnostics"]["role_entropy_fraction"]["mean"] <= 1 + 1e-9
+    samples = part["samples"]  # 24 DDIM samples per seed against 24 held-out digits
+    assert len(samples["per_seed"]) == 2 and samples["extractor"].startswith("digit-classifier-mnist5k")
+    assert all(0 <= seed["recall"] <= 1 and 1 <= seed["modes_covered"] <= 10 for seed in samples["per_seed"])
+    assert samples["scores"]["fid"]["mean"] > 0
     assert report["targets"]["missing"] == ["fashion-mnist"] and not report["targets"]["met"]
     markdown = (out / "attribution.md").read_text()
     assert "## mnist5k" in markdown and "## Targets" in markdown and "not measured" in markdown
+    assert "Samples of these models (24 each, DDIM 4 steps" in markdown
     assert (out / "attribution.png").read_bytes()[:4] == b"\x89PNG"
     measured = {p: p.stat().st_mtime_ns for p in out.glob("mnist5k/seed*/*") if p.is_file()}
-    assert len(measured) == 6  # attribution.json, maps.npz, train.json of each seed
+    assert len(measured) == 8  # attribution.json, maps.npz, samples.json, train.json of each seed
     # A second run finds every model and measurement and redoes nothing; --results gets copies.
     subprocess.run(
         [*command, "--results", str(results)],

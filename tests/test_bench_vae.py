@@ -123,9 +123,12 @@ def test_held_out_data_keeps_each_images_label():
         for image, label in zip(everything.images, everything.labels, strict=True)
     }
     assert [index[image.numpy().tobytes()] for image in held.images] == held.labels.tolist()
+    assert torch.equal(held.images, training.held_out(data, 40))
+    source = training.held_out_source(data, 40)  # the real side of every benchmark's run_eval
+    assert source.name == "digits" and source.labels.tolist() == held.labels.tolist()
     assert (
-        torch.equal(held.images, training.held_out(data, 40))
-        and bench.held_out_data is training.held_out_data
+        torch.allclose(source.images, (held.images + 1) / 2)
+        and bench.held_out_source is training.held_out_source
     )
 
 
