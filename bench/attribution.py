@@ -15,7 +15,11 @@ Stages, each resumable (a finished model or measurement is never redone):
    (``t = round(τ (T − 1))``), passed through the UNet once with the separation site captured, and the
    trained separation module's learned importances ``s`` are scored against the feature norm, gradient ×
    activation and integrated gradients (and random orders) by :func:`atomgen.eval.compare_attributions`:
-   deletion and insertion curves of the atom distance, and their areas (method.md §9). Also the role head's
+   deletion and insertion curves of the atom distance, and their areas (method.md §9), twice: on the
+   module's own distance, whose particles the learned importances weight (``weighting="learned"``, the
+   issue's measure), and on the distance with every particle weighted 1 (``"uniform"``), which the role
+   head cannot shape, so a ranking that wins there finds what sets samples apart in the features
+   themselves. Also the role head's
    diagnostics (issue 14, item 3): the spread of ``s`` across a sample's particles, the entropy of the
    roles, the mean ``|q|``. Written to ``<out>/<dataset>/seed<k>/attribution.json`` (and ``maps.npz``,
    every method's particle scores for the figure).
@@ -69,6 +73,8 @@ BASELINES = ("feature_norm", "gradient_x_activation", "integrated_gradients")
 METHODS = (LEARNED, *BASELINES)
 TARGET_BASELINES = ("gradient_x_activation", "feature_norm")  # what the learned importances must beat
 CURVES = ("deletion", "insertion")
+WEIGHTINGS = ("learned", "uniform")  # atomgen.eval's: the distance the curves measure
+CURVES_OF = {"learned": "curves", "uniform": "uniform_curves"}  # a measurement row's key per weighting
 LABELS = {
     LEARNED: "learned importance s",
     "feature_norm": "feature norm",
@@ -186,7 +192,8 @@ class Preset:
     def measurement(self) -> dict[str, Any]:
         """What a stored measurement depends on: a different value means it is redone."""
         fields = ("images", "batches", "taus", "steps", "num_random", "map_images")
-        return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in fields}
+        settings = {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in fields}
+        return settings | {"weightings": list(WEIGHTINGS)}
 
     def sampling(self) -> dict[str, int]:
         """What stored sample scores depend on besides the model."""
@@ -433,24 +440,21 @@ def measure(pipe: Any, images: torch.Tensor, preset: Preset, maps_path: Path) ->
             with attach(unet, site, None) as handle:
                 unet(noisy, timestep.to(pipe.device))
             features = handle.features.float()
-            results = compare_attributions(
-                separation,
-                features,
-                methods=METHODS,
-                num_random=preset.num_random,
-                seed=batch,
-                steps=preset.steps,
-            )
             output = separation(features)
-            rows.append(
-                {
-                    "tau": tau,
-                    "timestep": t,
-                    "batch": batch,
-                    "curves": {m: r.to_dict() for m, r in results.items()},
-                    "diagnostics": role_diagnostics(output.importance, output.roles, output.charge),
-                }
-            )
+            row: dict[str, Any] = {"tau": tau, "timestep": t, "batch": batch}
+            for weighting in WEIGHTINGS:
+                results = compare_attributions(
+                    separation,
+                    features,
+                    methods=METHODS,
+                    num_random=preset.num_random,
+                    seed=batch,
+                    steps=preset.steps,
+                    weighting=weighting,
+                )
+                row[CURVES_OF[weighting]] = {m: r.to_dict() for m, r in results.items()}
+            row["diagnostics"] = role_diagnostics(output.importance, output.roles, output.charge)
+            rows.append(row)
             if tau_index == 0 and batch == 0:  # the figure: every method's scores on the first images
                 shown = preset.map_images
                 scores = {
@@ -467,15 +471,16 @@ def measure(pipe: Any, images: torch.Tensor, preset: Preset, maps_path: Path) ->
         "reference": rows[0]["curves"][LEARNED]["reference"],
         "rows": rows,
         "summary": _seed_summary(rows),
+        "uniform": _seed_summary(rows, "uniform"),
         "by_tau": {f"{tau:g}": _seed_summary([r for r in rows if r["tau"] == tau]) for tau in preset.taus},
     }
 
 
-def _seed_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _seed_summary(rows: list[dict[str, Any]], weighting: str = "learned") -> dict[str, Any]:
     """Means over noise levels and batches: each method's areas and gains, random's areas, diagnostics."""
 
     def mean(key: str, method: str) -> float:
-        return statistics.fmean(r["curves"][method][key] for r in rows)
+        return statistics.fmean(r[CURVES_OF[weighting]][method][key] for r in rows)
 
     summary: dict[str, Any] = {
         m: {
@@ -494,10 +499,10 @@ def _seed_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
-    """A dataset's seeds: mean ± std of every area, gain and diagnostic, and the paired differences
-    learned − baseline of the gains (equal to those of the areas: both share the random orders)."""
-    summaries = [s["summary"] for s in seeds]
+def compare(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed summaries of one weighting: every method's areas and gains as mean ± std over seeds, the
+    paired differences learned − baseline of the gains (equal to those of the areas: both share the
+    random orders) with 95 % intervals, and the best method on each curve."""
     methods = {
         m: {key: spread([s[m][key] for s in summaries]) for key in summaries[0][m]}
         for m in (*METHODS, "random")
@@ -509,6 +514,13 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
             key = f"{curve}_gain"
             mean, low, high = paired_interval([s[LEARNED][key] - s[baseline][key] for s in summaries])
             paired[baseline][curve] = {"mean": mean, "low": low, "high": high}
+    best = {c: max(METHODS, key=lambda m: methods[m][f"{c}_gain"]["mean"]) for c in CURVES}
+    return {"methods": methods, "paired": paired, "best": best}
+
+
+def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """A dataset's seeds: :func:`compare` under the learned weighting (top level: the issue's measure)
+    and under the uniform one (``"uniform"``), the gains by noise level and the diagnostics."""
     by_tau = {
         tau: {
             m: {f"{c}_gain": spread([s["by_tau"][tau][m][f"{c}_gain"] for s in seeds]) for c in CURVES}
@@ -516,14 +528,13 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for tau in seeds[0]["by_tau"]
     }
-    best = {c: max(METHODS, key=lambda m: methods[m][f"{c}_gain"]["mean"]) for c in CURVES}
+    summaries = [s["summary"] for s in seeds]
     diagnostics = {k: spread([s["diagnostics"][k] for s in summaries]) for k in DIAGNOSTICS}
     return {
         "seeds": len(seeds),
         "reference": seeds[0]["reference"],
-        "methods": methods,
-        "paired": paired,
-        "best": best,
+        **compare(summaries),
+        "uniform": compare([s["uniform"] for s in seeds]),
         "by_tau": by_tau,
         "diagnostics": diagnostics,
         "measure_seconds": [s["seconds"] for s in seeds],
@@ -559,30 +570,16 @@ def markdown(report: dict[str, Any]) -> str:
         ),
     ]
     for dataset, part in report["datasets"].items():
-        lines += ["", f"## {dataset}", "", f"Site `{part['site']}`.", ""]
+        lines += ["", f"## {dataset}", "", f"Site `{part['site']}`.", "", *_comparison(part)]
+        if "uniform" in part:
+            lines += [
+                "",
+                "The same curves on the distance with every particle weighted 1 (uniform weighting: the role "
+                "head cannot shape it; the gradient methods attribute this distance):",
+                "",
+                *_comparison(part["uniform"]),
+            ]
         lines += [
-            "| method | deletion AUC | deletion gain | insertion AUC | insertion gain |",
-            "|---|---|---|---|---|",
-        ]
-        for method in (*METHODS, "random"):
-            row = part["methods"][method]
-            gains = [_cell(row[f"{c}_gain"]) if method != "random" else "—" for c in CURVES]
-            lines.append(
-                f"| {LABELS[method]} | {_cell(row['deletion_auc'])} | {gains[0]} | "
-                f"{_cell(row['insertion_auc'])} | {gains[1]} |"
-            )
-        lines += [
-            "",
-            "| learned − baseline | Δ deletion gain | Δ insertion gain |",
-            "|---|---|---|",
-        ]
-        for baseline, row in part["paired"].items():
-            cells = [format_interval(row[c]["mean"], row[c]["low"], row[c]["high"]) for c in CURVES]
-            lines.append(f"| vs {LABELS[baseline]} | {cells[0]} | {cells[1]} |")
-        lines += [
-            "",
-            f"Best mean gain: deletion {LABELS[part['best']['deletion']]}, "
-            f"insertion {LABELS[part['best']['insertion']]}.",
             "",
             "By noise level (gains, mean ± std over seeds):",
             "",
@@ -619,6 +616,32 @@ def markdown(report: dict[str, Any]) -> str:
             ]
     lines += ["", "## Targets", "", *_targets(report["targets"])]
     return "\n".join(lines) + "\n"
+
+
+def _comparison(part: dict[str, Any]) -> list[str]:
+    """The tables of one weighting's :func:`compare`: areas and gains per method, then the paired
+    differences, then the best method per curve."""
+    lines = [
+        "| method | deletion AUC | deletion gain | insertion AUC | insertion gain |",
+        "|---|---|---|---|---|",
+    ]
+    for method in (*METHODS, "random"):
+        row = part["methods"][method]
+        gains = [_cell(row[f"{c}_gain"]) if method != "random" else "—" for c in CURVES]
+        lines.append(
+            f"| {LABELS[method]} | {_cell(row['deletion_auc'])} | {gains[0]} | "
+            f"{_cell(row['insertion_auc'])} | {gains[1]} |"
+        )
+    lines += ["", "| learned − baseline | Δ deletion gain | Δ insertion gain |", "|---|---|---|"]
+    for baseline, row in part["paired"].items():
+        cells = [format_interval(row[c]["mean"], row[c]["low"], row[c]["high"]) for c in CURVES]
+        lines.append(f"| vs {LABELS[baseline]} | {cells[0]} | {cells[1]} |")
+    best = part["best"]
+    return [
+        *lines,
+        "",
+        f"Best mean gain: deletion {LABELS[best['deletion']]}, insertion {LABELS[best['insertion']]}.",
+    ]
 
 
 def _reference(report: dict[str, Any]) -> str:

@@ -11,6 +11,12 @@ drop of the fully masked batch), both are fractions of the intact distance, and 
 means a more faithful ranking: the particles it puts first are the ones that set the atoms apart. Every
 area is reported against random orders on the same batch.
 
+**Weighting.** The atom distance ``d̄_AB`` weights each particle pair by the learned importances
+(``weighting="learned"``, method.md §4), so the learned ranking is part of the function it is scored on.
+``weighting="uniform"`` scores every method on the distance with every particle weighted 1 (the same
+module without its role head: ``learn_roles=False``), which the role head cannot shape: whether the
+particles ranked first set the samples apart in the features themselves.
+
 Every atom is masked at once (the batch is degraded evenly). Masking one atom against intact others
 would compare it with the others' important particles, which its mean particle need not resemble.
 
@@ -38,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ATTRIBUTION_METHODS",
+    "WEIGHTINGS",
     "AttributionFaithfulness",
     "attribution_faithfulness",
     "attribution_maps",
@@ -53,6 +60,7 @@ ATTRIBUTION_METHODS = (
     "integrated_gradients",
     "random",
 )
+WEIGHTINGS = ("learned", "uniform")  # what weights the particles of the distance the curves measure
 MASKING_REFERENCE = "mean particle"  # what a deleted (or not yet inserted) particle is replaced with
 
 
@@ -77,6 +85,7 @@ class AttributionFaithfulness:
         insertion_gain: ``insertion_auc_importance − insertion_auc_random``.
         method: the ranking scored: a name of :data:`ATTRIBUTION_METHODS`, or ``"scores"`` when given.
         reference: what masked particles are replaced with (the atom's mean particle).
+        weighting: the distance measured, one of :data:`WEIGHTINGS` (see the module docstring).
     """
 
     fractions: list[float]
@@ -92,6 +101,7 @@ class AttributionFaithfulness:
     insertion_gain: float
     method: str
     reference: str = MASKING_REFERENCE
+    weighting: str = "learned"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,17 +117,30 @@ class _Batch:
         particles: ``(B, n, d)`` after pooling and patching, as the module sees them; valid: ``(B, n)``.
         mean_particle: each atom's mean valid particle ``(B, 1, d)``, the masking reference.
         intact, masked: ``d̄_A`` of the intact and of the fully masked batch, ``(B,)`` in float64.
+        measure: the module whose ``d̄`` the curves and gradients take: ``separation`` itself, or for
+            ``weighting="uniform"`` the same module with every particle a proton (``s ≡ 1``).
     """
 
     def __init__(
-        self, separation: AtomSeparation, features: torch.Tensor, mask: torch.Tensor | None, caller: str
+        self,
+        separation: AtomSeparation,
+        features: torch.Tensor,
+        mask: torch.Tensor | None,
+        caller: str,
+        weighting: str = "learned",
     ) -> None:
         if features.ndim < 2 or features.shape[0] < 2:
             raise ValueError(
                 f"{caller} needs a batch of at least 2 atoms (samples), got features of shape "
                 f"{tuple(features.shape)}"
             )
-        self.separation = separation.eval()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        self.separation, self.weighting = separation.eval(), weighting
+        self.measure = self.separation
+        if weighting == "uniform":  # the same tokens, geometry and kernel; no role head
+            uniform = type(separation).from_config(separation.config, learn_roles=False)
+            self.measure = uniform.to(features.device).eval()  # a projection is redrawn from its seed
         self.features = features.detach().to(torch.promote_types(features.dtype, torch.float32))
         self.particles, self.valid, self.grid = separation.tokenize(self.features, mask)
         self.patch = separation.config.patch_size
@@ -137,7 +160,7 @@ class _Batch:
 
     def distance(self, particles: torch.Tensor) -> torch.Tensor:
         """``d̄_A = mean_{B≠A} d̄_AB`` per atom (method.md §4), in one pass; differentiable."""
-        distance = self.separation(self.rebuild(particles), mask=self.valid).atom_distance.double()
+        distance = self.measure(self.rebuild(particles), mask=self.valid).atom_distance.double()
         count = distance.shape[0]
         off_diagonal = 1.0 - torch.eye(count, dtype=distance.dtype, device=distance.device)
         return (distance * off_diagonal).sum(1) / (count - 1)
@@ -166,6 +189,7 @@ def particle_attributions(
     mask: torch.Tensor | None = None,
     steps: int = 32,
     seed: int = 0,
+    weighting: str = "learned",
 ) -> torch.Tensor:
     """Per-particle attribution scores ``(B, n)`` at the separation site, higher = more responsible.
 
@@ -197,9 +221,11 @@ def particle_attributions(
         mask: optional ``(B, n)`` particle mask; masked (padding) particles score 0.
         steps: integration steps of ``"integrated_gradients"``.
         seed: seed of ``"random"``.
+        weighting: the distance ``D`` the gradient methods attribute, one of :data:`WEIGHTINGS`.
     """
     _check_method(method)
-    return _attributions(_Batch(separation, features, mask, "particle_attributions"), method, steps, seed)
+    batch = _Batch(separation, features, mask, "particle_attributions", weighting)
+    return _attributions(batch, method, steps, seed)
 
 
 def _attributions(batch: _Batch, method: str, steps: int, seed: int) -> torch.Tensor:
@@ -246,6 +272,7 @@ def attribution_faithfulness(
     seed: int = 0,
     mask: torch.Tensor | None = None,
     steps: int = 32,
+    weighting: str = "learned",
 ) -> AttributionFaithfulness:
     """Deletion and insertion curves of one attribution against random orders (see the module docstring).
 
@@ -260,10 +287,12 @@ def attribution_faithfulness(
         seed: seed of the random orders (a ``"random"`` method draws from ``seed + 1``).
         mask: optional ``(B, n)`` particle mask (masked particles are never deleted nor inserted).
         steps: integration steps of ``"integrated_gradients"``.
+        weighting: the distance the curves measure (and the gradient methods attribute): ``"learned"``
+            (the module's importance-weighted ``d̄``) or ``"uniform"`` (every particle weighted 1).
     """
     if method is not None and scores is not None:
         raise ValueError("pass either method or scores to attribution_faithfulness, not both")
-    batch = _Batch(separation, features, mask, "attribution_faithfulness")
+    batch = _Batch(separation, features, mask, "attribution_faithfulness", weighting)
     if scores is None:
         name = method or "importance"
         _check_method(name)
@@ -285,6 +314,7 @@ def compare_attributions(
     seed: int = 0,
     mask: torch.Tensor | None = None,
     steps: int = 32,
+    weighting: str = "learned",
 ) -> dict[str, AttributionFaithfulness]:
     """:func:`attribution_faithfulness` of several methods on one batch, against the same random orders.
 
@@ -303,7 +333,7 @@ def compare_attributions(
         raise ValueError("methods must name at least one attribution method")
     for method in methods:  # before any work
         _check_method(method)
-    batch = _Batch(separation, features, mask, "compare_attributions")
+    batch = _Batch(separation, features, mask, "compare_attributions", weighting)
     rankings = {method: _attributions(batch, method, steps, seed + 1) for method in methods}
     return _score(batch, rankings, fractions, num_random, seed)
 
@@ -357,6 +387,7 @@ def _score(
             insertion_auc_random=insertion_auc_random,
             insertion_gain=insertion_auc - insertion_auc_random,
             method=name,
+            weighting=batch.weighting,
         )
     return results
 

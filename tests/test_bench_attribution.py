@@ -63,7 +63,7 @@ def test_targets_need_both_datasets_both_curves_and_an_interval_above_zero():
 def test_summary_pairs_seeds_and_normalized_maps():
     bench = load_bench("attribution")
 
-    def seed(gain):  # the learned importance's gain over random is `gain`, every baseline's 0.01
+    def summary(gain):  # the learned importance's gain over random is `gain`, every baseline's 0.01
         methods = {
             m: {
                 "deletion_auc": 0.3 + g,
@@ -73,12 +73,21 @@ def test_summary_pairs_seeds_and_normalized_maps():
             }
             for m, g in ((m, gain if m == bench.LEARNED else 0.01) for m in bench.METHODS)
         }
-        summary = {
+        return {
             **methods,
             "random": {"deletion_auc": 0.3, "insertion_auc": 0.4},
             "diagnostics": dict.fromkeys(bench.DIAGNOSTICS, 0.5),
         }
-        return {"summary": summary, "by_tau": {"0.3": summary}, "reference": "mean particle", "seconds": 1.0}
+
+    def seed(gain):  # under the uniform weighting the learned importances trail the baselines
+        learned = summary(gain)
+        return {
+            "summary": learned,
+            "uniform": summary(-gain),
+            "by_tau": {"0.3": learned},
+            "reference": "mean particle",
+            "seconds": 1.0,
+        }
 
     part = bench.summarize([seed(0.02), seed(0.03), seed(0.04)])
     paired = part["paired"]["gradient_x_activation"]["deletion"]
@@ -86,6 +95,10 @@ def test_summary_pairs_seeds_and_normalized_maps():
     assert paired["low"] == pytest.approx(0.02 - 4.303 * 0.01 / 3**0.5, abs=1e-3)
     assert part["methods"][bench.LEARNED]["deletion_auc"]["mean"] == pytest.approx(0.33)
     assert part["best"] == {"deletion": bench.LEARNED, "insertion": bench.LEARNED}
+    uniform = part["uniform"]
+    assert uniform["paired"]["feature_norm"]["insertion"]["mean"] == pytest.approx(-0.04)
+    assert uniform["paired"]["feature_norm"]["insertion"]["high"] < 0
+    assert uniform["best"]["deletion"] != bench.LEARNED
     scores = torch.tensor([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])
     assert torch.equal(bench.normalized(scores), torch.tensor([[0.0, 1.0, 0.5], [0.0, 0.0, 0.0]]))
 
@@ -129,6 +142,7 @@ def test_attribution_dry_run_writes_the_report_and_resumes(tmp_path):
     assert part["paired"]["feature_norm"]["insertion"]["low"] is not None  # two seeds: an interval
     assert set(part["by_tau"]) == {"0.3", "0.6"}
     assert 0 <= part["diagnostics"]["role_entropy_fraction"]["mean"] <= 1 + 1e-9
+    assert set(part["uniform"]["paired"]) == set(part["paired"])  # both weightings measured
     samples = part["samples"]  # 24 DDIM samples per seed against 24 held-out digits
     assert len(samples["per_seed"]) == 2 and samples["extractor"].startswith("digit-classifier-mnist5k")
     assert all(0 <= seed["recall"] <= 1 and 1 <= seed["modes_covered"] <= 10 for seed in samples["per_seed"])
@@ -137,6 +151,7 @@ def test_attribution_dry_run_writes_the_report_and_resumes(tmp_path):
     markdown = (out / "attribution.md").read_text()
     assert "## mnist5k" in markdown and "## Targets" in markdown and "not measured" in markdown
     assert "Samples of these models (24 each, DDIM 4 steps" in markdown
+    assert "uniform weighting" in markdown
     assert (out / "attribution.png").read_bytes()[:4] == b"\x89PNG"
     measured = {p: p.stat().st_mtime_ns for p in out.glob("mnist5k/seed*/*") if p.is_file()}
     assert len(measured) == 8  # attribution.json, maps.npz, samples.json, train.json of each seed

@@ -96,6 +96,8 @@ def test_errors():
         attribution_faithfulness(separation, features, method="integrated_gradients", steps=0)
     with pytest.raises(ValueError, match="num_random"):
         attribution_faithfulness(separation, features, num_random=0)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        compare_attributions(separation, features, weighting="importance")
 
 
 def test_maps_and_picture(tmp_path):
@@ -226,6 +228,36 @@ def test_scores_argument_matches_the_method():
         separation, features, scores=importance, fractions=FRACTIONS, num_random=2
     )
     assert default.drop_importance == pytest.approx(by_output.drop_importance)
+
+
+def test_uniform_weighting_measures_a_distance_the_role_head_cannot_shape():
+    features = _batch()
+    committed, untrained = _separation(-6.0), atomgen.AtomSeparation(dim=DIM)
+    scores = particle_attributions(committed, features, "importance")
+    curves = {
+        (name, weighting): attribution_faithfulness(
+            separation, features, scores=scores, fractions=FRACTIONS, num_random=2, weighting=weighting
+        )
+        for name, separation in (("committed", committed), ("untrained", untrained))
+        for weighting in ("learned", "uniform")
+    }
+    # The same ranking: under the learned weighting the curves depend on the head, under uniform they do not.
+    uniform = curves["committed", "uniform"]
+    assert uniform.weighting == "uniform" and curves["committed", "learned"].weighting == "learned"
+    assert uniform.drop_importance == pytest.approx(curves["untrained", "uniform"].drop_importance)
+    assert curves["committed", "learned"].drop_importance != pytest.approx(uniform.drop_importance)
+    # and what it measures is the d̄ of the module with every particle a proton (s ≡ 1)
+    protons = atomgen.AtomSeparation(dim=DIM, learn_roles=False)
+    intact, masked = _intact_and_masked(protons, features)
+    assert uniform.drop_importance[-1] == pytest.approx(float(((intact - masked) / intact).mean()), rel=1e-6)
+    # the atom's own particles set it apart in the features too, so ranking them first beats random
+    assert uniform.gain > 0.1
+    # the gradient methods attribute the distance measured: under uniform weighting the head is irrelevant
+    for method in ("gradient_x_activation", "integrated_gradients"):
+        assert torch.allclose(
+            particle_attributions(committed, features, method, steps=4, weighting="uniform"),
+            particle_attributions(untrained, features, method, steps=4, weighting="uniform"),
+        )
 
 
 def test_docstring_examples():
