@@ -31,7 +31,9 @@ Stages, each resumable (a finished model or measurement is never redone):
 4. **Report**: ``<out>/attribution.{json,md,png}``: per dataset and method, deletion and insertion AUC
    mean ± std over seeds and their gains over random; the paired difference learned − baseline with a
    95 % t-interval over seeds; the issue's targets evaluated (:func:`targets`); the diagnostics; pixel-space
-   maps of every method.
+   maps of every method. With ``--versus OTHER`` (the run directory of another variant, e.g. without
+   ``--set``), also the paired differences this − other, seed by seed (same data, same noise), of the
+   learned importances' gains, the role entropy and the sample scores (:func:`versus`).
 
 **Held-out images.** Every model trains on a fixed subset of its dataset (``data.limit``, the subset
 :func:`atomgen.data.load_dataset` draws); the held-out images are those of the whole dataset whose pixels
@@ -45,6 +47,7 @@ module, so they have no learned importances.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -266,6 +269,38 @@ def targets(paired: dict[str, dict[str, dict[str, dict[str, float | None]]]]) ->
     return {"checks": checks, "met": all(c["met"] for c in checks), "missing": missing}
 
 
+def seed_numbers(measurement: dict[str, Any], samples: dict[str, Any]) -> dict[str, float]:
+    """What ``--versus`` compares for one seed: the learned importances' gains under both weightings,
+    the role entropy (as a share of ln 3) and the sample scores."""
+    numbers = {
+        f"{curve} gain ({weighting})": measurement["summary" if weighting == "learned" else weighting][
+            LEARNED
+        ][f"{curve}_gain"]
+        for weighting in WEIGHTINGS
+        for curve in CURVES
+    }
+    numbers["role entropy / ln 3"] = measurement["summary"]["diagnostics"]["role_entropy_fraction"]
+    return numbers | {
+        f"samples: {k}": samples["scores"][k] for k in ("fid", "precision", "recall", "coverage")
+    }
+
+
+def versus(this: list[dict[str, float]], other: list[dict[str, float]]) -> dict[str, Any]:
+    """Paired differences ``this − other`` over the seeds both variants measured (lists of
+    :func:`seed_numbers`, seed by seed), with both sides' mean ± std."""
+    count = min(len(this), len(other))
+    rows = {}
+    for key in this[0]:
+        mine, theirs = [s[key] for s in this[:count]], [s[key] for s in other[:count]]
+        mean, low, high = paired_interval([a - b for a, b in zip(mine, theirs, strict=True)])
+        rows[key] = {
+            "this": spread(mine),
+            "other": spread(theirs),
+            "difference": {"mean": mean, "low": low, "high": high},
+        }
+    return {"seeds": count, "rows": rows}
+
+
 def normalized(scores: torch.Tensor) -> torch.Tensor:
     """Each row of ``(B, n)`` scores min–max scaled to [0, 1] (a constant row becomes 0): the maps of
     methods with different units side by side. The curves depend on the order only."""
@@ -392,7 +427,25 @@ class Bench:
         )
         return stored
 
-    def run(self, datasets: tuple[str, ...]) -> dict[str, Any]:
+    def stored(self, dataset: str) -> list[dict[str, float]]:
+        """:func:`seed_numbers` of the seeds 0, 1, … whose measurement and samples are stored with this
+        preset's settings, up to the first that is not (what another variant's run is read for)."""
+        numbers = []
+        for seed in range(self.preset.seeds):
+            folder = self.folder(dataset, seed)
+            files = [folder / "attribution.json", folder / "samples.json"]
+            if not all(f.is_file() for f in files):
+                break
+            measurement, samples = (json.loads(f.read_text()) for f in files)
+            if (measurement["settings"], samples["settings"]) != (
+                self.preset.measurement(),
+                self.preset.sampling(),
+            ):
+                break
+            numbers.append(seed_numbers(measurement, samples))
+        return numbers
+
+    def run(self, datasets: tuple[str, ...], other: Path | None = None) -> dict[str, Any]:
         report: dict[str, Any] = {
             "preset": dataclasses.asdict(self.preset),
             "split": paragraph(__doc__, "Held-out images."),
@@ -412,6 +465,15 @@ class Bench:
                 json.loads(f.read_text())["seconds"] if f.is_file() else None for f in train_file
             ]
             report["datasets"][dataset]["site"] = seeds[0]["site"]
+            if other is not None:
+                theirs = Bench(other, self.preset).stored(dataset)
+                if not theirs:
+                    logger.warning(
+                        "%s: no %s seed measured with these settings; no comparison", other, dataset
+                    )
+                    continue
+                mine = [seed_numbers(m, s) for m, s in zip(seeds, samples, strict=True)]
+                report["datasets"][dataset]["versus"] = versus(mine, theirs)
         paired = {d: part["paired"] for d, part in report["datasets"].items()}
         report["targets"] = targets(paired)
         report["machine"] = machine(self.device)
@@ -614,6 +676,16 @@ def markdown(report: dict[str, Any]) -> str:
                 "|---" * len(SAMPLE_METRICS) + "|",
                 "| " + " | ".join(_cell(scores[k]) for k in SAMPLE_METRICS) + " |",
             ]
+    if report.get("versus"):
+        lines += ["", f"## Against `{report['versus']['out']}`", "", _versus_what(report)]
+        for dataset, part in report["datasets"].items():
+            if "versus" in part:
+                lines += [
+                    "",
+                    f"{dataset}, {part['versus']['seeds']} paired seeds:",
+                    "",
+                    *_versus(part["versus"]),
+                ]
     lines += ["", "## Targets", "", *_targets(report["targets"])]
     return "\n".join(lines) + "\n"
 
@@ -642,6 +714,33 @@ def _comparison(part: dict[str, Any]) -> list[str]:
         "",
         f"Best mean gain: deletion {LABELS[best['deletion']]}, insertion {LABELS[best['insertion']]}.",
     ]
+
+
+def _versus_what(report: dict[str, Any]) -> str:
+    def overrides(values: list[str] | None) -> str:
+        if values is None:
+            return "not recorded"
+        return ", ".join(f"`{v}`" for v in values) or "none, the library defaults"
+
+    what = report["versus"]
+    compared = [d for d, part in report["datasets"].items() if "versus" in part]
+    return (
+        f"This run (overrides: {overrides(report.get('set'))}) against the variant in `{what['out']}` "
+        f"(overrides: {overrides(what['set'])}): the same data, held-out images and noise seed by seed; "
+        "Δ = this − other, [95 % t-interval over seeds]."
+        + ("" if compared else " It has no seed measured with this preset's settings: nothing to compare.")
+    )
+
+
+def _versus(part: dict[str, Any]) -> list[str]:
+    lines = ["| quantity | this | other | Δ |", "|---|---|---|---|"]
+    for key, row in part["rows"].items():
+        difference = row["difference"]
+        lines.append(
+            f"| {key} | {_cell(row['this'])} | {_cell(row['other'])} | "
+            f"{format_interval(difference['mean'], difference['low'], difference['high'])} |"
+        )
+    return lines
 
 
 def _reference(report: dict[str, Any]) -> str:
@@ -721,15 +820,27 @@ def figure(out: Path, report: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(__doc__, DATASETS, "attribution.{json,md,png}", argv)
+    def versus_argument(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--versus",
+            type=Path,
+            metavar="OTHER",
+            help="the run directory of another variant (same preset): paired differences against it",
+        )
+
+    args = parse_arguments(__doc__, DATASETS, "attribution.{json,md,png}", argv, versus_argument)
     preset = chosen_preset(args, Preset)
     started = time.perf_counter()
     try:
-        report = Bench(args.out, preset, progress=not args.dry_run).run(tuple(args.datasets))
+        report = Bench(args.out, preset, progress=not args.dry_run).run(tuple(args.datasets), args.versus)
     except FileNotFoundError as error:  # a dataset that is not installed
         raise SystemExit(str(error)) from None
     report["wall_seconds"] = time.perf_counter() - started
     report["set"] = args.set
+    if args.versus is not None:
+        other_report = args.versus / "attribution.json"
+        other_set = json.loads(other_report.read_text()).get("set") if other_report.is_file() else None
+        report["versus"] = {"out": str(args.versus), "set": other_set}
     write_reports(
         report, "attribution", (args.out, args.results), markdown, lambda path: figure(args.out, report, path)
     )

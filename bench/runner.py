@@ -16,11 +16,15 @@ from typing import Any
 
 
 def parse_arguments(
-    doc: str, datasets: tuple[str, ...], results: str, argv: list[str] | None
+    doc: str,
+    datasets: tuple[str, ...],
+    results: str,
+    argv: list[str] | None,
+    more: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
     """``--out``, ``--preset``, ``--dry-run``, ``--seeds``, ``--datasets``, ``--set`` and ``--results``
-    (whose help says which files: ``results``); the docstring's first paragraph is the description, the
-    rest the epilog. Also sets up logging to stderr."""
+    (whose help says which files: ``results``), and whatever ``more(parser)`` adds; the docstring's first
+    paragraph is the description, the rest the epilog. Also sets up logging to stderr."""
     parser = argparse.ArgumentParser(
         description=doc.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -44,6 +48,8 @@ def parse_arguments(
         "e.g. 'separation.options={commitment_weight: 1.0}'",
     )
     parser.add_argument("--results", type=Path, help=f"also write {results} here (results/)")
+    if more is not None:
+        more(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     return args

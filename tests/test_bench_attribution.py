@@ -103,6 +103,20 @@ def test_summary_pairs_seeds_and_normalized_maps():
     assert torch.equal(bench.normalized(scores), torch.tensor([[0.0, 1.0, 0.5], [0.0, 0.0, 0.0]]))
 
 
+def test_versus_pairs_the_seeds_both_variants_measured():
+    bench = load_bench("attribution")
+    this = [{"recall": 0.5 + 0.1 * k, "fid": 10.0} for k in range(3)]
+    other = [{"recall": 0.4 + 0.1 * k + 0.01 * k * k, "fid": 12.0} for k in range(2)]  # one seed fewer
+    result = bench.versus(this, other)
+    assert result["seeds"] == 2
+    recall = result["rows"]["recall"]
+    assert recall["difference"]["mean"] == pytest.approx(0.095) and recall["difference"]["low"] is not None
+    assert recall["this"]["values"] == pytest.approx([0.5, 0.6]) and recall["other"]["mean"] == pytest.approx(
+        0.455
+    )
+    assert result["rows"]["fid"]["difference"] == {"mean": -2.0, "low": -2.0, "high": -2.0}
+
+
 def test_held_out_images_are_outside_the_training_subset():
     from atomgen.train.config import DataConfig
 
@@ -164,6 +178,19 @@ def test_attribution_dry_run_writes_the_report_and_resumes(tmp_path):
     again = json.loads((results / "attribution.json").read_text())
     assert again["datasets"] == report["datasets"] and again["targets"] == report["targets"]
     assert (results / "attribution.md").is_file() and (results / "attribution.png").is_file()
+    # A variant in its own folder, compared seed by seed with the run above.
+    variant = tmp_path / "variant"
+    subprocess.run(
+        [*command[:3], str(variant), *command[4:], "--set", "separation.options={commitment_weight: 1.0}",
+         "--versus", str(out)],
+        capture_output=True, text=True, timeout=600, env=env, check=True, cwd=ROOT,
+    )  # fmt: skip
+    compared = json.loads((variant / "attribution.json").read_text())
+    assert compared["versus"] == {"out": str(out), "set": []}
+    rows = compared["datasets"]["mnist5k"]["versus"]
+    assert rows["seeds"] == 2 and set(rows["rows"]) >= {"deletion gain (uniform)", "samples: recall"}
+    assert rows["rows"]["samples: fid"]["other"]["values"] == part["samples"]["scores"]["fid"]["values"]
+    assert "## Against" in (variant / "attribution.md").read_text()
 
 
 def test_set_adds_overrides_to_every_dataset_of_the_preset():
