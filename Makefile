@@ -43,7 +43,7 @@ cfg: $(STAMP)
 attribution: $(STAMP)
 	$(PY) bench/attribution.py --out runs/attribution --results results
 
-# The VAE benchmark (issue 13; about 9 hours on 2 CPU cores, resumable: run it again to go on).
+# The VAE benchmark (issue 13; about 6 hours on 2 CPU cores, mnist5k first, resumable: run it again to go on).
 vae: $(STAMP)
 	$(PY) bench/vae.py --out runs/vae --results results
 

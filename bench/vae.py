@@ -9,8 +9,10 @@ Stages, each resumable (a finished model or score file is never redone):
 
 1. **Models**: per dataset (``configs/<dataset>-vae.yaml``, resized by the preset), KL weight ``β`` and
    seed, an ``AutoencoderKL`` without separation (the baseline), with atom separation at the encoder (the
-   posterior mean; the library's separation options) at every ``λ`` of the preset, and with Dispersive
-   Loss at the encoder at every ``λ`` of the preset; trained by :func:`atomgen.train.train` into
+   posterior mean; the library's separation options) and with Dispersive Loss at the encoder. On the
+   preset's ``tune`` dataset (mnist5k) each method trains at every ``λ`` of the preset; on the other
+   (Fashion-MNIST) only at the ``λ`` the tune dataset chose at the same multiple of the config's ``β``,
+   an untouched confirmation, so mnist5k is run first. Trained by :func:`atomgen.train.train` into
    ``<out>/<dataset>/seed<k>/<setting>/model`` (resumed from its latest checkpoint when one exists).
    ``β`` takes the config's ``model.kl_weight`` times each of :attr:`Preset.kl_factors`.
 2. **Scores**, on held-out images, by :func:`atomgen.eval.run_eval` with the model's prior samples as the
@@ -43,17 +45,19 @@ Every seed of every setting trains on the same images in the same order (``train
 initial weights and the batches) and its prior samples decode the same draws ``z ~ N(0, I)``, so the
 differences to the baseline are paired.
 
-**Cost of the CPU preset.** 2 datasets × 2 ``β`` × 3 seeds × 7 models (the baseline, 3 ``λ`` of each
-method) = 84 VAEs of the configs' architecture (``[32, 64]``, 4 latent channels) at 16×16, 1,000 steps
+**Cost of the CPU preset.** 2 ``β`` × 3 seeds × (7 models on mnist5k: the baseline and 3 ``λ`` of each
+method; 3 on Fashion-MNIST: the baseline and each method's chosen ``λ``) = 60 VAEs of the configs'
+architecture (``[32, 64]``, 4 latent channels) at 16×16, 1,000 steps
 each; the configs' own 3,000 steps at 28×28 (about 0.75 s/step without separation) would take more than
 50 hours. At 16×16 a training step (batch 128) measured 1.08 s without separation, 1.14 s with
 Dispersive Loss and 1.79 s with atom separation (64 particles per image, 8,192 per batch) on one core
 shared with two other benchmarks; mnist5k-ddpm's step measured 1.13 s the same way against its documented
 0.3 s/step on 2 free cores, so divide by about 3.8: 0.28, 0.30 and 0.47 s/step. That is about 43 minutes
-per dataset, ``β`` and seed, 8.6 hours of training in all, plus about 10 minutes of scoring (500
-held-out images and 500 prior samples per model: 4 s measured under the same load). About 9 hours on 2
-free CPU cores, half per dataset; ``--seeds 1`` first gives a one-seed report in a third of that. The
-GPU preset trains 108 VAEs at the configs' own sizes (not timed: no GPU was at hand; likely hours).
+per ``β`` and seed on mnist5k and 18 on Fashion-MNIST, 6.1 hours of training in all, plus a few minutes
+of scoring (500 held-out images and 500 prior samples per model: 4 s measured under the same load).
+About 4.3 hours on 2 free CPU cores for mnist5k and 1.8 for Fashion-MNIST; ``--seeds 1`` first gives a
+one-seed report in a third of that. The GPU preset trains 5 seeds × 2 ``β`` × (9 + 3) = 120 VAEs at the
+configs' own sizes (not timed: no GPU was at hand; likely hours).
 """
 
 from __future__ import annotations
@@ -146,6 +150,8 @@ class Preset:
             whether it did.
         weights: per method, the ``λ`` swept (around the library defaults, 0.3 for atom separation and
             0.03 for Dispersive Loss, and the 0.1 the VAE configs pinned).
+        tune: the dataset whose sweep chooses every method's ``λ``; the others train each method only at
+            that choice (``None``: every dataset sweeps and chooses its own).
         overrides: per dataset, config overrides on top of ``configs/<dataset>-vae.yaml``; each dataset's
             ``data.limit`` must leave at least ``images`` held out.
         images: held-out images per dataset, for every score.
@@ -166,6 +172,7 @@ class Preset:
     images: int = 500
     samples: int = 500
     batch_size: int = 250
+    tune: str | None = "mnist5k"
 
     @classmethod
     def named(cls, name: str) -> Preset:
@@ -317,6 +324,7 @@ class Bench:
         self.out, self.preset, self.progress = out, preset, progress
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._real: dict[str, Any] = {}
+        self._parts: dict[str, dict[str, Any]] = {}  # per dataset, what dataset() returned
 
     def folder(self, dataset: str, seed: int, setting: Setting) -> Path:
         return self.out / dataset / f"seed{seed}" / setting.name
@@ -341,14 +349,32 @@ class Bench:
         return ExperimentConfig.from_yaml(path, overrides)
 
     def settings(self, dataset: str) -> dict[float, list[Setting]]:
-        """Per ``β``: the baseline, then each method at each of its ``λ``."""
+        """Per ``β``: the baseline, then each method at each of its ``λ`` (on the tune dataset) or at the
+        ``λ`` the tune dataset chose at the same multiple of the config's ``β`` (on the others)."""
         config_kl = self.config(dataset).model.kl_weight
+        tuned = None if self.preset.tune in (None, dataset) else self.tuned()
         table = {}
         for factor in self.preset.kl_factors:
             kl = config_kl * factor
+            weights = self.preset.weights
+            if tuned is not None:
+                weights = tuple((method, (tuned[factor][method],)) for method, _ in weights)
             table[kl] = [Setting("baseline", kl)]
-            table[kl] += [Setting(m, kl, w) for m, weights in self.preset.weights for w in weights]
+            table[kl] += [Setting(m, kl, w) for m, choices in weights for w in choices]
         return table
+
+    def tuned(self) -> dict[float, dict[str, float]]:
+        """``β`` multiple → method → the ``λ`` the tune dataset's sweep chose (run first when needed)."""
+        tune = self.preset.tune
+        part = self.dataset(tune)
+        config_kl = self.config(tune).model.kl_weight
+        return {
+            factor: {
+                method: part["kl_weights"][f"{config_kl * factor:g}"]["chosen"][method]["weight"]
+                for method, _ in self.preset.weights
+            }
+            for factor in self.preset.kl_factors
+        }
 
     def real(self, dataset: str):
         """The held-out images of ``dataset`` (a ``TensorSource`` named after it, with labels), once."""
@@ -393,6 +419,8 @@ class Bench:
 
     def dataset(self, dataset: str) -> dict[str, Any]:
         """Stages 1–3 of one dataset: every model of every seed (seed by seed), then the tables."""
+        if dataset in self._parts:
+            return self._parts[dataset]
         table = self.settings(dataset)
         every = [s for settings in table.values() for s in settings]
         stored = {(s, seed): self.score(dataset, seed, s) for seed in range(self.preset.seeds) for s in every}
@@ -410,6 +438,8 @@ class Bench:
             else None,
         }
         part["num_units"] = stored[every[0], 0]["scores"]["num_units"]
+        part["tuned_on"] = self.preset.tune if self.preset.tune not in (None, dataset) else None
+        self._parts[dataset] = part
         return part
 
     def _train_seconds(self, dataset: str, setting: Setting) -> list[float | None]:
@@ -509,7 +539,13 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"## {dataset}",
             "",
-            f"{part['num_units']} latent units; features: {part['extractor']}.",
+            f"{part['num_units']} latent units; features: {part['extractor']}."
+            + (
+                f" Each method at the λ {part['tuned_on']} chose at the same β multiple: an untouched "
+                "confirmation."
+                if part.get("tuned_on")
+                else ""
+            ),
         ]
         for kl, entry in part["kl_weights"].items():
             lines += ["", f"### β = {kl}", "", *_table(entry)]

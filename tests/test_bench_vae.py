@@ -110,6 +110,24 @@ def test_settings_presets_and_yaml_numbers():
         assert yaml.safe_load(bench._number(value)) == pytest.approx(value)
 
 
+def test_the_other_dataset_confirms_the_lambda_the_tune_dataset_chose(tmp_path):
+    bench = load_bench("vae")
+    runs = bench.Bench(tmp_path, bench.Preset.named("cpu"), progress=False)
+    assert runs.preset.tune == "mnist5k"
+    swept = runs.settings("mnist5k")
+    assert [len(settings) for settings in swept.values()] == [7, 7]  # the baseline, 3 λ per method
+    chosen = {  # what mnist5k's sweep would have chosen, per β
+        "0.001": {"atom": {"weight": 0.3}, "dispersive": {"weight": 0.01}},
+        "0.004": {"atom": {"weight": 0.03}, "dispersive": {"weight": 0.1}},
+    }
+    runs._parts["mnist5k"] = {"kl_weights": {kl: {"chosen": c} for kl, c in chosen.items()}}
+    confirmed = runs.settings("fashion-mnist")
+    assert {f"{kl:g}": [s.name for s in settings] for kl, settings in confirmed.items()} == {
+        "0.001": ["baseline-kl0.001", "atom-0.3-kl0.001", "dispersive-0.01-kl0.001"],
+        "0.004": ["baseline-kl0.004", "atom-0.03-kl0.004", "dispersive-0.1-kl0.004"],
+    }
+
+
 def test_held_out_data_keeps_each_images_label():
     from atomgen.train.config import DataConfig
 
