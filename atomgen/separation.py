@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 GEOMETRIES = ("sphere", "euclidean")
 MODES = ("signed", "repulsive")
+ROLE_INPUTS = ("particle", "deviation")
 
 
 @dataclass
@@ -84,13 +85,23 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         sigma: width ``σ`` of the Gaussian kernel.
         temperature: softmax temperature ``τ`` of the role head.
         learn_roles: if ``False`` every particle is a proton (``q = s = 1``): no parameters are used.
+        role_input: what the role head reads: ``"particle"`` (default, method.md §3) or ``"deviation"``,
+            the particle minus the mean of the batch's particles at the same index (this process's
+            atoms, masked). Reading the particle, the head can learn a fixed set of positions, the same
+            for every sample (it did on mnist5k with ``commitment_weight`` 0.05); reading the deviation
+            it sees only what this sample has there that the others do not.
         neutrality_weight, participation_weight, spacing_weight: ``μ_n``, ``μ_p``, ``μ_s``.
         commitment_weight: ``μ_c`` of the commitment term ``C_c`` (the mean normalised entropy of the
             roles), which asks every particle to take one role rather than a mix. 0 (default) leaves
-            it out. Without it the role head can sit near the uniform mix, where the participation
+            it out. Without it the role head sits near the uniform mix, where the participation
             constraint holds every importance at about ``κ`` and the importances say little; with it
-            the head must choose which particles stay charged, and the energy makes it keep those that
-            set the atom apart. In the signed mode it gives charges that cannot all vanish.
+            the head must choose which particles stay important, and the energy makes it keep those
+            that set the atom apart (bench/attribution.py; README, "Attribution"). Keep it on the scale
+            of the separation term (about 0.01 at the start of training): 0.05 committed half the
+            particles on mnist5k, while 1.0 outweighed the participation constraint and turned every
+            particle into a neutron within a few hundred steps, an all-neutron state the saturated
+            softmax does not leave. In the signed mode nothing favours neutrons, so committed roles
+            make every particle charged (``s ≡ 1``) and the importances rank nothing.
         min_participation: ``κ``, the least mean importance an atom should keep.
         min_distance: ``δ``, the least atom distance the spacing constraint asks for.
         memory_budget_mb: memory for one block of the pair computation (method.md §5).
@@ -118,6 +129,7 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         sigma: float = 0.5,
         temperature: float = 1.0,
         learn_roles: bool = True,
+        role_input: str = "particle",
         neutrality_weight: float = 1.0,
         participation_weight: float = 1.0,
         spacing_weight: float = 1.0,
@@ -130,6 +142,7 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         _check_choice("geometry", geometry, GEOMETRIES)
         _check_choice("kernel", kernel, KERNELS)
         _check_choice("mode", mode, MODES)
+        _check_choice("role_input", role_input, ROLE_INPUTS)
         for name, value in (("dim", dim), ("patch_size", patch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
@@ -236,7 +249,7 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         # The energy needs float32 at least: half precision loses the small distances it acts on.
         dtype = torch.promote_types(features.dtype, torch.float32)
         particles, mask, grid = self.tokenize(features.to(dtype), mask)
-        roles = self._roles(particles)
+        roles = self._roles(particles, mask)
         r_electron, r_proton, r_neutron = roles.unbind(-1)
         charge = r_proton - r_electron
         importance = 1.0 - r_neutron
@@ -316,11 +329,15 @@ class AtomSeparation(ModelMixin, ConfigMixin):
             grid=grid,
         )
 
-    def _roles(self, particles: torch.Tensor) -> torch.Tensor:
+    def _roles(self, particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Role probabilities ``softmax(g(h) / τ)`` (method.md §3); all protons without learned roles."""
         if not self.config.learn_roles:
             proton = particles.new_tensor([0.0, 1.0, 0.0])
             return proton.expand(*particles.shape[:2], 3)
+        if self.config.role_input == "deviation":  # the batch's mean particle at each index, masked
+            weights = mask[..., None]
+            mean = (particles * weights).sum(0, keepdim=True) / weights.sum(0, keepdim=True).clamp_min(1)
+            particles = particles - mean
         logits = self.role_head(self.role_norm(particles).to(self.role_head.weight.dtype))
         return torch.softmax(logits.to(particles.dtype) / self.config.temperature, dim=-1)
 

@@ -196,7 +196,7 @@ class Preset:
         """What a stored measurement depends on: a different value means it is redone."""
         fields = ("images", "batches", "taus", "steps", "num_random", "map_images")
         settings = {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in fields}
-        return settings | {"weightings": list(WEIGHTINGS)}
+        return settings | {"weightings": list(WEIGHTINGS), "diagnostics": list(DIAGNOSTICS)}
 
     def sampling(self) -> dict[str, int]:
         """What stored sample scores depend on besides the model."""
@@ -211,6 +211,9 @@ def role_diagnostics(importance: torch.Tensor, roles: torch.Tensor, charge: torc
     Returns:
         importance_spread: the standard deviation of ``s`` across a sample's particles, averaged over
             samples (0: every particle of a sample equally important, so no ranking to speak of).
+        sample_spread: the standard deviation of ``s`` across the samples at each particle index,
+            averaged over indices (0: the same map for every sample, a fixed mask of positions rather
+            than an attribution of the sample).
         role_entropy: the mean entropy of the roles ``(B, n, 3)`` in nats (``ln 3 ≈ 1.099``: uniform).
         role_entropy_fraction: the same as a share of ``ln 3`` (1: uniform roles, 0: one-hot).
         mean_abs_charge: the mean ``|q|`` (0 everywhere: the signed mode's trivial solution).
@@ -220,6 +223,7 @@ def role_diagnostics(importance: torch.Tensor, roles: torch.Tensor, charge: torc
     entropy = -(roles * roles.clamp_min(1e-12).log()).sum(-1)
     return {
         "importance_spread": float(importance.detach().double().std(dim=1, correction=0).mean()),
+        "sample_spread": float(importance.detach().double().std(dim=0, correction=0).mean()),
         "role_entropy": float(entropy.mean()),
         "role_entropy_fraction": float(entropy.mean() / math.log(3)),
         "mean_abs_charge": float(charge.detach().double().abs().mean()),
@@ -230,6 +234,7 @@ def role_diagnostics(importance: torch.Tensor, roles: torch.Tensor, charge: torc
 SAMPLE_METRICS = ("fid", "precision", "recall", "density", "coverage", "vendi", "modes_covered")
 DIAGNOSTICS = (
     "importance_spread",
+    "sample_spread",
     "role_entropy",
     "role_entropy_fraction",
     "mean_abs_charge",
@@ -657,11 +662,12 @@ def markdown(report: dict[str, Any]) -> str:
         diagnostics = part["diagnostics"]
         lines += [
             "",
-            "Role head (issue 14, item 3): spread = std of s across a sample's particles (averaged); role "
-            "entropy in nats and as a share of ln 3 (1 = uniform roles).",
+            "Role head (issue 14, item 3): s spread = std of s across a sample's particles (averaged); "
+            "across samples = std of s across the samples at each particle index (averaged; 0 = the same "
+            "map for every sample); role entropy in nats and as a share of ln 3 (1 = uniform roles).",
             "",
-            "| s spread | role entropy | entropy / ln 3 | mean abs(q) | mean s |",
-            "|---|---|---|---|---|",
+            "| s spread | across samples | role entropy | entropy / ln 3 | mean abs(q) | mean s |",
+            "|---|---|---|---|---|---|",
             "| " + " | ".join(_cell(diagnostics[k], ".4f") for k in DIAGNOSTICS) + " |",
         ]
         if "samples" in part:

@@ -10,7 +10,7 @@ def naive_atom_loss(sep, features, mask=None):
     """``(loss, parts, energy, atom_distance)`` computed the obvious way, from the module's own tokeniser."""
     cfg = sep.config
     particles, mask, _ = sep.tokenize(features, mask)
-    roles = sep._roles(particles)
+    roles = sep._roles(particles, mask)
     q, s = roles[..., 1] - roles[..., 0], 1.0 - roles[..., 2]
     z = particles if sep.projection is None else particles @ sep.projection.to(particles.dtype)
     norms = z.norm(dim=-1)

@@ -30,6 +30,11 @@ def test_role_diagnostics_of_uniform_and_committed_roles():
     assert result["importance_spread"] == pytest.approx(0.5)  # population std across the particles
     assert result["mean_abs_charge"] == pytest.approx(0.5)
     assert result["mean_importance"] == pytest.approx(0.5)
+    assert result["sample_spread"] == pytest.approx(0.0, abs=1e-12)  # the same map for both samples
+    swapped = torch.stack([roles[0], roles[0].flip(0)])  # the second sample: neutron, proton, ...
+    assert bench.role_diagnostics(1 - swapped[..., 2], swapped, swapped[..., 1] - swapped[..., 0])[
+        "sample_spread"
+    ] == pytest.approx(0.5)
 
 
 def test_targets_need_both_datasets_both_curves_and_an_interval_above_zero():

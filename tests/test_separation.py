@@ -248,6 +248,7 @@ def test_bad_inputs_name_what_was_wrong():
         ({"proj_dim": 8}, "proj_dim must lie in"),
         ({"max_grid": 0}, "max_grid must be"),
         ({"commitment_weight": -1.0}, "commitment_weight must be ≥ 0"),
+        ({"role_input": "position"}, "role_input must be one of"),
     ],
 )
 def test_bad_options_are_rejected(kwargs, message):
@@ -293,3 +294,24 @@ def test_commitment_makes_the_head_choose_the_distinct_particles():
     importance = out.importance.detach()
     assert out.commitment.item() < 0.05
     assert importance[:, 1:].max() < 0.05 and importance[:, 0].mean() > 0.8
+
+
+def test_deviation_roles_see_only_what_differs_from_the_batch():
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(5, 8, 3, 3, generator=generator)
+    plain = _randomised(AtomSeparation(dim=8))
+    deviation = AtomSeparation(dim=8, role_input="deviation")
+    deviation.load_state_dict(plain.state_dict())  # the same head, another input
+    # A pattern shared by every sample at each position (say, where the digit usually is) moves the
+    # roles the plain head gives, and leaves those of the deviation head as they were.
+    shared = features + 5 * torch.randn(1, 8, 3, 3, generator=generator)
+    torch.testing.assert_close(deviation(shared).roles, deviation(features).roles)
+    assert not torch.allclose(plain(shared).roles, plain(features).roles, atol=1e-3)
+    # Masked particles do not enter the batch's mean.
+    tokens, mask = torch.randn(4, 6, 8, generator=generator), torch.ones(4, 6)
+    mask[0, 2] = 0
+    changed = tokens.clone()
+    changed[0, 2] += 100.0
+    torch.testing.assert_close(
+        deviation(changed, mask=mask).roles[1:], deviation(tokens, mask=mask).roles[1:]
+    )
