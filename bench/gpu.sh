@@ -8,7 +8,8 @@
 #   bench/gpu.sh RESULTS_DIR --cfg-flow  instead: the same on the class-conditional DiT rectified flows
 #                                        (bench/cfg.py --model flow-dit --preset gpu)
 #   bench/gpu.sh RESULTS_DIR --attribution   instead: the attribution benchmark at its GPU preset
-#                                        (bench/attribution.py --preset gpu: 5 seeds per dataset; long)
+#                                        (bench/attribution.py --preset gpu: 5 seeds per dataset, then
+#                                        two separation variants against it; long)
 #   bench/gpu.sh RESULTS_DIR --vae       instead: the VAE benchmark at its GPU preset (bench/vae.py
 #                                        --preset gpu: the configs' own sizes, 4 λ per method; hours)
 #
@@ -36,7 +37,15 @@ fi
 
 if [ "$mode" = "--attribution" ]; then
     "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
-    exec "$py" bench/attribution.py --out "$out/attribution" --preset gpu --results "$out/attribution"
+    "$py" bench/attribution.py --out "$out/attribution" --preset gpu --results "$out/attribution"
+    # the variants of the README's table, each against the defaults, seed by seed
+    for variant in "commit05|separation.options={commitment_weight: 0.05}" \
+        "deviation|separation.options={commitment_weight: 0.05, role_input: deviation}"; do
+        name=${variant%%|*}
+        "$py" bench/attribution.py --out "$out/attribution-$name" --preset gpu --set "${variant#*|}" \
+            --versus "$out/attribution" --results "$out/attribution-variants/$name"
+    done
+    exit 0
 fi
 
 if [ "$mode" = "--vae" ]; then
