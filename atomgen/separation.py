@@ -93,15 +93,14 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         neutrality_weight, participation_weight, spacing_weight: ``μ_n``, ``μ_p``, ``μ_s``.
         commitment_weight: ``μ_c`` of the commitment term ``C_c`` (the mean normalised entropy of the
             roles), which asks every particle to take one role rather than a mix. 0 (default) leaves
-            it out. Without it the role head sits near the uniform mix, where the participation
-            constraint holds every importance at about ``κ`` and the importances say little; with it
-            the head must choose which particles stay important, and the energy makes it keep those
-            that set the atom apart (bench/attribution.py; README, "Attribution"). Keep it on the scale
-            of the separation term (about 0.01 at the start of training): 0.05 committed half the
-            particles on mnist5k, while 1.0 outweighed the participation constraint and turned every
-            particle into a neutron within a few hundred steps, an all-neutron state the saturated
-            softmax does not leave. In the signed mode nothing favours neutrons, so committed roles
-            make every particle charged (``s ≡ 1``) and the importances rank nothing.
+            it out: the role head then sits near the uniform mix, the participation constraint holds
+            every importance at about ``κ``, and the importances tie gradient × activation as an
+            attribution (bench/attribution.py; README, "Attribution"). Keep it on the scale of the
+            separation term (about 0.01 at the start of training): on mnist5k 0.05 committed the roles,
+            but to a fixed half of the positions, the same for every sample; 1.0 outweighed the
+            participation constraint and turned every particle into a neutron within a few hundred
+            steps, a state the saturated softmax does not leave. In the signed mode nothing favours
+            neutrons, so committed roles make every particle charged (``s ≡ 1``): no ranking at all.
         min_participation: ``κ``, the least mean importance an atom should keep.
         min_distance: ``δ``, the least atom distance the spacing constraint asks for.
         memory_budget_mb: memory for one block of the pair computation (method.md §5).
