@@ -66,7 +66,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, n
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import format_interval, machine, paired_interval, paragraph, spread
 from runner import chosen_preset, parse_arguments, write_reports
-from training import dataset_overrides, held_out, held_out_source, sample_scores, train_once
+from training import dataset_overrides, held_out, held_out_source, sample_scores, scored, train_once
 
 logger = logging.getLogger("bench.attribution")
 
@@ -383,7 +383,7 @@ class Bench:
 
     def sample_quality(self, dataset: str, seed: int) -> dict[str, Any]:
         """Stage 3 for one seed, read back when it exists with the same settings."""
-        from atomgen.eval import TensorSource, run_eval
+        from atomgen.eval import TensorSource
         from atomgen.io import write_json
         from atomgen.pipelines import AtomDDIMPipeline
 
@@ -408,21 +408,15 @@ class Bench:
                 output_type="pt",
             ).images
             chunks.append((images.cpu() * 255).round() / 255)  # 8 bits, as saved images would be
-        report = run_eval(
+        result = scored(
             self._reference[dataset],
             TensorSource(torch.cat(chunks)),
-            ["fid", "prdc", "vendi", "mode_coverage"],
+            sample_scores,
             batch_size=self.preset.sample_batch,
             device=self.device,
             cache_dir=self.out / "cache",  # the held-out images' features, once per dataset
-            progress=False,
         )
-        stored = {
-            "settings": settings,
-            "scores": sample_scores(report),
-            "extractor": report["extractor"],
-            "seconds": time.perf_counter() - started,
-        }
+        stored = {"settings": settings, **result, "seconds": time.perf_counter() - started}
         write_json(path, stored)
         logger.info(
             "%s seed %d samples: %s",

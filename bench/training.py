@@ -92,6 +92,19 @@ def held_out_source(data: Any, count: int) -> Any:
     return TensorSource(held.images, value_range=(-1, 1), name=data.name, labels=held.labels)
 
 
+def scored(real: Any, fake: Any, flatten: Any, **options: Any) -> dict[str, Any]:
+    """:func:`atomgen.eval.run_eval` of ``fake`` against ``real`` on the metrics the benchmarks compare
+    (``fid``, ``prdc``, ``vendi``, ``mode_coverage``), without a progress bar; ``options`` go to run_eval.
+
+    Returns:
+        ``scores`` (``flatten(report)``, e.g. :func:`sample_scores`) and the ``extractor``'s name.
+    """
+    from atomgen.eval import run_eval
+
+    report = run_eval(real, fake, ["fid", "prdc", "vendi", "mode_coverage"], progress=False, **options)
+    return {"scores": flatten(report), "extractor": report["extractor"]}
+
+
 def sample_scores(report: dict[str, Any]) -> dict[str, float]:
     """The generated side's numbers of one :func:`atomgen.eval.run_eval` report (metrics ``fid``,
     ``prdc``, ``vendi``, ``mode_coverage``) that the benchmarks compare."""

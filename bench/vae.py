@@ -78,7 +78,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, n
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import format_interval, machine, paired_interval, paragraph, spread
 from runner import chosen_preset, parse_arguments, write_reports
-from training import dataset_overrides, held_out_source, sample_scores, train_once
+from training import dataset_overrides, held_out_source, sample_scores, scored, train_once
 
 logger = logging.getLogger("bench.vae")
 
@@ -384,7 +384,6 @@ class Bench:
 
     def score(self, dataset: str, seed: int, setting: Setting) -> dict[str, Any]:
         """The scores of one model (stage 2), trained first when needed; read back when stored."""
-        from atomgen.eval import run_eval
         from atomgen.io import write_json
 
         folder = self.folder(dataset, seed, setting)
@@ -397,23 +396,17 @@ class Bench:
         model = train_once(self.config(dataset, seed, setting), "vae", progress=self.progress)
         logger.info("scoring %s seed %d %s", dataset, seed, setting.name)
         started = time.perf_counter()
-        report = run_eval(
+        result = scored(
             self.real(dataset),
             model,
-            ["fid", "prdc", "vendi", "mode_coverage"],
+            flat_scores,
             out_dir=folder / "eval",
             batch_size=self.preset.batch_size,
             device=self.device,
             cache_dir=self.out / "cache",  # the held-out images' features, once per dataset
             num_samples=self.preset.samples,
-            progress=False,
         )
-        stored = {
-            "settings": settings,
-            "scores": flat_scores(report),
-            "extractor": report["extractor"],
-            "seconds": time.perf_counter() - started,
-        }
+        stored = {"settings": settings, **result, "seconds": time.perf_counter() - started}
         write_json(path, stored)
         return stored
 
