@@ -2,6 +2,8 @@
 
     python bench/vae.py --out runs/vae                        # the CPU preset, staged and resumable
     python bench/vae.py --out runs/vae --datasets mnist5k --seeds 1   # one stage of it
+    python bench/vae.py --out runs/vae --shard 0/2 & python bench/vae.py --out runs/vae --shard 1/2
+                                                              # one worker per core; then without --shard
     python bench/vae.py --out /tmp/vae --dry-run              # every code path, under a minute
     python bench/vae.py --out runs/vae-gpu --preset gpu       # bench/gpu.sh --vae: the configs' own sizes
 
@@ -21,6 +23,11 @@ Stages, each resumable (a finished model or score file is never redone):
    recall, density, coverage, Vendi and modes of the prior samples against the held-out images, on the
    dataset classifier's features. Written to ``<setting>/scores.json`` (the run_eval report and the
    reconstruction and prior-sample grids in ``<setting>/eval/``).
+   With ``--shard I/N`` a worker trains and scores only every N-th model from the I-th (in a fixed order:
+   seed by seed, then β, then method and λ) and writes no report: N workers side by side, one per core,
+   share the work without meeting; the command without ``--shard`` then finds every model and reports.
+   The other datasets wait for the tune dataset's models: a worker stops with a message until they are
+   all scored.
 3. **Report**: ``<out>/vae.{json,md,png}``: per dataset and ``β``, mean ± std over seeds of every score,
    the paired difference to the baseline with a 95 % t-interval over seeds, the ``λ`` each method gets by
    :func:`choose_weight`, and the issue's target evaluated by :func:`check_target` and :func:`targets`.
@@ -62,6 +69,7 @@ configs' own sizes (not timed: no GPU was at hand; likely hours).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -320,8 +328,10 @@ def _mean(rows: list[dict[str, float]], metric: str) -> float:
 class Bench:
     """The stages above, writing ``<out>/<dataset>/seed<k>/<setting>/{model,eval,scores.json,train.json}``."""
 
-    def __init__(self, out: Path, preset: Preset, progress: bool = True):
-        self.out, self.preset, self.progress = out, preset, progress
+    def __init__(
+        self, out: Path, preset: Preset, progress: bool = True, shard: tuple[int, int] | None = None
+    ):
+        self.out, self.preset, self.progress, self.shard = out, preset, progress, shard
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._real: dict[str, Any] = {}
         self._parts: dict[str, dict[str, Any]] = {}  # per dataset, what dataset() returned
@@ -363,9 +373,32 @@ class Bench:
             table[kl] += [Setting(m, kl, w) for m, choices in weights for w in choices]
         return table
 
+    def jobs(self, dataset: str) -> list[tuple[int, Setting]]:
+        """Every model of ``dataset`` as ``(seed, setting)``, in the order they are trained: seed by seed
+        (so ``--seeds 1`` is the start of the full run), then β, then method and λ."""
+        every = [s for settings in self.settings(dataset).values() for s in settings]
+        return [(seed, setting) for seed in range(self.preset.seeds) for setting in every]
+
+    def share(self, dataset: str) -> None:
+        """Train and score this worker's share of ``dataset`` (``--shard``): every N-th job from the I-th."""
+        index, count = self.shard or (0, 1)
+        for seed, setting in self.jobs(dataset)[index::count]:
+            self.score(dataset, seed, setting)
+
     def tuned(self) -> dict[float, dict[str, float]]:
         """``β`` multiple → method → the ``λ`` the tune dataset's sweep chose (run first when needed)."""
         tune = self.preset.tune
+        if self.shard is not None:  # a worker must not train the other workers' tune models
+            missing = [
+                (seed, s)
+                for seed, s in self.jobs(tune)
+                if not (self.folder(tune, seed, s) / "scores.json").is_file()
+            ]
+            if missing:
+                raise SystemExit(
+                    f"{len(missing)} {tune} models are not scored yet, and {tune} chooses every other "
+                    f"dataset's λ: let all the {tune} shards finish (or run without --shard) first"
+                )
         part = self.dataset(tune)
         config_kl = self.config(tune).model.kl_weight
         return {
@@ -415,8 +448,8 @@ class Bench:
         if dataset in self._parts:
             return self._parts[dataset]
         table = self.settings(dataset)
+        stored = {(s, seed): self.score(dataset, seed, s) for seed, s in self.jobs(dataset)}
         every = [s for settings in table.values() for s in settings]
-        stored = {(s, seed): self.score(dataset, seed, s) for seed in range(self.preset.seeds) for s in every}
         part: dict[str, Any] = {"kl_weights": {}, "extractor": next(iter(stored.values()))["extractor"]}
         for kl, settings in table.items():
             per_seed = {s: [stored[s, seed]["scores"] for seed in range(self.preset.seeds)] for s in settings}
@@ -439,7 +472,12 @@ class Bench:
         files = [self.folder(dataset, seed, setting) / "train.json" for seed in range(self.preset.seeds)]
         return [json.loads(f.read_text())["seconds"] if f.is_file() else None for f in files]
 
-    def run(self, datasets: tuple[str, ...]) -> dict[str, Any]:
+    def run(self, datasets: tuple[str, ...]) -> dict[str, Any] | None:
+        """The report of ``datasets``; with a shard, only its share of the models and no report."""
+        if self.shard is not None:
+            for dataset in datasets:
+                self.share(dataset)
+            return None
         report: dict[str, Any] = {
             "preset": dataclasses.asdict(self.preset),
             "split": paragraph(__doc__, "Held-out images."),
@@ -659,14 +697,39 @@ def figure(report: dict[str, Any], path: Path) -> None:
     write_atomic(path, lambda file: fig.savefig(file, format="png", dpi=110))
 
 
+def shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` as ``(I, N)``, with ``0 <= I < N``."""
+    index, _, count = text.partition("/")
+    try:
+        parsed = int(index), int(count)
+    except ValueError:
+        parsed = (-1, 0)
+    if not 0 <= parsed[0] < parsed[1]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N, e.g. 0/2 and 1/2")
+    return parsed
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(__doc__, DATASETS, "vae.{json,md,png}", argv)
+    def more(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--shard",
+            type=shard,
+            metavar="I/N",
+            help="train and score only every N-th model from the I-th, and write no report: one worker "
+            "per core (0/2 and 1/2), then the command without --shard for the report",
+        )
+
+    args = parse_arguments(__doc__, DATASETS, "vae.{json,md,png}", argv, more)
     preset = chosen_preset(args, Preset)
     started = time.perf_counter()
+    bench = Bench(args.out, preset, progress=not args.dry_run, shard=args.shard)
     try:
-        report = Bench(args.out, preset, progress=not args.dry_run).run(tuple(args.datasets))
+        report = bench.run(tuple(args.datasets))
     except FileNotFoundError as error:  # a dataset that is not installed
         raise SystemExit(str(error)) from None
+    if report is None:
+        logger.info("shard %d/%d done; the command without --shard writes the report", *args.shard)
+        return 0
     report["wall_seconds"] = time.perf_counter() - started
     report["set"] = args.set
     write_reports(report, "vae", (args.out, args.results), markdown, lambda path: figure(report, path))

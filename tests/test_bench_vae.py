@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -128,6 +129,24 @@ def test_the_other_dataset_confirms_the_lambda_the_tune_dataset_chose(tmp_path):
     }
 
 
+def test_shards_split_the_models_and_wait_for_the_tune_dataset(tmp_path):
+    bench = load_bench("vae")
+    runs = bench.Bench(tmp_path, bench.Preset.named("cpu"), progress=False)
+    jobs = runs.jobs("mnist5k")
+    assert len(jobs) == 3 * 2 * 7 and [seed for seed, _ in jobs[:14]] == [0] * 14  # seed 0 first
+    shares = [jobs[index::2] for index in range(2)]
+    assert sorted(shares[0] + shares[1], key=jobs.index) == jobs and not set(shares[0]) & set(shares[1])
+    for share in shares:  # each core gets as many of the slow atom-separation models
+        assert sum(setting.method == "atom" for _, setting in share) == 9
+    assert [bench.shard(text) for text in ("0/2", "1/2")] == [(0, 2), (1, 2)]
+    for wrong in ("2/2", "1", "a/b", "-1/2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="I/N"):
+            bench.shard(wrong)
+    worker = bench.Bench(tmp_path, bench.Preset.named("cpu"), progress=False, shard=(1, 2))
+    with pytest.raises(SystemExit, match="42 mnist5k models are not scored yet"):
+        worker.settings("fashion-mnist")  # Fashion-MNIST's λ are mnist5k's choice
+
+
 def test_held_out_data_keeps_each_images_label():
     from atomgen.train.config import DataConfig
 
@@ -156,7 +175,16 @@ def test_vae_dry_run_writes_the_report_and_resumes(tmp_path):
     command = [sys.executable, str(ROOT / "bench" / "vae.py"), "--out", str(out), "--dry-run"]
     command += ["--datasets", "mnist5k"]  # Fashion-MNIST is not installed everywhere
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=True, cwd=ROOT)
+    for index in range(2):  # two workers' shares, one after the other here; neither writes a report
+        subprocess.run(
+            [*command, "--shard", f"{index}/2"],
+            capture_output=True, text=True, timeout=600, env=env, check=True, cwd=ROOT,
+        )  # fmt: skip
+    assert not (out / "vae.json").exists()
+    first = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=env, check=True, cwd=ROOT
+    )
+    assert "training" not in first.stderr and "scoring" not in first.stderr  # the shards did it all
     report = json.loads((out / "vae.json").read_text())
     part = report["datasets"]["mnist5k"]
     assert set(part["kl_weights"]) == {"0.001", "0.004"}  # the config's β and 4× it
