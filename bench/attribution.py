@@ -78,6 +78,7 @@ TARGET_BASELINES = ("gradient_x_activation", "feature_norm")  # what the learned
 CURVES = ("deletion", "insertion")
 WEIGHTINGS = ("learned", "uniform")  # atomgen.eval's: the distance the curves measure
 CURVES_OF = {"learned": "curves", "uniform": "uniform_curves"}  # a measurement row's key per weighting
+SUMMARY_OF = {"learned": "summary", "uniform": "uniform"}  # a seed measurement's summary per weighting
 LABELS = {
     LEARNED: "learned importance s",
     "feature_norm": "feature norm",
@@ -278,9 +279,7 @@ def seed_numbers(measurement: dict[str, Any], samples: dict[str, Any]) -> dict[s
     """What ``--versus`` compares for one seed: the learned importances' gains under both weightings,
     the role entropy (as a share of ln 3) and the sample scores."""
     numbers = {
-        f"{curve} gain ({weighting})": measurement["summary" if weighting == "learned" else weighting][
-            LEARNED
-        ][f"{curve}_gain"]
+        f"{curve} gain ({weighting})": measurement[SUMMARY_OF[weighting]][LEARNED][f"{curve}_gain"]
         for weighting in WEIGHTINGS
         for curve in CURVES
     }
@@ -531,8 +530,7 @@ def measure(pipe: Any, images: torch.Tensor, preset: Preset, maps_path: Path) ->
         "site": site,
         "reference": rows[0]["curves"][LEARNED]["reference"],
         "rows": rows,
-        "summary": _seed_summary(rows),
-        "uniform": _seed_summary(rows, "uniform"),
+        **{key: _seed_summary(rows, weighting) for weighting, key in SUMMARY_OF.items()},
         "by_tau": {f"{tau:g}": _seed_summary([r for r in rows if r["tau"] == tau]) for tau in preset.taus},
     }
 
