@@ -538,8 +538,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Classifier-free guidance: diversity at matched precision (bench/cfg.py)",
         "",
-        f"{preset['seeds']} model seeds; {preset['samples_per_class']} samples per class per setting (10 classes), "
-        f"Models: configs/<dataset>-{report.get('model', 'cfg')}.yaml. "
+        f"Models: configs/<dataset>-{report.get('model', 'cfg')}.yaml, {preset['seeds']} model seed(s); "
+        f"{preset['samples_per_class']} samples per class per setting (10 classes), "
         f"{preset['inference_steps']} sampling steps (DDIM with η = {preset['eta']:g}; a rectified flow: Euler), "
         "the same noise for every setting of a seed. "
         "Per-class scores on the dataset classifier's features, averaged over classes; accuracy = the "
