@@ -2,8 +2,9 @@
 
     python bench/vae.py --out runs/vae                        # the CPU preset, staged and resumable
     python bench/vae.py --out runs/vae --datasets mnist5k --seeds 1   # one stage of it
-    python bench/vae.py --out runs/vae --shard 0/2 & python bench/vae.py --out runs/vae --shard 1/2
-                                                              # one worker per core; then without --shard
+    python bench/vae.py --out runs/vae --datasets mnist5k --shard 0/2   # and --shard 1/2 beside it, one
+                                                              # per core; then fashion-mnist the same way,
+                                                              # then without --shard (make vae does all)
     python bench/vae.py --out /tmp/vae --dry-run              # every code path, under a minute
     python bench/vae.py --out runs/vae-gpu --preset gpu       # bench/gpu.sh --vae: the configs' own sizes
 
