@@ -2,9 +2,9 @@
 
     python bench/vae.py --out runs/vae                        # the CPU preset, staged and resumable
     python bench/vae.py --out runs/vae --datasets mnist5k --seeds 1   # one stage of it
-    python bench/vae.py --out runs/vae --datasets mnist5k --shard 0/2   # and --shard 1/2 beside it, one
-                                                              # per core; then fashion-mnist the same way,
-                                                              # then without --shard (make vae does all)
+    python bench/vae.py --out runs/vae --datasets mnist5k --seeds 1 --shard 0/2   # and 1/2 beside it,
+                                            # one per core; then the same without --seeds, then with
+                                            # fashion-mnist, then without --shard (make vae does all)
     python bench/vae.py --out /tmp/vae --dry-run              # every code path, under a minute
     python bench/vae.py --out runs/vae-gpu --preset gpu       # bench/gpu.sh --vae: the configs' own sizes
 
@@ -13,9 +13,11 @@ Stages, each resumable (a finished model or score file is never redone):
 1. **Models**: per dataset (``configs/<dataset>-vae.yaml``, resized by the preset), KL weight ``β`` and
    seed, an ``AutoencoderKL`` without separation (the baseline), with atom separation at the encoder (the
    posterior mean; the library's separation options) and with Dispersive Loss at the encoder. On the
-   preset's ``tune`` dataset (mnist5k) each method trains at every ``λ`` of the preset; on the other
-   (Fashion-MNIST) only at the ``λ`` the tune dataset chose at the same multiple of the config's ``β``,
-   an untouched confirmation, so mnist5k is run first. Trained by :func:`atomgen.train.train` into
+   preset's ``tune`` dataset (mnist5k) each method trains at every ``λ`` of the preset on the first
+   ``tune_seeds`` seeds (1 in the CPU preset, all in the GPU preset), and on its later seeds only at the
+   ``λ`` those seeds chose; on the other dataset (Fashion-MNIST), only at the ``λ`` the tune dataset chose
+   at the same multiple of the config's ``β``, an untouched confirmation, so mnist5k is run first.
+   Trained by :func:`atomgen.train.train` into
    ``<out>/<dataset>/seed<k>/<setting>/model`` (resumed from its latest checkpoint when one exists).
    ``β`` takes the config's ``model.kl_weight`` times each of :attr:`Preset.kl_factors`.
 2. **Scores**, on held-out images, by :func:`atomgen.eval.run_eval` with the model's prior samples as the
@@ -27,17 +29,18 @@ Stages, each resumable (a finished model or score file is never redone):
    With ``--shard I/N`` a worker trains and scores only every N-th model from the I-th (in a fixed order:
    seed by seed, then β, then method and λ) and writes no report: N workers side by side, one per core,
    share the work without meeting; the command without ``--shard`` then finds every model and reports.
-   The other datasets wait for the tune dataset's models: a worker stops with a message until they are
-   all scored.
+   The models that train a chosen ``λ`` wait for the sweep that chooses it: a worker that reaches them
+   before every model of the tune seeds is scored stops with a message, so the tune seeds run as a stage
+   of their own (``--datasets mnist5k --seeds 1``).
 3. **Report**: ``<out>/vae.{json,md,png}``: per dataset and ``β``, mean ± std over seeds of every score,
    the paired difference to the baseline with a 95 % t-interval over seeds, the ``λ`` each method gets by
    :func:`choose_weight`, and the issue's target evaluated by :func:`check_target` and :func:`targets`.
 
-**The λ rule** (:func:`choose_weight`): among the ``λ`` whose mean reconstruction error is at most the
-baseline's mean + 5 % (the issue's bar), the one with the highest mean prior-sample recall; ties go to more
-active units. When no ``λ`` meets the bar, the one with the lowest reconstruction error, marked
-inadmissible. Atom separation's ``λ`` at the config's own ``β`` is the one for ``separation.weight`` in
-``configs/<dataset>-vae.yaml``.
+**The λ rule** (:func:`choose_weight`, on the means over the tune seeds): among the ``λ`` whose mean
+reconstruction error is at most the baseline's mean + 5 % (the issue's bar), the one with the highest
+mean prior-sample recall; ties go to more active units. When no ``λ`` meets the bar, the one with the
+lowest reconstruction error, marked inadmissible. Atom separation's ``λ`` at the config's own ``β`` is
+the one for ``separation.weight`` in ``configs/<dataset>-vae.yaml``.
 
 **The target** (issue 13): at reconstruction error no worse than the baseline's + 5 %, atom separation (at
 its chosen ``λ``) gives more active units and higher prior-sample recall and coverage than the baseline
@@ -53,30 +56,29 @@ Every seed of every setting trains on the same images in the same order (``train
 initial weights and the batches) and its prior samples decode the same draws ``z ~ N(0, I)``, so the
 differences to the baseline are paired.
 
-**Cost of the CPU preset.** 2 ``β`` × 3 seeds × (7 models on mnist5k: the baseline and 3 ``λ`` of each
-method; 3 on Fashion-MNIST: the baseline and each method's chosen ``λ``) = 60 VAEs of the configs'
-architecture (``[32, 64]``, 4 latent channels) at 16×16, 1,000 steps
-each; the configs' own 3,000 steps at 28×28 (about 0.75 s/step without separation) would take more than
-50 hours. At 16×16 a training step (batch 128) measured 1.08 s without separation, 1.14 s with
-Dispersive Loss and 1.79 s with atom separation (64 particles per image, 8,192 per batch) on one core
-shared with two other benchmarks; mnist5k-ddpm's step measured 1.13 s the same way against its documented
-0.3 s/step on 2 free cores, so divide by about 3.8: 0.28, 0.30 and 0.47 s/step. That is about 43 minutes
-per ``β`` and seed on mnist5k and 18 on Fashion-MNIST, 6.1 hours of training in all, plus a few minutes
-of scoring (500 held-out images and 500 prior samples per model: 4 s measured under the same load).
-About 4.3 hours on 2 free CPU cores for mnist5k and 1.8 for Fashion-MNIST; ``--seeds 1`` first gives a
-one-seed report in a third of that. The GPU preset trains 5 seeds × 2 ``β`` × (9 + 3) = 120 VAEs at the
-configs' own sizes (not timed: no GPU was at hand; likely hours).
+**Cost of the CPU preset.** VAEs of the configs' architecture (``[32, 64]``, 4 latent channels) at
+16×16, 1,000 steps each: 2 ``β`` × (7 models on mnist5k's seed 0: the baseline and 3 ``λ`` of each
+method, + 3 on each later seed and on each of Fashion-MNIST's 3 seeds: the baseline and each method's
+chosen ``λ``) = 44 VAEs; the configs' own 3,000 steps at 28×28 would take more than a day. Measured
+with two workers side by side (``--shard``, one thread each, on the 2-core machine of the README): about
+11–12 minutes per baseline or Dispersive Loss model and 18 per atom-separation model (64 particles per
+image, 8,192 per batch), training and scoring (500 held-out images, 500 prior samples) together. That is
+about 3.1 hours on 2 cores for mnist5k and 2.1 for Fashion-MNIST. The sweep on every seed (the ``λ``
+chosen from 3 seeds' means) would add about 2.0 hours. The GPU preset trains 5 seeds × 2 ``β`` × (9 +
+3) = 120 VAEs at the configs' own sizes (not timed: no GPU was at hand; likely hours).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +128,7 @@ LABELS = {
     "modes_covered": "modes",
 }
 
-_CPU_RECIPE = (  # the configs' VAE at 16×16 and a third of their steps: 4–5 minutes a model (docstring)
+_CPU_RECIPE = (  # the configs' VAE at 16×16 and a third of their steps: 11–18 minutes a model (docstring)
     "data.resolution=16",
     "train.steps=1000",
     "train.checkpoint_every=250",
@@ -161,6 +163,9 @@ class Preset:
             0.03 for Dispersive Loss, and the 0.1 the VAE configs pinned).
         tune: the dataset whose sweep chooses every method's ``λ``; the others train each method only at
             that choice (``None``: every dataset sweeps and chooses its own).
+        tune_seeds: the first seeds of the tune dataset, which sweep every ``λ`` and choose from their
+            means (``None``: all); its later seeds, like the other datasets, train each method at the
+            chosen ``λ`` only. 1 in the CPU preset, which two cores could not afford at 3 seeds.
         overrides: per dataset, config overrides on top of ``configs/<dataset>-vae.yaml``; each dataset's
             ``data.limit`` must leave at least ``images`` held out.
         images: held-out images per dataset, for every score.
@@ -182,6 +187,7 @@ class Preset:
     samples: int = 500
     batch_size: int = 250
     tune: str | None = "mnist5k"
+    tune_seeds: int | None = 1
 
     @classmethod
     def named(cls, name: str) -> Preset:
@@ -189,16 +195,18 @@ class Preset:
             return cls()
         if name == "gpu":  # the configs' own sizes (28×28, 3,000 steps), a wider sweep, more images
             return cls(
+                seeds=5,
                 weights=(("atom", (0.03, 0.1, 0.3, 1.0)), ("dispersive", (0.01, 0.03, 0.1, 0.3))),
                 overrides=(("mnist5k", ("data.limit=4000",)), ("fashion-mnist", ())),
                 images=1000,
                 samples=1000,
                 batch_size=1000,
+                tune_seeds=None,
             )
         if name == "dry-run":
             return cls(
                 seeds=2,
-                weights=(("atom", (0.1,)), ("dispersive", (0.03,))),
+                weights=(("atom", (0.1, 0.3)), ("dispersive", (0.03,))),
                 overrides=tuple((dataset, _TOY) for dataset in DATASETS),
                 images=24,
                 samples=24,
@@ -295,29 +303,43 @@ def targets(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return {"datasets": datasets, "missing": missing, "met": not missing and all(datasets.values())}
 
 
+def choose(per_seed: dict[Setting, list[dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Each method's :func:`choose_weight` at one ``β``, from the mean scores of ``per_seed`` (setting →
+    its scores seed by seed; exactly one baseline)."""
+    means = {s: {m: _mean(values, m) for m in METRICS} for s, values in per_seed.items()}
+    (baseline,) = [s for s in per_seed if s.method == "baseline"]
+    return {
+        method: choose_weight({s.weight: means[s] for s in per_seed if s.method == method}, means[baseline])
+        for method in ("atom", "dispersive")
+    }
+
+
 def compare(
     per_seed: dict[Setting, list[dict[str, float]]],
+    chosen: dict[str, dict[str, Any]] | None = None,
     train_seconds: dict[Setting, list[float | None]] | None = None,
 ) -> dict[str, Any]:
     """One dataset at one ``β``: the table rows, each method's chosen ``λ`` and the target.
 
     Args:
-        per_seed: setting → its scores seed by seed (the same seeds in the same order for every setting);
-            exactly one baseline, and atom separation and Dispersive Loss at one ``λ`` or more.
+        per_seed: setting → its scores seed by seed, from seed 0 (a swept ``λ`` may have fewer seeds
+            than the baseline and the chosen ones); exactly one baseline, and atom separation and
+            Dispersive Loss at one ``λ`` or more.
+        chosen: method → its :func:`choose_weight` choice (default: :func:`choose` on ``per_seed``).
         train_seconds: setting → training seconds per seed, for the rows.
     """
     (baseline_setting,) = [s for s in per_seed if s.method == "baseline"]
     baseline = per_seed[baseline_setting]
-    means = {s: {m: _mean(values, m) for m in METRICS} for s, values in per_seed.items()}
-    rows = [_row(s, values, baseline, (train_seconds or {}).get(s, [])) for s, values in per_seed.items()]
-    chosen, picked = {}, {}
-    for method in ("atom", "dispersive"):
-        candidates = {s.weight: means[s] for s in per_seed if s.method == method}
-        chosen[method] = choose_weight(candidates, means[baseline_setting])
-        (picked[method],) = [
-            s for s in per_seed if s.method == method and s.weight == chosen[method]["weight"]
-        ]
-    target = check_target(per_seed[picked["atom"]], baseline, per_seed[picked["dispersive"]])
+    rows = [
+        _row(s, values, baseline[: len(values)], (train_seconds or {}).get(s, []))
+        for s, values in per_seed.items()
+    ]
+    chosen = chosen or choose(per_seed)
+    picked = {
+        method: per_seed[Setting(method, baseline_setting.kl_weight, choice["weight"])]
+        for method, choice in chosen.items()
+    }
+    target = check_target(picked["atom"], baseline, picked["dispersive"])
     return {"rows": rows, "chosen": chosen, "target": target}
 
 
@@ -336,6 +358,7 @@ class Bench:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._real: dict[str, Any] = {}
         self._parts: dict[str, dict[str, Any]] = {}  # per dataset, what dataset() returned
+        self._tuned: dict[str, dict[float, dict[str, dict[str, Any]]]] = {}  # per tune dataset
 
     def folder(self, dataset: str, seed: int, setting: Setting) -> Path:
         return self.out / dataset / f"seed{seed}" / setting.name
@@ -359,56 +382,73 @@ class Bench:
             ]
         return ExperimentConfig.from_yaml(path, overrides)
 
-    def settings(self, dataset: str) -> dict[float, list[Setting]]:
-        """Per ``β``: the baseline, then each method at each of its ``λ`` (on the tune dataset) or at the
-        ``λ`` the tune dataset chose at the same multiple of the config's ``β`` (on the others)."""
+    def settings(self, dataset: str, seed: int) -> dict[float, list[Setting]]:
+        """Per ``β``, the models of one seed: the baseline, then each method at each of its ``λ`` (the
+        tune dataset's first ``tune_seeds`` seeds) or at the ``λ`` those seeds chose at the same multiple
+        of the config's ``β`` (every other seed and dataset)."""
+        if self.sweeps(dataset, seed):
+            return self._models(dataset)
+        return self._models(dataset, self.tuned(dataset))
+
+    def sweeps(self, dataset: str, seed: int) -> bool:
+        """Whether ``seed`` of ``dataset`` trains every ``λ`` of the preset."""
+        return self.preset.tune in (None, dataset) and seed < self.tune_seeds()
+
+    def tune_seeds(self) -> int:
+        return min(self.preset.tune_seeds or self.preset.seeds, self.preset.seeds)
+
+    def _models(
+        self, dataset: str, chosen: dict[float, dict[str, dict[str, Any]]] | None = None
+    ) -> dict[float, list[Setting]]:
+        """Per ``β``: the baseline and each method at every ``λ`` of the preset, or at the ``chosen``."""
         config_kl = self.config(dataset).model.kl_weight
-        tuned = None if self.preset.tune in (None, dataset) else self.tuned()
         table = {}
         for factor in self.preset.kl_factors:
             kl = config_kl * factor
             weights = self.preset.weights
-            if tuned is not None:
-                weights = tuple((method, (tuned[factor][method],)) for method, _ in weights)
+            if chosen is not None:
+                weights = tuple((method, (chosen[factor][method]["weight"],)) for method, _ in weights)
             table[kl] = [Setting("baseline", kl)]
             table[kl] += [Setting(m, kl, w) for m, choices in weights for w in choices]
         return table
 
-    def jobs(self, dataset: str) -> list[tuple[int, Setting]]:
+    def jobs(self, dataset: str) -> Iterator[tuple[int, Setting]]:
         """Every model of ``dataset`` as ``(seed, setting)``, in the order they are trained: seed by seed
-        (so ``--seeds 1`` is the start of the full run), then β, then method and λ."""
-        every = [s for settings in self.settings(dataset).values() for s in settings]
-        return [(seed, setting) for seed in range(self.preset.seeds) for setting in every]
+        (so ``--seeds 1`` is the start of the full run), then β, then method and λ. Lazy: the seeds after
+        the tune seeds ask for the tune seeds' choice only when they are reached."""
+        for seed in range(self.preset.seeds):
+            for settings in self.settings(dataset, seed).values():
+                for setting in settings:
+                    yield seed, setting
 
     def share(self, dataset: str) -> None:
         """Train and score this worker's share of ``dataset`` (``--shard``): every N-th job from the I-th."""
         index, count = self.shard or (0, 1)
-        for seed, setting in self.jobs(dataset)[index::count]:
+        for seed, setting in itertools.islice(self.jobs(dataset), index, None, count):
             self.score(dataset, seed, setting)
 
-    def tuned(self) -> dict[float, dict[str, float]]:
-        """``β`` multiple → method → the ``λ`` the tune dataset's sweep chose (run first when needed)."""
-        tune = self.preset.tune
-        if self.shard is not None:  # a worker must not train the other workers' tune models
-            missing = [
-                (seed, s)
-                for seed, s in self.jobs(tune)
-                if not (self.folder(tune, seed, s) / "scores.json").is_file()
-            ]
-            if missing:
-                raise SystemExit(
-                    f"{len(missing)} {tune} models are not scored yet, and {tune} chooses every other "
-                    f"dataset's λ: let all the {tune} shards finish (or run without --shard) first"
-                )
-        part = self.dataset(tune)
-        config_kl = self.config(tune).model.kl_weight
-        return {
-            factor: {
-                method: part["kl_weights"][f"{config_kl * factor:g}"]["chosen"][method]["weight"]
-                for method, _ in self.preset.weights
-            }
-            for factor in self.preset.kl_factors
+    def tuned(self, dataset: str) -> dict[float, dict[str, dict[str, Any]]]:
+        """``β`` multiple → method → the :func:`choose_weight` choice of the tune dataset's sweep (its
+        first ``tune_seeds`` seeds; the dataset's own when there is no tune dataset), run when needed."""
+        tune = self.preset.tune or dataset
+        if tune in self._tuned:
+            return self._tuned[tune]
+        seeds = range(self.tune_seeds())
+        sweep = self._models(tune)
+        jobs = [(seed, s) for seed in seeds for settings in sweep.values() for s in settings]
+        missing = [job for job in jobs if not (self.folder(tune, *job) / "scores.json").is_file()]
+        if self.shard is not None and missing:  # a worker must not train the other workers' tune models
+            raise SystemExit(
+                f"{len(missing)} models of the {tune} sweep (seeds < {len(seeds)}) are not scored yet, "
+                "and they choose the λ of every later model: let those shards finish first (--datasets "
+                f"{tune} --seeds {len(seeds)} --shard I/N), or run without --shard"
+            )
+        scores = {(seed, s): self.score(tune, seed, s)["scores"] for seed, s in jobs}
+        self._tuned[tune] = {
+            factor: choose({s: [scores[seed, s] for seed in seeds] for s in settings})
+            for factor, settings in zip(self.preset.kl_factors, sweep.values(), strict=True)
         }
+        return self._tuned[tune]
 
     def real(self, dataset: str):
         """The held-out images of ``dataset`` (a ``TensorSource`` named after it, with labels), once."""
@@ -448,29 +488,31 @@ class Bench:
         """Stages 1–3 of one dataset: every model of every seed (seed by seed), then the tables."""
         if dataset in self._parts:
             return self._parts[dataset]
-        table = self.settings(dataset)
-        stored = {(s, seed): self.score(dataset, seed, s) for seed, s in self.jobs(dataset)}
-        every = [s for settings in table.values() for s in settings]
-        part: dict[str, Any] = {"kl_weights": {}, "extractor": next(iter(stored.values()))["extractor"]}
-        for kl, settings in table.items():
-            per_seed = {s: [stored[s, seed]["scores"] for seed in range(self.preset.seeds)] for s in settings}
-            seconds = {s: self._train_seconds(dataset, s) for s in settings}
-            part["kl_weights"][f"{kl:g}"] = {"kl_weight": kl, **compare(per_seed, seconds)}
+        stored = {(seed, s): self.score(dataset, seed, s) for seed, s in self.jobs(dataset)}
+        choice = self.tuned(dataset)
         config_kl = self.config(dataset).model.kl_weight
+        part: dict[str, Any] = {"kl_weights": {}, "extractor": next(iter(stored.values()))["extractor"]}
+        for factor in self.preset.kl_factors:
+            per_seed: dict[Setting, list[dict[str, float]]] = {}  # seed-major: each list in seed order
+            for (_, setting), result in stored.items():
+                if setting.kl_weight == config_kl * factor:
+                    per_seed.setdefault(setting, []).append(result["scores"])
+            seconds = {s: self._train_seconds(dataset, s, len(rows)) for s, rows in per_seed.items()}
+            entry = compare(per_seed, choice[factor], seconds)
+            part["kl_weights"][f"{config_kl * factor:g}"] = {"kl_weight": config_kl * factor, **entry}
         part["config"] = {
             "path": f"configs/{dataset}-vae.yaml",
             "kl_weight": config_kl,
-            "atom_weight": part["kl_weights"][f"{config_kl:g}"]["chosen"]["atom"]
-            if f"{config_kl:g}" in part["kl_weights"]
-            else None,
+            "atom_weight": choice[1.0]["atom"] if 1.0 in choice else None,
         }
-        part["num_units"] = stored[every[0], 0]["scores"]["num_units"]
+        part["num_units"] = next(iter(stored.values()))["scores"]["num_units"]
         part["tuned_on"] = self.preset.tune if self.preset.tune not in (None, dataset) else None
+        part["tune_seeds"] = self.tune_seeds()
         self._parts[dataset] = part
         return part
 
-    def _train_seconds(self, dataset: str, setting: Setting) -> list[float | None]:
-        files = [self.folder(dataset, seed, setting) / "train.json" for seed in range(self.preset.seeds)]
+    def _train_seconds(self, dataset: str, setting: Setting, seeds: int) -> list[float | None]:
+        files = [self.folder(dataset, seed, setting) / "train.json" for seed in range(seeds)]
         return [json.loads(f.read_text())["seconds"] if f.is_file() else None for f in files]
 
     def run(self, datasets: tuple[str, ...]) -> dict[str, Any] | None:
@@ -543,10 +585,17 @@ DIFFS = ("reconstruction_mse", *TARGET_METRICS)
 def markdown(report: dict[str, Any]) -> str:
     preset = report["preset"]
     factors = ", ".join(f"{f:g}×" for f in preset["kl_factors"])
+    tune_seeds = min(preset["tune_seeds"] or preset["seeds"], preset["seeds"])
+    seeds = f"{preset['seeds']} seeds per setting"
+    if tune_seeds < preset["seeds"]:
+        seeds = (
+            f"{preset['seeds']} seeds for the baseline and each method's chosen λ; the sweep's other λ on "
+            f"the first {tune_seeds} (the λ are chosen from the sweep on those seeds alone)"
+        )
     lines = [
         "# Separation at the VAE encoder (bench/vae.py)",
         "",
-        f"{preset['seeds']} seeds per setting; AutoencoderKL of configs/<dataset>-vae.yaml (resized by "
+        f"{seeds}; AutoencoderKL of configs/<dataset>-vae.yaml (resized by "
         f"the preset), KL weight β at {factors} the config's; separation on the posterior mean. Scores "
         f"on {preset['images']} held-out images: reconstruction MSE (posterior mean, [0, 1] pixels), KL to "
         f"the prior (nats per image), active units (Var_x(μ_u) > 0.01); {preset['samples']} prior samples "
@@ -597,6 +646,7 @@ def markdown(report: dict[str, Any]) -> str:
 def _table(entry: dict[str, Any]) -> list[str]:
     lines = ["| setting | " + " | ".join(LABELS[m] for m in SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
     chosen = entry["chosen"]
+    seeds = len(entry["rows"][0]["recall"]["values"])  # the baseline's
     for row in entry["rows"]:
         mark = ""
         if row["method"] in chosen and chosen[row["method"]]["weight"] == row["weight"]:
@@ -620,6 +670,8 @@ def _table(entry: dict[str, Any]) -> list[str]:
                 cell += f"<br>Δ {format_interval(value['diff'] * scale, low, high)}{unit}"
             cells.append(cell)
         name = f"{LABELS[row['method']]}" + ("" if row["method"] == "baseline" else f" λ={row['weight']:g}")
+        if len(row["recall"]["values"]) < seeds:
+            name += f" ({len(row['recall']['values'])} seed{'s' * (len(row['recall']['values']) > 1)})"
         lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
     return lines
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -93,6 +95,13 @@ def test_compare_pairs_seeds_and_picks_each_methods_lambda():
     atom = next(r for r in result["rows"] if r["setting"] == "atom-0.1-kl0.001")
     assert atom["recall"]["mean"] == pytest.approx(0.7) and atom["recall"]["diff"] == pytest.approx(0.15)
     assert atom["recall"]["low"] < 0.15 < atom["recall"]["high"]  # two seeds: a (wide) interval
+    # A λ swept on the first seed only pairs with the baseline's first seed; the choice comes from outside.
+    per_seed[bench.Setting("atom", 1e-3, 0.03)] = [_scores(recall=0.7)]
+    given = {"atom": {"weight": 0.1, "admissible": True}, "dispersive": result["chosen"]["dispersive"]}
+    result = bench.compare(per_seed, given)
+    swept = next(r for r in result["rows"] if r["setting"] == "atom-0.03-kl0.001")
+    assert swept["recall"]["diff"] == pytest.approx(0.2) and swept["recall"]["low"] is None
+    assert result["chosen"] == given and result["target"]["checks"][0]["low"] is not None
     assert result["target"]["reconstruction"]["met"] and not result["target"]["met"]  # units equal
 
 
@@ -101,7 +110,8 @@ def test_settings_presets_and_yaml_numbers():
     assert bench.Setting("baseline", 0.004).name == "baseline-kl0.004"
     assert bench.Setting("atom", 0.001, 0.3).name == "atom-0.3-kl0.001"
     dry = bench.Preset.named("dry-run")
-    assert dry.seeds == 2 and all(len(weights) == 1 for _, weights in dry.weights)
+    assert dry.seeds == 2 and dry.tune_seeds == 1  # a sweep on seed 0 (two atom λ), the choice on seed 1
+    assert dict(dry.weights) == {"atom": (0.1, 0.3), "dispersive": (0.03,)}
     assert [m for m, _ in bench.Preset.named("cpu").weights] == ["atom", "dispersive"]
     with pytest.raises(ValueError, match="unknown preset"):
         bench.Preset.named("tpu")
@@ -111,40 +121,61 @@ def test_settings_presets_and_yaml_numbers():
         assert yaml.safe_load(bench._number(value)) == pytest.approx(value)
 
 
-def test_the_other_dataset_confirms_the_lambda_the_tune_dataset_chose(tmp_path):
+def _choice(weights: dict[float, tuple[float, float]]):
+    """What a sweep would choose: ``β`` multiple → (atom λ, dispersive λ), in :meth:`Bench.tuned`'s form."""
+    return {
+        factor: {
+            "atom": {"weight": atom, "admissible": True},
+            "dispersive": {"weight": disp, "admissible": True},
+        }
+        for factor, (atom, disp) in weights.items()
+    }
+
+
+def test_later_seeds_and_the_other_dataset_confirm_what_the_tune_seeds_chose(tmp_path):
     bench = load_bench("vae")
     runs = bench.Bench(tmp_path, bench.Preset.named("cpu"), progress=False)
-    assert runs.preset.tune == "mnist5k"
-    swept = runs.settings("mnist5k")
+    assert runs.preset.tune == "mnist5k" and runs.tune_seeds() == 1
+    swept = runs.settings("mnist5k", 0)
     assert [len(settings) for settings in swept.values()] == [7, 7]  # the baseline, 3 λ per method
-    chosen = {  # what mnist5k's sweep would have chosen, per β
-        "0.001": {"atom": {"weight": 0.3}, "dispersive": {"weight": 0.01}},
-        "0.004": {"atom": {"weight": 0.03}, "dispersive": {"weight": 0.1}},
-    }
-    runs._parts["mnist5k"] = {"kl_weights": {kl: {"chosen": c} for kl, c in chosen.items()}}
-    confirmed = runs.settings("fashion-mnist")
-    assert {f"{kl:g}": [s.name for s in settings] for kl, settings in confirmed.items()} == {
+    assert runs.sweeps("mnist5k", 0) and not runs.sweeps("mnist5k", 1)
+    assert not runs.sweeps("fashion-mnist", 0)
+    runs._tuned["mnist5k"] = _choice({1.0: (0.3, 0.01), 4.0: (0.03, 0.1)})
+    expected = {
         "0.001": ["baseline-kl0.001", "atom-0.3-kl0.001", "dispersive-0.01-kl0.001"],
         "0.004": ["baseline-kl0.004", "atom-0.03-kl0.004", "dispersive-0.1-kl0.004"],
     }
+    for dataset, seed in (("mnist5k", 1), ("mnist5k", 2), ("fashion-mnist", 0)):
+        confirmed = runs.settings(dataset, seed)
+        assert {f"{kl:g}": [s.name for s in settings] for kl, settings in confirmed.items()} == expected
+    # Without a tune dataset every dataset sweeps its own first seeds; the GPU preset sweeps all seeds.
+    own = bench.Bench(tmp_path, dataclasses.replace(runs.preset, tune=None), progress=False)
+    assert own.sweeps("fashion-mnist", 0) and not own.sweeps("fashion-mnist", 1)
+    gpu = bench.Bench(tmp_path, bench.Preset.named("gpu"), progress=False)
+    assert gpu.tune_seeds() == 5 and gpu.sweeps("mnist5k", 4)
 
 
-def test_shards_split_the_models_and_wait_for_the_tune_dataset(tmp_path):
+def test_shards_split_the_models_and_wait_for_the_tune_seeds(tmp_path):
     bench = load_bench("vae")
     runs = bench.Bench(tmp_path, bench.Preset.named("cpu"), progress=False)
-    jobs = runs.jobs("mnist5k")
-    assert len(jobs) == 3 * 2 * 7 and [seed for seed, _ in jobs[:14]] == [0] * 14  # seed 0 first
+    runs._tuned["mnist5k"] = _choice({1.0: (0.1, 0.01), 4.0: (0.1, 0.03)})
+    jobs = list(runs.jobs("mnist5k"))
+    assert len(jobs) == 2 * (7 + 3 + 3) and [seed for seed, _ in jobs[:14]] == [0] * 14  # seed 0 first
     shares = [jobs[index::2] for index in range(2)]
     assert sorted(shares[0] + shares[1], key=jobs.index) == jobs and not set(shares[0]) & set(shares[1])
     for share in shares:  # each core gets as many of the slow atom-separation models
-        assert sum(setting.method == "atom" for _, setting in share) == 9
+        assert sum(setting.method == "atom" for _, setting in share) == 5
     assert [bench.shard(text) for text in ("0/2", "1/2")] == [(0, 2), (1, 2)]
     for wrong in ("2/2", "1", "a/b", "-1/2"):
         with pytest.raises(argparse.ArgumentTypeError, match="I/N"):
             bench.shard(wrong)
     worker = bench.Bench(tmp_path, bench.Preset.named("cpu"), progress=False, shard=(1, 2))
-    with pytest.raises(SystemExit, match="42 mnist5k models are not scored yet"):
-        worker.settings("fashion-mnist")  # Fashion-MNIST's λ are mnist5k's choice
+    sweep = itertools.islice(worker.jobs("mnist5k"), 14)  # the tune seed needs no choice
+    assert [job for job in sweep] == jobs[:14]
+    with pytest.raises(SystemExit, match="14 models of the mnist5k sweep"):
+        worker.settings("mnist5k", 1)  # later seeds train what the sweep chose
+    with pytest.raises(SystemExit, match="--seeds 1 --shard"):
+        worker.settings("fashion-mnist", 0)  # and so does Fashion-MNIST
 
 
 def test_held_out_data_keeps_each_images_label():
@@ -175,11 +206,14 @@ def test_vae_dry_run_writes_the_report_and_resumes(tmp_path):
     command = [sys.executable, str(ROOT / "bench" / "vae.py"), "--out", str(out), "--dry-run"]
     command += ["--datasets", "mnist5k"]  # Fashion-MNIST is not installed everywhere
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    for index in range(2):  # two workers' shares, one after the other here; neither writes a report
-        subprocess.run(
-            [*command, "--shard", f"{index}/2"],
-            capture_output=True, text=True, timeout=600, env=env, check=True, cwd=ROOT,
-        )  # fmt: skip
+    # As make vae: two workers' shares of the tune seed, then of the rest (one after the other here);
+    # no worker writes a report.
+    for stage in (["--seeds", "1"], []):
+        for index in range(2):
+            subprocess.run(
+                [*command, *stage, "--shard", f"{index}/2"],
+                capture_output=True, text=True, timeout=600, env=env, check=True, cwd=ROOT,
+            )  # fmt: skip
     assert not (out / "vae.json").exists()
     first = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env=env, check=True, cwd=ROOT
@@ -192,25 +226,30 @@ def test_vae_dry_run_writes_the_report_and_resumes(tmp_path):
         assert [r["setting"].split("-kl")[0] for r in entry["rows"]] == [
             "baseline",
             "atom-0.1",
+            "atom-0.3",
             "dispersive-0.03",
         ]
-        assert (
-            len(entry["rows"][0]["recall"]["values"]) == 2 and entry["rows"][1]["recall"]["low"] is not None
-        )
+        seeds = {r["setting"].split("-kl")[0]: len(r["recall"]["values"]) for r in entry["rows"]}
+        atom = entry["chosen"]["atom"]["weight"]  # both seeds for it, the other λ on seed 0 only
+        assert seeds == {"baseline": 2, "atom-0.1": 1, "atom-0.3": 1, "dispersive-0.03": 2} | {
+            f"atom-{atom:g}": 2
+        }
         assert set(entry["chosen"]) == {"atom", "dispersive"} and len(entry["target"]["checks"]) == 6
-    assert part["config"]["atom_weight"]["weight"] == 0.1 and part["num_units"] > 0
+        assert all(check["low"] is not None for check in entry["target"]["checks"])  # paired on 2 seeds
+    assert part["config"]["atom_weight"]["weight"] in (0.1, 0.3) and part["num_units"] > 0
     assert "classifier" in part["extractor"]
     assert report["targets"]["missing"] == ["fashion-mnist"] and not report["targets"]["met"]
     markdown = (out / "vae.md").read_text()
     assert "## mnist5k" in markdown and "### β = 0.004" in markdown and "- mnist5k: **" in markdown
-    assert "separation.weight = 0.1" in markdown and "not measured: fashion-mnist" in markdown
+    assert f"separation.weight = {part['config']['atom_weight']['weight']:g}" in markdown
+    assert "not measured: fashion-mnist" in markdown and " (1 seed) |" in markdown
     assert (out / "vae.png").read_bytes()[:4] == b"\x89PNG"
     seed = out / "mnist5k" / "seed0" / "atom-0.1-kl0.001"
     assert (seed / "eval" / "prior-samples.png").is_file() and (
         seed / "model" / "vae" / "config.json"
     ).is_file()
     done = {p: p.stat().st_mtime_ns for p in out.glob("mnist5k/seed*/*/*") if p.is_file()}
-    assert len(done) == 12 * 2  # scores.json and train.json of each of 2 seeds × 2 β × 3 models
+    assert len(done) == 14 * 2  # scores.json and train.json of 2 β × (4 models on seed 0 + 3 on seed 1)
     # A second run finds every model and score and redoes nothing; --results gets copies.
     again = subprocess.run(
         [*command, "--results", str(results)],
