@@ -50,7 +50,7 @@ vae: $(STAMP)
 	for stage in "mnist5k --seeds 1" mnist5k fashion-mnist; do \
 	  OMP_NUM_THREADS=1 $(PY) bench/vae.py --out runs/vae --datasets $$stage --shard 0/2 & first=$$!; \
 	  OMP_NUM_THREADS=1 $(PY) bench/vae.py --out runs/vae --datasets $$stage --shard 1/2 \
-	    && wait $$first || exit 1; \
+	    && wait $$first || { kill $$first 2>/dev/null; exit 1; }; \
 	done
 	$(PY) bench/vae.py --out runs/vae --results results
 

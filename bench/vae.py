@@ -56,16 +56,17 @@ Every seed of every setting trains on the same images in the same order (``train
 initial weights and the batches) and its prior samples decode the same draws ``z ~ N(0, I)``, so the
 differences to the baseline are paired.
 
-**Cost of the CPU preset.** VAEs of the configs' architecture (``[32, 64]``, 4 latent channels) at
-16×16, 1,000 steps each: 2 ``β`` × (7 models on mnist5k's seed 0: the baseline and 3 ``λ`` of each
-method, + 3 on each later seed and on each of Fashion-MNIST's 3 seeds: the baseline and each method's
-chosen ``λ``) = 44 VAEs; the configs' own 3,000 steps at 28×28 would take more than a day. Measured
-with two workers side by side (``--shard``, one thread each, on the 2-core machine of the README): about
-11–12 minutes per baseline or Dispersive Loss model and 18 per atom-separation model (64 particles per
-image, 8,192 per batch), training and scoring (500 held-out images, 500 prior samples) together. That is
-about 3.1 hours on 2 cores for mnist5k and 2.1 for Fashion-MNIST. The sweep on every seed (the ``λ``
-chosen from 3 seeds' means) would add about 2.0 hours. The GPU preset trains 5 seeds × 2 ``β`` × (9 +
-3) = 120 VAEs at the configs' own sizes (not timed: no GPU was at hand; likely hours).
+**Cost of the CPU preset.** VAEs of the configs' architecture (``[32, 64]``, 4 latent channels) at 16×16,
+1,000 steps each: 2 ``β`` × (7 models on mnist5k's seed 0: the baseline and 3 ``λ`` of each method, + 3
+on each later seed and on each of Fashion-MNIST's 3 seeds: the baseline and each method's chosen ``λ``) =
+44 VAEs; the configs' own 3,000 steps at 28×28 (estimated at about 0.75 s/step without separation on 2
+free cores) would take more than a day. Measured with two workers side by side (``--shard``, one thread
+each, on the 2-core machine of the README): about 11–12 minutes per baseline or Dispersive Loss model and
+18 per atom-separation model (64 particles per image, 8,192 per batch), training and scoring (500
+held-out images, 500 prior samples) together. That is about 3.1 hours on 2 cores for mnist5k and 2.1 for
+Fashion-MNIST. The sweep on every seed (the ``λ`` chosen from 3 seeds' means) would add about 2.0 hours.
+The GPU preset trains 5 seeds × 2 ``β`` × (9 + 3) = 120 VAEs at the configs' own sizes (not timed: no GPU
+was at hand; likely hours).
 """
 
 from __future__ import annotations
