@@ -45,9 +45,9 @@ attribution: $(STAMP)
 
 # The VAE benchmark (issue 13; about 5 hours on 2 CPU cores, resumable: run it again to go on). One worker
 # per core (--shard) per stage: mnist5k's seed 0, whose sweep chooses every later model's λ, then the rest
-# of mnist5k, then Fashion-MNIST; then the report.
+# of mnist5k and Fashion-MNIST; then the report.
 vae: $(STAMP)
-	for stage in "mnist5k --seeds 1" mnist5k fashion-mnist; do \
+	for stage in "mnist5k --seeds 1" "mnist5k fashion-mnist"; do \
 	  OMP_NUM_THREADS=1 $(PY) bench/vae.py --out runs/vae --datasets $$stage --shard 0/2 & first=$$!; \
 	  OMP_NUM_THREADS=1 $(PY) bench/vae.py --out runs/vae --datasets $$stage --shard 1/2 \
 	    && wait $$first || { kill $$first 2>/dev/null; exit 1; }; \

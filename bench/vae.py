@@ -3,8 +3,8 @@
     python bench/vae.py --out runs/vae                        # the CPU preset, staged and resumable
     python bench/vae.py --out runs/vae --datasets mnist5k --seeds 1   # one stage of it
     python bench/vae.py --out runs/vae --datasets mnist5k --seeds 1 --shard 0/2   # and 1/2 beside it,
-                                            # one per core; then the same without --seeds, then with
-                                            # fashion-mnist, then without --shard (make vae does all)
+                                            # one per core; then --datasets mnist5k fashion-mnist the
+                                            # same way, then without --shard (make vae does all)
     python bench/vae.py --out /tmp/vae --dry-run              # every code path, under a minute
     python bench/vae.py --out runs/vae-gpu --preset gpu       # bench/gpu.sh --vae: the configs' own sizes
 
