@@ -161,7 +161,7 @@ class Preset:
             the strongest; 10× (0.02 a unit) risks closing nearly all. The report's active units show
             whether it did.
         weights: per method, the ``λ`` swept (around the library defaults, 0.3 for atom separation and
-            0.03 for Dispersive Loss, and the 0.1 the VAE configs pinned).
+            0.03 for Dispersive Loss, and the 0.1 the VAE configs had pinned before it).
         tune: the dataset whose sweep chooses every method's ``λ``; the others train each method only at
             that choice (``None``: every dataset sweeps and chooses its own).
         tune_seeds: the first seeds of the tune dataset, which sweep every ``λ`` and choose from their
