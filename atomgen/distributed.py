@@ -24,6 +24,15 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
+def gather_constant(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every process's ``tensor`` along dim 0, without gradient (labels, group indices)."""
+    if not is_active():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 def row_offset(local_size: int) -> int:
     """Index of this process's first atom in the gathered batch."""
     return dist.get_rank() * local_size if is_active() else 0

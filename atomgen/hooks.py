@@ -30,6 +30,9 @@ class AttachHandle:
         module: the separation module (``AtomSeparation``, ``DispersiveLoss`` or any module of the same form).
         weight: ``λ``, the factor :meth:`loss` applies.
         step: how many forward passes have gone through the site since ``attach``.
+        groups: ``(B,)`` integer group of each sample of the next loss (a class label, say), passed to the
+            module so that only samples of the same group interact; ``None`` (default): the batch is
+            one group. Set it before the loss of a forward pass is read.
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class AttachHandle:
     ):
         self.model, self.site, self.module, self.weight = model, site, module, weight
         self.step = 0
+        self.groups: torch.Tensor | None = None
         self._split_moments = _is_vae_encoder(model, site)
         self._features: torch.Tensor | None = None
         self._output: SeparationOutput | None = None
@@ -89,7 +93,9 @@ class AttachHandle:
         if reference is not None and reference.device != features.device:
             self.module.to(features.device)
         try:
-            return self.module(features)
+            if self.groups is None:
+                return self.module(features)
+            return self.module(features, groups=self.groups)
         except FloatingPointError as error:
             raise FloatingPointError(f"site {self.site!r}, forward pass {self.step}: {error}") from None
         except ValueError as error:

@@ -215,12 +215,17 @@ class AtomSeparation(ModelMixin, ConfigMixin):
             mask = mask.to(particles.dtype)
         return particles, mask, grid
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> AtomOutput:
+    def forward(
+        self, features: torch.Tensor, mask: torch.Tensor | None = None, groups: torch.Tensor | None = None
+    ) -> AtomOutput:
         """Separation loss of a batch of site activations; see :class:`AtomOutput`.
 
         Args:
             features: ``(B, C, H, W)``, ``(B, n, d)`` or ``(B, d)`` activations.
             mask: optional ``(B, n)`` particle mask (1 keeps a particle, 0 drops it).
+            groups: optional ``(B,)`` integer group of each atom (a class label, a prompt's index): only
+                atoms of the same group interact (method.md §4). ``None``: the batch is one group. An
+                atom alone in its group has no pairs and energy 0.
         """
         # Notation (method.md §1 and §4), code name → symbol; "_all" marks the atoms of every process
         # (the all-gather of §6), shape (B_all, ...), against this process's B atoms:
@@ -281,6 +286,9 @@ class AtomSeparation(ModelMixin, ConfigMixin):
         pair_energy = energy_sum / (count[:, None] * count_all[None, :]).clamp_min(1e-12)
         atom_distance = distance_sum / (mass[:, None] * mass_all[None, :]).clamp_min(1e-12)
         valid = (count > 0)[:, None] & (count_all > 0)[None, :]
+        if groups is not None:  # pairs within a group only; the blockwise sums stay exact (§5)
+            groups = _check_groups(groups, batch).to(valid.device)
+            valid &= groups[:, None] == distributed.gather_constant(groups)[None, :]
         rows = torch.arange(batch, device=valid.device)
         valid[rows, rows + offset] = False  # an atom does not repel itself
         pairs = valid.to(dtype)
@@ -359,6 +367,14 @@ class AtomSeparation(ModelMixin, ConfigMixin):
                 f"AtomSeparation(dim={self.config.dim}) received features of width {width} "
                 f"(shape {tuple(features.shape)}); build it with dim={width}"
             )
+
+
+def _check_groups(groups: torch.Tensor, batch: int) -> torch.Tensor:
+    if not isinstance(groups, torch.Tensor) or groups.dtype.is_floating_point or groups.is_complex():
+        raise TypeError(f"groups must be an integer tensor of shape (B,), got {groups!r}")
+    if tuple(groups.shape) != (batch,):
+        raise ValueError(f"groups must have shape (B,) = ({batch},), got {tuple(groups.shape)}")
+    return groups
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -231,6 +231,10 @@ class SeparationConfig:
         warmup_steps: ramp ``λ`` linearly from 0 over this many steps.
         options: keyword arguments of ``AtomSeparation`` (``mode``, ``kernel``, ...) or of
             ``DispersiveLoss`` (``tau``); ``dim`` is read from the model.
+        within_class: separate only samples of the same class label (class-conditional models, atom
+            separation): classifier-free guidance loses diversity within a class, while a mixed-class
+            batch mostly separates what the label already separates. Samples whose label was dropped
+            (the null label) form one group of their own.
     """
 
     method: str = "none"
@@ -238,9 +242,12 @@ class SeparationConfig:
     weight: float | None = None
     warmup_steps: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    within_class: bool = False
 
     def __post_init__(self) -> None:
         _choice("separation.method", self.method, METHODS)
+        if self.within_class and self.method != "atom":
+            raise ConfigError(f"separation.within_class needs separation.method: atom, got {self.method!r}")
         if self.weight is None:
             self.weight = DEFAULT_WEIGHTS[self.method]
         if self.weight < 0:
@@ -273,6 +280,8 @@ class TrainConfig:
         label_dropout: with ``model.num_classes``, the share of labels replaced by the null label, so
             that one model learns the conditional and the unconditional prediction (classifier-free
             guidance).
+        snapshot_steps: steps at which the weights (EMA when kept) are also saved as a pipeline, in
+            ``snapshots/step-<k>/pipeline``: the weaker, earlier models that autoguidance guides with.
     """
 
     output_dir: str = "runs/train"
@@ -292,8 +301,13 @@ class TrainConfig:
     tensorboard: bool = False
     seed: int = 0
     label_dropout: float = 0.1
+    snapshot_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if any(step < 1 or step > self.steps for step in self.snapshot_steps):
+            raise ConfigError(
+                f"train.snapshot_steps must lie in [1, train.steps={self.steps}], got {self.snapshot_steps}"
+            )
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"train.label_dropout must lie in [0, 1), got {self.label_dropout}")
         for name in ("steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every"):
@@ -315,6 +329,10 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     separation: SeparationConfig = field(default_factory=SeparationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.separation.within_class and self.model.num_classes is None:
+            raise ConfigError("separation.within_class needs class labels: set model.num_classes")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:

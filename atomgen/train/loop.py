@@ -35,6 +35,7 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import seeding
 from ..data import ImageData
 from ..distributed import row_offset
 from ..hooks import AttachHandle, attach
@@ -198,6 +199,8 @@ def train(
             with nullcontext() if last else accelerator.no_sync(objective):
                 draws = _Draws(chunk, data, cfg.seed, step, micro, config, accelerator)
                 task = objective(draws)
+                if handle is not None and config.separation.within_class:  # pairs of one label only
+                    handle.groups = draws.labels
                 sep_term, parts = _separation_term(handle, processes)
                 loss = (task + ramp * sep_term) / cfg.gradient_accumulation_steps
                 finite = _all_finite(loss, accelerator)
@@ -247,6 +250,10 @@ def train(
         due = state.step % cfg.checkpoint_every == 0 and not state.nonfinite_in_row
         if due or state.step == cfg.steps:  # no periodic checkpoint during a run of skipped steps
             last_good = _save_checkpoint(accelerator, run_dir, state.step, cfg.keep_checkpoints)
+        if state.step in cfg.snapshot_steps and accelerator.is_main_process:
+            snapshot = run_dir / "snapshots" / f"step-{state.step}"
+            if not snapshot.exists():  # a resumed run keeps the snapshot it wrote before
+                _export(snapshot, raw_model, ema, separation, config, site)
         if on_step_end is not None:
             on_step_end(state.step, metrics)
     bar.close()
@@ -270,7 +277,7 @@ class _BatchSampler:
     def __call__(self, step: int) -> torch.Tensor:
         epoch, position = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            generator = seeding.generator(self.seed, "train-shuffle", epoch)
             self._epoch, self._order = epoch, torch.randperm(self.size, generator=generator)
         return self._order[position * self.batch_size : (position + 1) * self.batch_size]
 
@@ -281,7 +288,7 @@ class _Draws:
     def __init__(
         self, chunk: torch.Tensor, data: ImageData, seed: int, step: int, micro: int, config, accelerator
     ):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + micro)
+        generator = seeding.generator(seed, "train-draws", step, micro)
         size = len(chunk)
         images = data.images[chunk]
         if config.data.hflip:
@@ -476,7 +483,8 @@ def _save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: i
 def _export(
     run_dir: Path, model, ema: EMAModel | None, separation, config: ExperimentConfig, site: str
 ) -> None:
-    """The final weights (EMA when kept) where diffusers loads them, with the separation module beside."""
+    """The weights (EMA when kept) where diffusers loads them, ``run_dir/pipeline`` (or ``vae``), with the
+    separation module beside."""
     final = copy.deepcopy(model).cpu().eval()
     if ema is not None:
         ema.copy_to(final.parameters())
