@@ -21,7 +21,9 @@ def stream_seed(seed: int, purpose: str, *indices: int) -> int:
         purpose: what the stream draws, e.g. ``"shuffle"``, ``"initial-noise"``, ``"step-noise"``.
         indices: where it draws, e.g. an epoch, a step, a batch index (each ≥ 0).
     """
-    key = [seed, zlib.crc32(purpose.encode()), *indices]
+    # The count of indices is part of the key: SeedSequence pads its entropy with zeros, so without it
+    # (…, 1) and (…, 1, 0) would be one stream.
+    key = [seed, zlib.crc32(purpose.encode()), len(indices), *indices]
     if any(not isinstance(k, (int, np.integer)) or k < 0 for k in key):
         raise ValueError(f"a stream key is non-negative integers; got seed={seed!r}, indices={indices!r}")
     state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)

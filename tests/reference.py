@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 
-def naive_atom_loss(sep, features, mask=None):
+def naive_atom_loss(sep, features, mask=None, groups=None):
     """``(loss, parts, energy, atom_distance)`` computed the obvious way, from the module's own tokeniser."""
     cfg = sep.config
     particles, mask, _ = sep.tokenize(features, mask)
@@ -33,6 +33,8 @@ def naive_atom_loss(sep, features, mask=None):
     dbar = (ss * (u + cfg.epsilon**2).sqrt()).sum((1, 3)) / ss.sum((1, 3)).clamp_min(1e-12)
     alive = mask.sum(1) > 0
     valid = alive[:, None] & alive[None, :] & ~torch.eye(B, dtype=torch.bool)
+    if groups is not None:
+        valid &= groups[:, None] == groups[None, :]
     P = valid.to(E.dtype)
     npairs = P.sum().clamp_min(1)
     L_sep = (E * P).sum() / npairs

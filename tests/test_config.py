@@ -72,6 +72,15 @@ def test_unknown_key_names_it_and_the_valid_ones():
         ({"train": {"ema_decay": 1.5}}, "train.ema_decay must lie in"),
         ({"separation": {"options": {"dim": 3}}}, "dim is read from the model"),
         ({"train": {"use_ema": True}}, r"unknown key\(s\) \['use_ema'\]"),
+        ({"separation": {"within_class": True}}, "within_class needs separation.method: atom"),
+        (
+            {"separation": {"method": "atom", "within_class": True}},
+            "within_class needs class labels: set model.num_classes",
+        ),
+        (
+            {"train": {"steps": 10, "snapshot_steps": [5, 11]}},
+            r"snapshot_steps must lie in \[1, train.steps=10\]",
+        ),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(values, message):

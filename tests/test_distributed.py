@@ -14,6 +14,7 @@ OPTIONS = [
     {"mode": "signed", "kernel": "coulomb", "geometry": "sphere"},
     {"mode": "repulsive", "kernel": "gaussian", "geometry": "euclidean"},
 ]
+GROUPS = torch.tensor([0, 1, 1, 0, 2, 1])  # groups span both processes' atoms
 
 
 def _module(options: dict) -> AtomSeparation:
@@ -31,14 +32,14 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return features, mask
 
 
-def _worker(rank: int, init_file: str, out_dir: str, options: dict) -> None:
+def _worker(rank: int, init_file: str, out_dir: str, options: dict, grouped: bool) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         sep = _module(options)
         features, mask = _batch()
         local = slice(rank * 3, rank * 3 + 3)
         x = features[local].clone().requires_grad_(True)
-        out = sep(x, mask[local])
+        out = sep(x, mask[local], GROUPS[local] if grouped else None)
         out.loss.backward()
         torch.save(
             {
@@ -54,15 +55,17 @@ def _worker(rank: int, init_file: str, out_dir: str, options: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-group", "groups"])
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(o.values()))
-def test_two_processes_match_one(tmp_path, options):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), options), nprocs=WORLD, join=True)
+def test_two_processes_match_one(tmp_path, options, grouped):
+    args = (str(tmp_path / "init"), str(tmp_path), options, grouped)
+    mp.spawn(_worker, args=args, nprocs=WORLD, join=True)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     sep = _module(options)
     features, mask = _batch()
     x = features.clone().requires_grad_(True)
-    out = sep(x, mask)
+    out = sep(x, mask, GROUPS if grouped else None)
     out.loss.backward()
 
     torch.testing.assert_close(sum(p["loss"] for p in parts), out.loss.detach(), rtol=1e-10, atol=0)

@@ -36,13 +36,15 @@ def _assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, tol: fl
     assert error <= tol * float(expected.abs().max()) + 1e-12, error
 
 
-def _compare(sep: AtomSeparation, features: torch.Tensor, mask: torch.Tensor | None) -> None:
+def _compare(
+    sep: AtomSeparation, features: torch.Tensor, mask: torch.Tensor | None, groups: torch.Tensor | None = None
+) -> None:
     features = features.clone().requires_grad_(True)
-    out = sep(features, mask)
+    out = sep(features, mask, groups)
     params = [features] + ([sep.role_head.weight] if sep.config.learn_roles else [])
     # Mixing the per-atom energies in makes their gradients part of the comparison too.
     grads = torch.autograd.grad(out.loss + (out.energy * torch.arange(len(out.energy))).sum(), params)
-    loss, parts, energy, distance = naive_atom_loss(sep, features, mask)
+    loss, parts, energy, distance = naive_atom_loss(sep, features, mask, groups)
     ref_grads = torch.autograd.grad(loss + (energy * torch.arange(len(energy))).sum(), params)
     for actual, expected in zip(
         (out.loss, out.separation, out.neutrality, out.participation, out.spacing),
@@ -208,6 +210,45 @@ def test_fully_masked_atom_is_excluded():
     two = sep(features[:2])
     assert torch.allclose(full.separation, two.separation)
     assert torch.allclose(full.energy[:2], two.energy)
+
+
+@pytest.mark.parametrize(("mode", "kernel", "geometry"), VARIANTS)
+def test_groups_match_the_naive_reference_blockwise(mode, kernel, geometry):
+    """Only pairs within a group count; exact against the reference, with tiles of one atom."""
+    sep = AtomSeparation(dim=3, mode=mode, kernel=kernel, geometry=geometry, memory_budget_mb=1e-4)
+    sep = _randomised(sep.double())
+    features = torch.randn(7, 3, 2, 2, dtype=torch.float64)
+    mask = (torch.rand(7, 4) > 0.2).double()
+    _compare(sep, features, mask, torch.tensor([2, 0, 2, 1, 0, 2, 5]))
+
+
+def test_each_group_is_separated_as_if_it_were_alone():
+    sep = _randomised(AtomSeparation(dim=4).double())
+    features = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    groups = torch.tensor([1, 0, 1, 0, 0, 1])
+    out = sep(features, groups=groups)
+    (grad,) = torch.autograd.grad(out.energy.sum(), features)
+    for group in (0, 1):
+        members = (groups == group).nonzero().flatten()
+        alone = features.detach()[members].requires_grad_(True)
+        part = sep(alone)
+        (part_grad,) = torch.autograd.grad(part.energy.sum(), alone)
+        torch.testing.assert_close(out.energy[members], part.energy, rtol=1e-12, atol=0)
+        torch.testing.assert_close(grad[members], part_grad, rtol=1e-10, atol=1e-14)
+
+
+def test_an_atom_alone_in_its_group_has_no_energy():
+    out = AtomSeparation(dim=4)(torch.randn(3, 4, 2, 2), groups=torch.tensor([0, 0, 7]))
+    energy = out.energy.detach()
+    assert float(energy[2]) == 0.0 and float(energy[0]) > 0.0
+
+
+def test_bad_groups_are_refused():
+    sep = AtomSeparation(dim=4)
+    with pytest.raises(ValueError, match=r"groups must have shape \(B,\) = \(3,\), got \(2,\)"):
+        sep(torch.randn(3, 4, 2, 2), groups=torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="groups must be an integer tensor"):
+        sep(torch.randn(3, 4, 2, 2), groups=torch.tensor([0.0, 1.0, 1.0]))
 
 
 def test_half_precision_input_is_computed_in_float32():

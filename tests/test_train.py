@@ -214,6 +214,21 @@ def test_label_dropout_draws_the_null_label_and_unconditional_draws_are_unchange
     assert (dropped.labels == 10).float().mean() > 0.8
 
 
+def test_within_class_separation_and_snapshots(tmp_path):
+    """Pairs of one label only change the separation term; snapshots are loadable pipelines."""
+    from atomgen.pipelines import AtomClassConditionalPipeline
+
+    def first_separation(run: Path) -> float:
+        return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["L_sep"]
+
+    conditional = ("model.num_classes=10", "train.steps=2", "train.snapshot_steps=[1]")
+    mixed = train(tiny(tmp_path / "mixed", *conditional))
+    within = train(tiny(tmp_path / "within", *conditional, "separation.within_class=true"))
+    assert first_separation(within) != pytest.approx(first_separation(mixed), rel=1e-3)
+    pipe = AtomClassConditionalPipeline.from_pretrained(within / "snapshots" / "step-1" / "pipeline")
+    assert pipe.unet.config.num_class_embeds == 11
+
+
 def test_class_conditional_needs_matching_labels(tmp_path):
     with pytest.raises(ValueError, match=r"has 10 classes; set model\.num_classes: 10"):
         train(tiny(tmp_path, "model.num_classes=5"))

@@ -247,13 +247,13 @@ def train(
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
             _log(run_dir, metrics, accelerator)
             bar.set_postfix(loss=f"{metrics.get('L_task', float('nan')):.4f}")
+        if state.step in cfg.snapshot_steps and accelerator.is_main_process:
+            snapshot = run_dir / "snapshots" / f"step-{state.step}"
+            if not snapshot.exists():  # written before the step's checkpoint, so no resume can skip it
+                _export(snapshot, raw_model, ema, separation, config, site)
         due = state.step % cfg.checkpoint_every == 0 and not state.nonfinite_in_row
         if due or state.step == cfg.steps:  # no periodic checkpoint during a run of skipped steps
             last_good = _save_checkpoint(accelerator, run_dir, state.step, cfg.keep_checkpoints)
-        if state.step in cfg.snapshot_steps and accelerator.is_main_process:
-            snapshot = run_dir / "snapshots" / f"step-{state.step}"
-            if not snapshot.exists():  # a resumed run keeps the snapshot it wrote before
-                _export(snapshot, raw_model, ema, separation, config, site)
         if on_step_end is not None:
             on_step_end(state.step, metrics)
     bar.close()
@@ -485,7 +485,11 @@ def _export(
 ) -> None:
     """The weights (EMA when kept) where diffusers loads them, ``run_dir/pipeline`` (or ``vae``), with the
     separation module beside."""
-    final = copy.deepcopy(model).cpu().eval()
+    # A fresh model from the config, not a deepcopy: mid-run the training model carries the separation
+    # hook, whose captured activations are part of the autograd graph.
+    final = type(model).from_config(model.config)
+    final.load_state_dict(model.state_dict())
+    final = final.cpu().eval()
     if ema is not None:
         ema.copy_to(final.parameters())
     target = run_dir / ("vae" if isinstance(final, AutoencoderKL) else "pipeline")
