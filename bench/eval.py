@@ -2,6 +2,7 @@
 
     python bench/eval.py            # the sizes of the issue (minutes on 2 CPU cores)
     python bench/eval.py --quick    # smaller sizes, a smoke test
+    python bench/eval.py --only dinov2 clip   # the DINOv2 / CLIP extractors against the plain forward
 
 Each row times atomgen's function and its peer on the same inputs and reports how far their results
 differ. The lpips package's pairwise loop over all N(N−1)/2 pairs of N = 256 images takes a quarter of an
@@ -209,6 +210,70 @@ def bench_inception(n: int, size: int) -> Row:
     return Row(f"Inception features, {n} PNGs {size}×{size}", ours_s, "clean-fid folder path", peer_s, note)
 
 
+# --- DINOv2 and CLIP features ---------------------------------------------------------------------------
+
+# ViT sizes built from configs (throughput does not depend on the weights' values): S for --quick, L as
+# dgm-eval and the CLIP score use.
+VIT = {
+    "S": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+    "L": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+
+
+def _hub_extractor(kind: str, vit: str):
+    """A randomly initialised DINOv2 or CLIP ViT-``vit``/14 inside atomgen's extractor."""
+    from atomgen.eval import CLIPFeatures, DINOv2Features
+
+    torch.manual_seed(0)
+    if kind == "dinov2":
+        from transformers import Dinov2Config, Dinov2Model
+
+        model = Dinov2Model(Dinov2Config(patch_size=14, image_size=518, **VIT[vit])).eval()
+        return DINOv2Features(model, f"random ViT-{vit}/14")
+    from transformers import CLIPConfig, CLIPModel
+
+    vision = dict(patch_size=14, image_size=224, **VIT[vit])
+    text = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=768)).eval()
+    return CLIPFeatures(model, None, f"random ViT-{vit}/14")
+
+
+def bench_hub(kind: str, n: int, size: int, vit: str, batch_size: int = 16, repeat: int = 3) -> Row:
+    """atomgen's extractor over a source (batching, preprocessing, statistics) against the plain loop of
+    the transformers forward it wraps, on the same images and the same preprocessing."""
+    from atomgen.eval import compute_features
+
+    extractor = _hub_extractor(kind, vit)
+    images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def plain() -> np.ndarray:
+        model, chunks = extractor.model, []
+        for batch in images.split(batch_size):
+            pixels = extractor.preprocess(batch)
+            if kind == "dinov2":
+                out = model(pixel_values=pixels).pooler_output
+            else:
+                out = model.get_image_features(pixel_values=pixels)
+                out = getattr(out, "pooler_output", out)  # transformers 5 returns an output object
+            chunks.append(out.float().numpy())
+        return np.concatenate(chunks)
+
+    plain()  # warm-up
+    ours_s = peer_s = float("inf")
+    for _ in range(repeat):  # interleaved, the fastest of each: load on a shared machine hits both alike
+        ours, seconds = _timed(
+            lambda: compute_features(images, extractor, batch_size=batch_size, progress=False)
+        )
+        ours_s = min(ours_s, seconds)
+        reference, seconds = _timed(plain)
+        peer_s = min(peer_s, seconds)
+    diff = np.abs(ours.features - reference).max()
+    note = f"{n / ours_s:.2f} vs {n / peer_s:.2f} images/s; max |Δ feature| {diff:.1e}"
+    name = f"{kind} ViT-{vit}/14 features, {n} images {size}×{size}"
+    return Row(name, ours_s, "plain transformers forward", peer_s, note)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
@@ -217,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=("lpips", "frechet", "vendi", "prdc", "inception"),
+        choices=("lpips", "frechet", "vendi", "prdc", "inception", "dinov2", "clip"),
         help="run these rows only",
     )
     parser.add_argument(
@@ -239,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
         "vendi": lambda: bench_vendi(512 if quick else 4096, 256 if quick else 2048),
         "prdc": lambda: bench_prdc(512 if quick else 4096, 64 if quick else 2048),
         "inception": lambda: bench_inception(8 if quick else 32, 64),
+        "dinov2": lambda: bench_hub("dinov2", 16, 64, "S" if quick else "L"),
+        "clip": lambda: bench_hub("clip", 16, 64, "S" if quick else "L"),
     }
     rows = [benches[name]() for name in args.only or benches]
     rows = [row for row in rows if row is not None]

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 6): one run, well under 8 minutes on one CUDA GPU.
+# The prepared GPU check: one run, well under 8 minutes on one CUDA GPU.
 #
 #   bench/gpu.sh RESULTS_DIR             on a CUDA machine (fails fast without one)
 #   bench/gpu.sh RESULTS_DIR --dry-run   tiny sizes on the CPU: checks that every step runs
 #   bench/gpu.sh RESULTS_DIR --cfg       instead: the classifier-free guidance benchmark at its GPU preset
-#                                        (bench/cfg.py --preset gpu: 5 seeds, 500 samples per class)
+#                                        (bench/cfg.py --preset gpu: 5 seeds, 500 samples per class, 25
+#                                        steps; the baseline and the three trained variants per seed,
+#                                        autoguidance from the baseline's step-500/1000 snapshots; hours)
 #   bench/gpu.sh RESULTS_DIR --cfg-flow  instead: the same on the class-conditional DiT rectified flows
-#                                        (bench/cfg.py --model flow-dit --preset gpu)
+#                                        (bench/cfg.py --model flow-dit --preset gpu; no trained variants,
+#                                        autoguidance only where the config snapshots its guides)
 #   bench/gpu.sh RESULTS_DIR --attribution   instead: the attribution benchmark at its GPU preset
 #                                        (bench/attribution.py --preset gpu: 5 seeds per dataset, then
 #                                        two separation variants against it; long)

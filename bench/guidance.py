@@ -4,14 +4,14 @@ Guidance.
     python bench/guidance.py                              # speed: guided vs plain steps (minutes on 2 cores)
     python bench/guidance.py --pipeline runs/X/pipeline   # + diversity per fidelity on a digits model
 
-1. **Speed.** Per-step time of sampling with atom guidance on at every step (``interval=(0, 1)``) against
+1. **Speed.** Per-step time of sampling with atom guidance on at every step (``active_range=(0, 1)``) against
    plain sampling, through the real pipelines: ``DDIMPipeline`` with the demo-sized ``UNet2DModel``
    (8×8, one channel, ``block_out_channels=(32, 64)``), ``AtomClassConditionalPipeline`` with the CFG
    benchmark's 16×16 class-conditional UNet (classifier-free guidance, a doubled batch) and
    ``StableDiffusionPipeline`` (CFG too) with a small UNet2DConditionModel of Stable Diffusion's shape,
    and the flow-matching transformer pipelines ``StableDiffusion3Pipeline`` (CFG) and ``FluxPipeline``
    with small transformers of their shapes.
-   Latent-gradient atom guidance (target ratio ≤ 1.6) and feature-space atom guidance (``guide_features``,
+   Latent-gradient atom guidance (target ratio ≤ 1.6) and feature-space atom guidance (``FeatureGuidance``,
    no backward pass to the latents; target ≤ 1.15) are timed, and Particle Guidance, which needs no pass
    through the denoiser.
 2. **Diversity per fidelity** (needs ``atomgen.eval``). On a trained 8×8 digits pipeline (``atomgen train
@@ -38,9 +38,9 @@ from diffusers import DDIMPipeline, DDIMScheduler, UNet2DConditionModel, UNet2DM
 from atomgen.pipelines import (
     AtomClassConditionalPipeline,
     AtomDDIMPipeline,
+    AtomGuidance,
+    FeatureGuidance,
     ParticleGuidance,
-    guide,
-    guide_features,
 )
 from atomgen.train.config import ExperimentConfig
 from atomgen.train.models import build_model
@@ -113,11 +113,11 @@ def time_methods(
     def install(name: str):
         separation = separations.get(name)
         if name == "atom":
-            return guide(pipe, strength=atom, interval=(0.0, 1.0), separation=separation)
+            return AtomGuidance(pipe, atom_scale=atom, active_range=(0.0, 1.0), separation=separation)
         if name == "feature":  # the strength does not change the cost
-            return guide_features(pipe, strength=0.2, interval=(0.0, 1.0), separation=separation)
+            return FeatureGuidance(pipe, feature_scale=0.2, active_range=(0.0, 1.0), separation=separation)
         if name == "particle":
-            return ParticleGuidance(pipe, strength=particle, interval=(0.0, 1.0))
+            return ParticleGuidance(pipe, pg_scale=particle, active_range=(0.0, 1.0))
         return None
 
     times: dict[str, list[float]] = {"plain": [], "atom": [], "feature": [], "particle": []}
@@ -161,7 +161,8 @@ def bench_class_conditional(batch: int, steps: int, repeats: int) -> SpeedRow:
     unet = build_model(model, (1, 16, 16)).eval()
     pipe = AtomClassConditionalPipeline(unet, DDIMScheduler(prediction_type=model.objective))
     pipe.set_progress_bar_config(disable=True)
-    labels = torch.arange(batch) % model.num_classes
+    # two samples per class: the batch methods act within a class and refuse a class sampled once
+    labels = (torch.arange(batch) // 2) % model.num_classes
 
     def run():
         generator = torch.Generator().manual_seed(0)
@@ -333,9 +334,9 @@ def bench_efficacy(
         return row
 
     rows = [measure("plain", 0.0, None)]
-    rows += [measure("atom", s, lambda s=s: guide(pipe, strength=s)) for s in atom_strengths]
+    rows += [measure("atom", s, lambda s=s: AtomGuidance(pipe, atom_scale=s)) for s in atom_strengths]
     rows += [
-        measure("particle", s, lambda s=s: ParticleGuidance(pipe, strength=s)) for s in particle_strengths
+        measure("particle", s, lambda s=s: ParticleGuidance(pipe, pg_scale=s)) for s in particle_strengths
     ]
     return rows
 

@@ -1,7 +1,7 @@
 """The command line and the report writing that the staged benchmarks (attribution, vae) share.
 
 bench/ is a folder of scripts, not a package; a script imports this module after putting its own folder
-on ``sys.path``, as for :mod:`intervals`.
+on ``sys.path``, as for :mod:`training`.
 """
 
 from __future__ import annotations
@@ -75,11 +75,7 @@ def write_reports(
     figure: Callable[[Path], None],
 ) -> None:
     """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` (drawn by ``figure(path)``) into every folder
-    given, atomically; the markdown to stdout."""
-    from atomgen.io import write_json, write_text
+    given, atomically (:func:`atomgen.benchmark.report.write_reports`); the markdown to stdout."""
+    from atomgen.benchmark.report import write_reports as write
 
-    for folder in filter(None, folders):
-        write_json(folder / f"{stem}.json", report)
-        write_text(folder / f"{stem}.md", markdown(report))
-        figure(folder / f"{stem}.png")
-    print(markdown(report))
+    print(write(report, stem, folders, markdown, figure))

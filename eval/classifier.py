@@ -81,6 +81,7 @@ WEIGHTS = {
 __all__ = [
     "WEIGHTS",
     "ClassifierFeatures",
+    "ClassifierLogits",
     "DigitClassifier",
     "DigitFeatures",
     "SmallClassifier",
@@ -152,6 +153,17 @@ class DigitFeatures(FeatureExtractor):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier.features(x)
+
+
+class ClassifierLogits(DigitFeatures):
+    """The classifier's class logits as a feature extractor: predicted labels come from the same pass
+    over the images as the other features (``argmax`` of the rows)."""
+
+    def __init__(self, classifier: DigitClassifier):
+        super().__init__(classifier, name=f"{getattr(classifier, 'weights_name', 'classifier')} logits")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
 
 
 def load_digit_classifier(name: str = "digits", weights_dir: str | Path | None = None) -> DigitClassifier:

@@ -69,11 +69,16 @@ class FeatureExtractor(nn.Module):
         name: the extractor's name in reports and cache keys (includes which weights it uses).
         preprocessing: the name of what :meth:`preprocess` does.
         dim: feature width.
+        fd_name: the report's name of the Fréchet distance on these features (``fd_dinov2`` on DINOv2).
+        kid_features: why KID's cubic kernel ``(xᵀy / d + 1)³`` fits these features as they are; ``None``:
+            they are rescaled first (see :func:`~atomgen.eval.scores.kid`).
     """
 
     name: str = "features"
     preprocessing: str = "identity"
     dim: int = 0
+    fd_name: str = "fid"
+    kid_features: str | None = None
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         return images

@@ -46,6 +46,7 @@ class InceptionFeatures(FeatureExtractor):
 
     dim = 2048
     preprocessing = PREPROCESSING
+    kid_features = "the standard Inception pool features of the KID definition"
 
     def __init__(self, network: nn.Module, weights: str):
         super().__init__()

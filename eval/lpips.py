@@ -48,6 +48,7 @@ SCALE = (0.458, 0.448, 0.450)
 __all__ = [
     "LPIPSDiversity",
     "LPIPSFeatures",
+    "LPIPSGroupSums",
     "load_alexnet_trunk",
     "load_lpips_linear_weights",
     "lpips_diversity",
@@ -299,6 +300,62 @@ def lpips_diversity(
         extractor=extractor.name,
         preprocessing=extractor.preprocessing,
     )
+
+
+class LPIPSGroupSums:
+    """Mean pairwise LPIPS within groups of images, from running sums fed batch by batch.
+
+    One LPIPS pass per image serves several groupings at once (all images as one group, per class, per
+    prompt): for each group only ``Σ g``, ``Σ ‖g‖²`` and the count are kept, and a group's sums are
+    reduced to its mean as soon as its last image has been seen (its size is known), so memory stays at
+    the groups still open.
+
+    Args:
+        extractor: the LPIPS features (already sized with :meth:`LPIPSFeatures.fit_to`).
+        groupings: name → ``(N,)`` group key of every image of the source, or ``None`` for one group of all.
+        size: the source's length (for ``None`` groupings).
+    """
+
+    def __init__(self, extractor: LPIPSFeatures, groupings: dict[str, np.ndarray | None], size: int):
+        self.extractor = extractor
+        self.keys = {
+            name: np.zeros(size, dtype=np.int64) if keys is None else np.asarray(keys)
+            for name, keys in groupings.items()
+        }
+        self.remaining = {
+            name: dict(zip(*np.unique(keys, return_counts=True), strict=True))
+            for name, keys in self.keys.items()
+        }
+        self.open: dict[str, dict] = {name: {} for name in groupings}  # key → [Σg, Σ‖g‖², count]
+        self.means: dict[str, dict] = {name: {} for name in groupings}  # key → (mean, images)
+
+    @torch.no_grad()
+    def update(self, batch: torch.Tensor, indices: np.ndarray) -> None:
+        g = self.extractor(batch.to(module_device(self.extractor))).double()
+        for name, keys in self.keys.items():
+            batch_keys = keys[indices]
+            for key in np.unique(batch_keys):
+                rows = g[torch.from_numpy(np.flatnonzero(batch_keys == key)).to(g.device)]
+                sums = self.open[name].setdefault(key, [0.0, 0.0, 0])
+                sums[0] = sums[0] + rows.sum(0)
+                sums[1] += float(rows.square().sum())
+                sums[2] += len(rows)
+                self.remaining[name][key] -= len(rows)
+                if self.remaining[name][key] == 0:
+                    self._close(name, key)
+
+    def _close(self, name: str, key) -> None:
+        total, total_sq, count = self.open[name].pop(key)
+        pairs = count * (count - 1) // 2
+        mean = max(count * total_sq - float(total.square().sum()), 0.0) / pairs if pairs else float("nan")
+        self.means[name][key] = (mean, count)
+
+    def result(self, name: str) -> dict:
+        """Group key → ``(mean pairwise LPIPS, images)``; NaN for a group of one image (no pair). Groups
+        with skipped images are closed here."""
+        for key in list(self.open[name]):
+            self._close(name, key)
+        return self.means[name]
 
 
 def lpips_reference_distance(extractor: LPIPSFeatures, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

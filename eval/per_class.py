@@ -25,6 +25,7 @@ def per_class_scores(
     distribution: bool = True,
     images: torch.Tensor | None = None,
     lpips: LPIPSFeatures | None = None,
+    lpips_values: dict[int, float] | None = None,
 ) -> dict[str, float]:
     """Per-class precision, recall, density and coverage (k = 5), averaged over the requested classes.
 
@@ -34,6 +35,8 @@ def per_class_scores(
         distribution: also FID and Vendi per class (they need more samples per class than features
             for a full-rank covariance).
         images, lpips: the samples in [0, 1] and an LPIPS extractor: also the all-pairs LPIPS diversity.
+        lpips_values: class → that class's mean pairwise LPIPS, already computed (from
+            :class:`~atomgen.eval.lpips.LPIPSGroupSums`), instead of ``images`` and ``lpips``.
     """
     if len(fake) != len(labels):
         raise ValueError(f"{len(fake)} sample features but {len(labels)} labels")
@@ -47,7 +50,9 @@ def per_class_scores(
         row = {m: getattr(scores, m) for m in ("precision", "recall", "density", "coverage")}
         if distribution:
             row |= {"fid": fid(theirs, ours), "vendi": vendi(ours)}
-        if lpips is not None and images is not None:
+        if lpips_values is not None:
+            row["lpips"] = float(lpips_values[int(c)])
+        elif lpips is not None and images is not None:
             row["lpips"] = lpips_diversity(images[labels == c], extractor=lpips, progress=False).mean
         rows.append(row)
     return {m: float(np.mean([row[m] for row in rows])) for m in rows[0]}

@@ -17,7 +17,17 @@ from .statistics import FeatureSet, Statistics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KID", "PRDC", "fid", "frechet_distance", "kid", "prdc", "trace_sqrt_product", "vendi"]
+__all__ = [
+    "KID",
+    "PRDC",
+    "fid",
+    "frechet_distance",
+    "kid",
+    "kid_scale",
+    "prdc",
+    "trace_sqrt_product",
+    "vendi",
+]
 
 Features = np.ndarray | torch.Tensor | FeatureSet
 
@@ -130,12 +140,18 @@ def fid(real: Statistics | Features, fake: Statistics | Features) -> float:
 
 @dataclass(frozen=True)
 class KID:
-    """Kernel Inception Distance: mean and standard deviation of the unbiased MMD² over subsets."""
+    """Kernel Inception Distance: mean and standard deviation of the unbiased MMD² over subsets.
+
+    ``std`` is ``None`` when the subsets cover both sets whole (``num_subsets`` is then 1): every draw
+    would be the same pair of sets, and a spread of 0 would claim a precision the number does not have.
+    ``scale`` is what the features were divided by before the kernel (1: as given).
+    """
 
     mean: float
-    std: float
+    std: float | None
     subset_size: int
     num_subsets: int
+    scale: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,21 +167,44 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(within - 2.0 * k_xy.mean())
 
 
+def kid_scale(real: Features) -> float:
+    """The root mean square of the real features' coordinates, ``sqrt(mean_i ‖x_i‖² / d)``: dividing by
+    it puts ``xᵀy / d`` at about 1 for typical real vectors, the scale the KID kernel is made for (the
+    Inception pool features have it; unnormalised classifier features or pixels do not)."""
+    x = _as_features(real, "kid real", 1)
+    value = float(np.sqrt((x * x).sum(1).mean() / x.shape[1]))
+    if value == 0:
+        raise ValueError("kid: the real features are all zero; there is no scale to normalise by")
+    return value
+
+
 def kid(
-    real: Features, fake: Features, *, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+    real: Features,
+    fake: Features,
+    *,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+    rescale: bool = False,
 ) -> KID:
     """Kernel Inception Distance (lower = closer): unbiased MMD², cubic polynomial kernel, subsets ≤ 1000.
 
     Args:
         real, fake: ``(N, d)`` features (at least 2 each).
-        num_subsets: how many random subset pairs to average over.
+        num_subsets: how many random subset pairs to average over (1 when the subsets are both sets).
         subset_size: subset size, capped at the smaller of the two sets.
         seed: seed of the subset draws.
+        rescale: divide both sets by :func:`kid_scale` of the real features first; for features other
+            than the standard Inception ones, whose scale the kernel does not fit.
     """
     x, y = _as_features(real, "kid real", 2), _as_features(fake, "kid fake", 2)
+    scale = kid_scale(x) if rescale else 1.0
+    x, y = x / scale, y / scale
     m = min(subset_size, x.shape[0], y.shape[0])
     if m < 2:
         raise ValueError(f"kid: subset_size must be at least 2, got {subset_size}")
+    if m == x.shape[0] == y.shape[0]:  # every subset pair would be the two whole sets
+        return KID(_mmd2_unbiased(x, y), None, m, 1, scale)
     rng = np.random.default_rng(seed)
     values = np.array(
         [
@@ -175,7 +214,7 @@ def kid(
             for _ in range(num_subsets)
         ]
     )
-    return KID(float(values.mean()), float(values.std()), m, num_subsets)
+    return KID(float(values.mean()), float(values.std()), m, num_subsets, scale)
 
 
 # --- precision, recall, density, coverage ---------------------------------------------------------------

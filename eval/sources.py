@@ -1,22 +1,29 @@
 """Where images come from: tensors, folders of image files, ``.npz`` arrays, dataset names, run directories.
 
-Every source yields float32 batches ``(B, C, H, W)`` with values in ``[0, 1]`` (the one convention of
-``atomgen.eval``), knows its length, and has a content *fingerprint* that keys the feature cache.
+Every source (:class:`~atomgen.eval.image_source.ImageSource`) yields float32 batches ``(B, C, H, W)``
+with values in ``[0, 1]`` (the one convention of ``atomgen.eval``), knows its length, and has a content
+*fingerprint* that keys the feature cache. Image files are read by :mod:`.folders`.
+
+A class-conditional pipeline (``AtomClassConditionalPipeline``, what ``atomgen train`` saves for a config
+with ``model.num_classes``) is sampled with balanced classes: the same number of images of every class,
+each image labelled with the class it was asked for.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from collections.abc import Iterator
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from atomgen.data import image_files, load_dataset, read_image
+from atomgen.data import load_dataset
+
+from .folders import MANIFEST, FolderSource, ManifestSource
+from .image_source import ImageSource, TensorSource
 
 logger = logging.getLogger(__name__)
 
@@ -26,175 +33,14 @@ __all__ = [
     "DATASETS",
     "FolderSource",
     "ImageSource",
+    "ManifestSource",
+    "RunSampling",
     "TensorSource",
+    "balanced_labels",
     "draw_samples",
     "open_source",
     "vae_directory",
 ]
-
-
-class ImageSource:
-    """A finite collection of images read in batches.
-
-    Attributes:
-        name: a short description for reports (a path, a dataset name).
-        labels: integer class labels ``(N,)`` when the source has them, else ``None``.
-    """
-
-    name: str
-    labels: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def batches(self, batch_size: int, num_workers: int = 0) -> Iterator[torch.Tensor]:
-        """Float32 batches ``(B, C, H, W)`` in ``[0, 1]``, in a fixed order."""
-        raise NotImplementedError
-
-    def fingerprint(self) -> str:
-        """sha256 (hex) of the images' content, independent of batch size."""
-        raise NotImplementedError
-
-
-class TensorSource(ImageSource):
-    """Images held in memory.
-
-    Args:
-        images: ``(N, C, H, W)`` or ``(N, H, W, C)`` (``channels_last=True``); uint8 in ``[0, 255]`` or
-            float in ``value_range``.
-        value_range: range of float inputs: ``(0, 1)`` or ``(-1, 1)`` (atomgen's datasets).
-        name: description for reports.
-        labels: optional class labels ``(N,)``.
-        channels_last: the array is ``(N, H, W, C)`` (PIL/diffusers ``output_type="np"`` layout).
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor | np.ndarray,
-        *,
-        value_range: tuple[float, float] = (0.0, 1.0),
-        name: str = "tensor",
-        labels: torch.Tensor | np.ndarray | None = None,
-        channels_last: bool = False,
-    ):
-        images = torch.as_tensor(images)
-        if channels_last:
-            images = images.permute(0, 3, 1, 2) if images.ndim == 4 else images
-        if images.ndim == 3:  # (N, H, W): grey images
-            images = images[:, None]
-        if images.ndim != 4:
-            raise ValueError(f"images must be (N, C, H, W) or (N, H, W); got shape {tuple(images.shape)}")
-        if images.shape[1] not in (1, 3):
-            raise ValueError(
-                f"images must have 1 or 3 channels, got {images.shape[1]} (shape {tuple(images.shape)}); "
-                "pass channels_last=True for (N, H, W, C) arrays"
-            )
-        if images.dtype == torch.uint8:
-            images = images.to(torch.float32) / 255.0
-        elif images.is_floating_point():
-            low, high = value_range
-            if high <= low:
-                raise ValueError(f"value_range must be increasing, got {value_range}")
-            images = ((images.to(torch.float32) - low) / (high - low)).clamp(0.0, 1.0)
-        else:
-            raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
-        self.images = images.contiguous()
-        self.name = name
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-        if self.labels is not None and len(self.labels) != len(self.images):
-            raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def batches(self, batch_size: int, num_workers: int = 0) -> Iterator[torch.Tensor]:
-        for start in range(0, len(self), batch_size):
-            yield self.images[start : start + batch_size]
-
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256(str(tuple(self.images.shape)).encode())
-        digest.update(self.images.numpy().tobytes())
-        return digest.hexdigest()
-
-
-class _FileDataset(torch.utils.data.Dataset):
-    def __init__(self, paths: list[Path], mode: str):
-        self.paths, self.mode = paths, mode
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path = self.paths[index]
-        try:
-            array = read_image(path, self.mode)
-        except (OSError, ValueError) as error:
-            raise OSError(f"cannot read image file {path}: {error}") from error
-        tensor = torch.from_numpy(array)
-        tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-        return tensor, index
-
-
-class FolderSource(ImageSource):
-    """Image files under a folder (recursively), in sorted path order.
-
-    All images must share one size (generated samples do); grey folders stay one channel, any colour
-    image makes the whole folder RGB.
-
-    Args:
-        root: the folder.
-        limit: use only the first ``limit`` files.
-    """
-
-    def __init__(self, root: str | Path, limit: int | None = None):
-        self.root = Path(root)
-        paths = image_files(self.root)
-        self.paths = paths[:limit] if limit is not None else paths
-        self.name = str(self.root)
-        self.mode = self._colour_mode()
-
-    def _colour_mode(self) -> str:
-        from PIL import Image
-
-        for path in self.paths[:64]:  # a sample decides; a grey image in an RGB folder is converted
-            try:
-                with Image.open(path) as image:
-                    if image.mode not in ("L", "1", "I", "I;16", "F"):
-                        return "RGB"
-            except OSError as error:
-                raise OSError(f"cannot read image file {path}: {error}") from error
-        return "L"
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def batches(self, batch_size: int, num_workers: int = 0) -> Iterator[torch.Tensor]:
-        loader = torch.utils.data.DataLoader(
-            _FileDataset(self.paths, self.mode),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=self._collate,
-        )
-        for batch in loader:
-            yield batch.to(torch.float32) / 255.0
-
-    def _collate(self, items: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
-        shape = items[0][0].shape
-        for tensor, index in items:
-            if tensor.shape != shape:
-                raise ValueError(
-                    f"images in {self.root} differ in size: {self.paths[items[0][1]]} is "
-                    f"{tuple(shape[1:])}, {self.paths[index]} is {tuple(tensor.shape[1:])}; resize them "
-                    "to one size first"
-                )
-        return torch.stack([tensor for tensor, _ in items])
-
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256(self.mode.encode())
-        for path in self.paths:
-            digest.update(str(path.relative_to(self.root)).encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-        return digest.hexdigest()
 
 
 # --- datasets that ship inside installed packages --------------------------------------------------------
@@ -219,6 +65,7 @@ class RunSampling:
     batch_size: int = 64
     num_inference_steps: int | None = None
     seed: int = 0
+    guidance_scale: float | None = None  # class-conditional pipelines: CFG scale (None: the pipeline's)
 
 
 def _pipeline_class(model_index: dict):
@@ -237,25 +84,52 @@ def _pipeline_class(model_index: dict):
     )
 
 
+def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
+    """Class labels for ``num_samples`` images, the same count of every class, in class order: at least
+    ``num_samples`` (rounded up to a multiple of ``num_classes``)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    per_class = max(1, math.ceil(num_samples / num_classes))
+    return np.repeat(np.arange(num_classes), per_class)
+
+
 def draw_samples(
-    pipeline, num_samples: int, batch_size: int, generator: torch.Generator | None, **options
+    pipeline,
+    num_samples: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    *,
+    class_labels: np.ndarray | None = None,
+    **options,
 ) -> np.ndarray:
-    """``num_samples`` images ``(N, H, W, C)`` in ``[0, 1]`` from ``pipeline(batch_size=…, output_type="np")``,
-    drawn in batches of at most ``batch_size`` from one ``generator`` (so the same seed gives the same
-    images); ``options`` go to every call."""
+    """``num_samples`` images ``(N, H, W, C)`` in ``[0, 1]`` from ``pipeline(…, output_type="np")``, drawn
+    in batches of at most ``batch_size`` from one ``generator`` (so the same seed gives the same images).
+
+    Args:
+        pipeline: called with ``batch_size=`` (unconditional) or ``class_labels=`` (one label per image,
+            when ``class_labels`` is given: then ``num_samples`` is ``len(class_labels)``).
+        class_labels: ``(N,)`` the class of each image, for class-conditional pipelines.
+        options: keyword arguments for every call.
+    """
+    if class_labels is not None:
+        num_samples = len(class_labels)
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
-    chunks, remaining = [], num_samples
-    while remaining > 0:
-        batch = min(batch_size, remaining)
-        out = pipeline(batch_size=batch, generator=generator, output_type="np", **options)
+    chunks = []
+    for start in range(0, num_samples, batch_size):
+        batch = min(batch_size, num_samples - start)
+        if class_labels is None:
+            out = pipeline(batch_size=batch, generator=generator, output_type="np", **options)
+        else:
+            labels = torch.as_tensor(class_labels[start : start + batch])
+            out = pipeline(class_labels=labels, generator=generator, output_type="np", **options)
         chunks.append(np.asarray(out.images, dtype=np.float32))
-        remaining -= batch
     return np.concatenate(chunks)
 
 
 def _sample_run(root: Path, sampling: RunSampling, device: torch.device | str) -> TensorSource:
     vae = vae_directory(root)
+    labels = None
     if vae is not None:  # an AutoencoderKL: decoded prior samples (a VAE has no denoising steps)
         from atomgen.pipelines import AtomVAEPipeline
 
@@ -266,12 +140,25 @@ def _sample_run(root: Path, sampling: RunSampling, device: torch.device | str) -
         extra = {}
         if sampling.num_inference_steps is not None:
             extra["num_inference_steps"] = sampling.num_inference_steps
+        num_classes = getattr(pipeline, "num_classes", None)
+        if isinstance(num_classes, int):  # class-conditional: balanced classes, labelled
+            labels = balanced_labels(sampling.num_samples, num_classes)
+            if len(labels) != sampling.num_samples:
+                logger.info(
+                    "drawing %d samples (%d per class) rather than %d, so that all %d classes have as many",
+                    len(labels), len(labels) // num_classes, sampling.num_samples, num_classes,
+                )  # fmt: skip
+            if sampling.guidance_scale is not None:
+                extra["guidance_scale"] = sampling.guidance_scale
+            kind = f"pipeline samples, {len(labels) // num_classes} per class"
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
-    images = draw_samples(pipeline, sampling.num_samples, sampling.batch_size, generator, **extra)
+    images = draw_samples(
+        pipeline, sampling.num_samples, sampling.batch_size, generator, class_labels=labels, **extra
+    )
     logger.info("drew %d %s from %s", len(images), kind, root)
-    return TensorSource(images, channels_last=True, name=f"{root} ({kind})")
+    return TensorSource(images, channels_last=True, name=f"{root} ({kind})", labels=labels)
 
 
 def vae_directory(path: str | Path) -> Path | None:
@@ -341,6 +228,7 @@ def open_source(
     *,
     sampling: RunSampling | None = None,
     device: torch.device | str = "cpu",
+    skip_unreadable: bool = False,
 ) -> ImageSource:
     """Resolve what the user named into an :class:`ImageSource`.
 
@@ -350,8 +238,12 @@ def open_source(
             (uint8, or floats in [0, 1] or [-1, 1]; optional ``labels``); a folder of image files; or a
             run directory (its ``samples.npz``, its ``samples/`` folder, samples drawn from its
             saved pipeline, or a VAE's decoded prior samples, see :func:`vae_directory`).
+            A folder holding a ``manifest.json`` of ``atomgen sample`` (or the manifest itself) gives
+            the images it lists, with their prompts and class labels.
         sampling: how to draw samples from a run directory's pipeline.
         device: device for drawing pipeline samples.
+        skip_unreadable: image files that cannot be decoded are left out and listed (see
+            :class:`~atomgen.eval.folders.FolderSource`), instead of stopping with an error.
     """
     if isinstance(spec, ImageSource):
         return spec
@@ -361,6 +253,8 @@ def open_source(
     if text in DATASETS:
         return _load_dataset(text)
     path = Path(text)
+    if (path.name == MANIFEST and path.is_file()) or (path / MANIFEST).is_file():
+        return ManifestSource(path, skip_unreadable=skip_unreadable)
     if path.suffix == ".npz":
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
@@ -379,7 +273,7 @@ def open_source(
             "(pipeline/model_index.json) nor a saved VAE (vae/config.json): its training has not "
             "finished; resume it (atomgen train CONFIG --resume latest) or name another directory"
         )
-    return FolderSource(path)
+    return FolderSource(path, skip_unreadable=skip_unreadable)
 
 
 def _is_run(path: Path) -> bool:

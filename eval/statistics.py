@@ -109,6 +109,8 @@ class FeatureSet:
         preprocessing: name of the preprocessing (e.g. the resize), also reported.
         fingerprint: content hash of the images.
         source: what the images were (a path, a dataset name).
+        indices: which images of the source the rows are, when some were skipped (``None``: all, in
+            order).
     """
 
     features: np.ndarray
@@ -116,6 +118,7 @@ class FeatureSet:
     preprocessing: str
     fingerprint: str = ""
     source: str = ""
+    indices: np.ndarray | None = None
     _statistics: Statistics | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -143,6 +146,8 @@ class FeatureSet:
         arrays = {"features": self.features, "meta": np.array(json.dumps(meta))}
         if stats is not None:
             arrays.update(mu=stats.mean, sigma=stats.cov, count=stats.count)
+        if self.indices is not None:
+            arrays["indices"] = self.indices
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -165,5 +170,6 @@ class FeatureSet:
                 preprocessing=meta["preprocessing"],
                 fingerprint=meta["fingerprint"],
                 source=meta["source"],
+                indices=archive.get("indices", None),
                 _statistics=stats,
             )

@@ -57,6 +57,7 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: Var_x(μ_u) above it marks an acti
 
 __all__ = [
     "ACTIVE_THRESHOLD",
+    "VAEScoreSums",
     "VAEScores",
     "load_vae_pipeline",
     "prior_samples",
@@ -197,37 +198,64 @@ def vae_scores(
     source = open_source(images)
     if len(source) < 2:
         raise ValueError(f"VAE scores need at least 2 images (a variance over the data), got {len(source)}")
-    mse, kl_units = [], None
-    mean_stats = _UnitVariance()
+    scores = VAEScoreSums(pipe, threshold)
     bar = tqdm(total=len(source), desc="VAE scores", unit="img", disable=not progress)
-    for batch in source.batches(batch_size):
-        posterior = _encode(pipe, batch)
-        reconstruction, mean = _decode_mean(pipe, posterior)
-        mse.append(((reconstruction.double() - batch.to(reconstruction).double()) ** 2).flatten(1).mean(1))
-        mu, var, logvar = (t.double() for t in (posterior.mean, posterior.var, posterior.logvar))
-        kl = 0.5 * (mu**2 + var - 1.0 - logvar)  # per unit, (B, C, h, w)
-        kl_units = kl.sum(0) if kl_units is None else kl_units + kl.sum(0)
-        mean_stats.update(mean)
+    for batch, indices in source.indexed_batches(batch_size):
+        scores.update(batch, indices)
         bar.update(len(batch))
     bar.close()
-    errors = torch.cat(mse)
-    count = len(errors)
-    kl_units = kl_units.cpu() / count  # (C, h, w): mean over images
-    variance = mean_stats.variance()  # (C, h, w)
-    active = variance > threshold
-    return VAEScores(
-        images=count,
-        latent_shape=tuple(variance.shape),
-        reconstruction_mse=float(errors.mean()),
-        reconstruction_mse_std=float(errors.std()) if count > 1 else 0.0,
-        kl=float(kl_units.sum()),
-        kl_per_channel=tuple(kl_units.flatten(1).mean(1).tolist()),
-        variance_per_channel=tuple(variance.flatten(1).mean(1).tolist()),
-        active_units=int(active.sum()),
-        num_units=active.numel(),
-        active_units_per_channel=tuple(active.flatten(1).sum(1).tolist()),
-        threshold=float(threshold),
-    )
+    return scores.result()
+
+
+class VAEScoreSums:
+    """The running sums behind :func:`vae_scores`, fed batch by batch (``update(batch, indices)``), so
+    that they can share one decoding pass of the images with the feature extractors.
+
+    Args:
+        pipe: the VAE pipeline (see :func:`load_vae_pipeline`).
+        threshold: ``Var_x(μ_u)`` above which a unit is active.
+    """
+
+    def __init__(self, pipe: AtomVAEPipeline, threshold: float = ACTIVE_THRESHOLD):
+        if not threshold > 0:
+            raise ValueError(f"threshold must be positive, got {threshold}")
+        self.pipe, self.threshold = pipe, threshold
+        self.mse: list[torch.Tensor] = []
+        self.kl_units: torch.Tensor | None = None
+        self.mean_stats = _UnitVariance()
+
+    @torch.no_grad()
+    def update(self, batch: torch.Tensor, indices: np.ndarray | None = None) -> None:
+        posterior = _encode(self.pipe, batch)
+        reconstruction, mean = _decode_mean(self.pipe, posterior)
+        error = (reconstruction.double() - batch.to(reconstruction).double()) ** 2
+        self.mse.append(error.flatten(1).mean(1).cpu())
+        mu, var, logvar = (t.double() for t in (posterior.mean, posterior.var, posterior.logvar))
+        kl = (0.5 * (mu**2 + var - 1.0 - logvar)).sum(0).cpu()  # per unit (C, h, w), summed over images
+        self.kl_units = kl if self.kl_units is None else self.kl_units + kl
+        self.mean_stats.update(mean)
+
+    def result(self) -> VAEScores:
+        errors = torch.cat(self.mse)
+        count = len(errors)
+        if count < 2:
+            raise ValueError(f"VAE scores need at least 2 images (a variance over the data), got {count}")
+        kl_units = self.kl_units / count  # (C, h, w): mean over images
+        variance = self.mean_stats.variance()  # (C, h, w)
+        active = variance > self.threshold
+        return VAEScores(
+            images=count,
+            latent_shape=tuple(variance.shape),
+            reconstruction_mse=float(errors.mean()),
+            reconstruction_mse_std=float(errors.std()),
+            kl=float(kl_units.sum()),
+            kl_per_channel=tuple(kl_units.flatten(1).mean(1).tolist()),
+            variance_per_channel=tuple(variance.flatten(1).mean(1).tolist()),
+            active_units=int(active.sum()),
+            num_units=active.numel(),
+            active_units_per_channel=tuple(active.flatten(1).sum(1).tolist()),
+            threshold=float(self.threshold),
+        )
 
 
 def _encode(pipe: AtomVAEPipeline, batch: torch.Tensor):

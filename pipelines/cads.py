@@ -11,6 +11,7 @@ Optionally ``ŷ`` is rescaled to ``y``'s mean and standard deviation and mixed b
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -40,7 +41,9 @@ class CADS(DenoiserHook):
         pipe: a diffusers pipeline whose ``unet`` (or ``transformer``) is called with a conditioning.
         tau1, tau2: ``0 ≤ τ1 < τ2 ≤ 1``; the conditioning is intact for ``τ ≤ τ1`` and pure noise for
             ``τ ≥ τ2``.
-        noise_scale: ``s``, the scale of the noise mixed into the conditioning.
+        noise_scale: ``s``, the scale of the noise mixed into the conditioning. With ``s = 0``, rescaling
+            and ``ψ = 1`` the rescaled ``√γ · y`` is ``y`` itself for every ``γ > 0``, and CADS is the
+            identity, ``γ(t) → 0`` included: it leaves the pipeline bit-identical to the stock one.
         psi: ``ψ``, how much of the rescaled conditioning to use (1: all of it).
         rescale: whether to rescale ``ŷ`` to the mean and standard deviation of ``y``.
         generator: a ``torch.Generator`` for the noise ``n``, for reproducible runs.
@@ -90,6 +93,9 @@ class CADS(DenoiserHook):
         super().__init__(pipe)
 
     def setup(self) -> None:
+        reason = conditioning_refusal(self.pipe, self.denoiser)
+        if reason:
+            raise ValueError(f"CADS anneals a conditioning, but {reason}")
         # The class embedding is computed inside the forward pass: a UNet's ``class_embedding``, or the
         # label embedders of a DiT's adaptive norms (one per block; they share one noise draw per call).
         embedding = getattr(self.denoiser, "class_embedding", None)
@@ -98,6 +104,13 @@ class CADS(DenoiserHook):
         self._has_class_embedding = bool(embedders)
         for embedder in embedders:
             self._handles.append(embedder.register_forward_hook(self._anneal_class_embedding))
+
+    def is_enabled(self) -> bool:
+        # s = 0 with full rescaling restores y exactly (the limit γ → 0 included): nothing to do
+        return not (self.noise_scale == 0.0 and self.rescale and self.psi == 1.0)
+
+    def where(self) -> str:
+        return f"for τ above tau1={self.tau1}"
 
     def schedule(self, fraction: torch.Tensor) -> torch.Tensor:
         """``γ(τ)``: 1 for ``τ ≤ τ1``, linear down to 0 at ``τ2``, 0 beyond."""
@@ -159,6 +172,8 @@ class CADS(DenoiserHook):
             mean, std = y.mean(dims, keepdim=True), y.std(dims, keepdim=True)
             noisy_mean, noisy_std = noisy.mean(dims, keepdim=True), noisy.std(dims, keepdim=True)
             rescaled = (noisy - noisy_mean) / noisy_std.clamp_min(1e-12) * std + mean
+            # a constant ŷ (s = 0 at γ = 0) has no spread to rescale: y is the limit of γ → 0
+            rescaled = torch.where(noisy_std > 0, rescaled, y)
             noisy = self.psi * rescaled + (1.0 - self.psi) * noisy
         annealed = torch.where(gamma < 1.0, noisy, y)  # rows still at γ = 1 stay bit-identical
         return call.with_guided(condition, annealed)
@@ -170,4 +185,20 @@ class CADS(DenoiserHook):
         )
 
 
-__all__ = ["CADS"]
+def conditioning_refusal(pipe: Any, denoiser: nn.Module) -> str | None:
+    """Why ``denoiser`` takes no conditioning CADS can anneal, or ``None`` when it takes one: prompt
+    embeddings (``encoder_hidden_states``) or class labels through a class embedding."""
+    takes_prompt = "encoder_hidden_states" in inspect.signature(type(denoiser).forward).parameters
+    embedding = getattr(denoiser, "class_embedding", None)
+    takes_label = isinstance(embedding, nn.Module) or any(
+        isinstance(m, LabelEmbedding) for m in denoiser.modules()
+    )
+    if takes_prompt or takes_label:
+        return None
+    return (
+        f"the {type(pipe).__name__}'s {type(denoiser).__name__} takes neither prompt embeddings nor class "
+        "labels (an unconditional model); use a text- or class-conditional pipeline"
+    )
+
+
+__all__ = ["CADS", "conditioning_refusal"]

@@ -1,129 +1,112 @@
 """The mechanism every sampling-time method here is installed with: :class:`DenoiserHook`.
 
 It puts PyTorch forward hooks on a pipeline's denoiser (``pipe.unet``, or ``pipe.transformer``) and reads
-each call as a :class:`DenoiserCall`: the latents ``z_t``, the timestep and its noise levels, and the
-``[uncond, cond]`` halves of classifier-free guidance. The denoiser stays the same object (its config,
-dtype and device are untouched) and ``remove()`` gives back the stock pipeline. The methods live one per
-file on top of it: :mod:`.energy_guidance` (the correction shared by atom guidance and Particle
-Guidance), :mod:`.guidance`, :mod:`.particle_guidance`, :mod:`.cads`.
+each call as a :class:`DenoiserCall`: the latents ``z_t``, the timestep and its noise levels (from
+:mod:`.noise`), the ``[uncond, cond]`` halves of classifier-free guidance, and the groups of samples that
+share a conditioning. The denoiser stays the same object (its config, dtype and device are untouched) and
+``remove()`` gives back the stock pipeline. The methods live one per file on top of it:
+:mod:`.energy_guidance` (the correction shared by atom guidance and Particle Guidance),
+:mod:`.atom_guidance`, :mod:`.feature_guidance`, :mod:`.particle_guidance`, :mod:`.cads`, and the
+methods that edit the two halves of classifier-free guidance (:mod:`.cfg_edit`).
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import weakref
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
 from torch import nn
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
+from .hook_utils import (
+    CONDITIONING,
+    DenoiserCall,
+    RunWatch,
+    check_group_labels,
+    conditional_half,
+    conditioning_groups,
+    for_autograd,
+    renamed,
+)
+from .noise import (
+    DEFAULT_ACTIVE_RANGE,
+    PREDICTION_TYPES,
+    check_range,
+    check_scheduler,
+    flow_sigma,
+    is_flow_matching,
+    noise_levels,
+    prediction_type,
+)
+
+logger = logging.getLogger(__name__)
+
 DENOISER_NAMES = ("unet", "transformer")
-DEFAULT_INTERVAL = (0.4, 1.0)  # the noisier 60 % of the trajectory: diversity is decided early
+DEFAULT_INTERVAL = DEFAULT_ACTIVE_RANGE  # the old name, kept for imports
 
 # Every hook installed on a denoiser, so that a second hook of the same kind is refused.
 _INSTALLED: weakref.WeakKeyDictionary[nn.Module, list[DenoiserHook]] = weakref.WeakKeyDictionary()
 
 
-# --- One denoiser call, as the hooks see it ---------------------------------------------------------
-
-
-@dataclass
-class DenoiserCall:
-    """One call of the denoiser (N rows; N = 2B under classifier-free guidance).
-
-    Attributes:
-        args, kwargs: the call's arguments as the caller passed them; :meth:`get` and :meth:`replace`
-            address them by parameter name, keeping each where the caller put it.
-        names: the parameter names of the denoiser's ``forward``, in order.
-        sample_name: the name of the latents argument (``"sample"`` for UNets, ``"hidden_states"``).
-        fraction: ``τ`` per row, the position on the trajectory (1 = pure noise): ``t / (T − 1)``, or
-            ``σ`` under flow matching (:func:`noise_levels`).
-        alpha, sigma: ``α_t`` and ``σ_t`` of ``z_t = α_t x_0 + σ_t ε`` per row (float64, on the CPU).
-        doubled: whether the batch holds the two halves of classifier-free guidance (``[uncond, cond]``,
-            or ``[cond, uncond]`` as diffusers' DiT pipeline orders them).
-        guided: the rows a method acts on: the conditional half when doubled, else every row.
-        strength: ``γ(t)`` per guided row (energy guidance).
-        energy_grad: ``∇_{z_t} E`` for the guided rows, once computed (energy guidance).
-    """
-
-    args: list[Any]
-    kwargs: dict[str, Any]
-    names: list[str]
-    sample_name: str
-    fraction: torch.Tensor
-    alpha: torch.Tensor
-    sigma: torch.Tensor
-    doubled: bool
-    guided: slice
-    strength: torch.Tensor | None = None
-    energy_grad: torch.Tensor | None = None
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """The argument ``name`` of this call, positional or keyword."""
-        if name in self.kwargs:
-            return self.kwargs[name]
-        position = self.names.index(name) if name in self.names else len(self.args)
-        return self.args[position] if position < len(self.args) else default
-
-    def replace(self, name: str, value: Any) -> None:
-        """Give the forward pass ``value`` for the argument ``name``, where the caller passed it."""
-        position = self.names.index(name) if name in self.names else len(self.args)
-        if name not in self.kwargs and position < len(self.args):
-            self.args[position] = value
-        else:
-            self.kwargs[name] = value
-
-    @property
-    def sample(self) -> torch.Tensor:
-        """The latents ``z_t`` as the denoiser receives them, ``(N, C, ...)``."""
-        return self.get(self.sample_name)
-
-    def with_guided(self, full: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``full`` (one entry per row of the call) with its :attr:`guided` rows replaced by ``rows``."""
-        start, stop, _ = self.guided.indices(full.shape[0])
-        return torch.cat([full[:start], rows, full[stop:]])
-
-    def per_row(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``values`` (one per row) shaped to broadcast against ``like`` (same device and dtype)."""
-        return values.to(like.device, like.dtype).view(-1, *([1] * (like.ndim - 1)))
+def check_interval(interval: tuple[float, float]) -> tuple[float, float]:
+    """:func:`~.noise.check_range` under the old argument name ``interval``."""
+    return check_range(interval, "interval")
 
 
 # --- The hook every method installs on the denoiser -------------------------------------------------
 
 
 class DenoiserHook:
-    """Forward hooks on a pipeline's denoiser that see every call; the base of guidance and CADS.
+    """Forward hooks on a pipeline's denoiser that see every call; the base of every sampling-time method.
 
     A method subclasses it and overrides, as it needs: :meth:`setup` (validate and prepare once),
     :meth:`is_enabled` (whether it can act at all), :meth:`before_forward` (decide whether it acts at this
     call, and change the call's arguments if it must) and, when it changes the model output,
     :meth:`after_forward`. The post-hook is registered with ``always_call=True``, so
     :meth:`after_forward` also runs (with ``output=None``) when the forward pass raises, and can clean up.
-    A method with ``needs_batch = True`` is refused, with a clear error, a batch of one sample.
+    State a method needs from one call to the next hook of the same call lives on the method, set in
+    :meth:`before_forward` and cleared in :meth:`after_forward`.
+
+    A method with ``needs_batch = True`` couples the samples of a batch; it acts only between samples
+    of one group (:attr:`DenoiserCall.groups`) and refuses, with a clear error, a group of one sample.
+
+    Every handle counts the calls it changed (:attr:`guided_calls`); when a sampling call of the
+    pipeline ends with none changed, it logs a warning that says where the method acts.
 
     Args:
         pipe: a diffusers pipeline with a ``unet`` or ``transformer`` and a scheduler with a Gaussian
             noise path: variance-preserving (``alphas_cumprod``: DDPM, DDIM, PNDM, Euler, DPM-Solver…) or
             flow matching (``FlowMatchEulerDiscreteScheduler``: Stable Diffusion 3, Flux, Sana…).
+        groups: batch-coupled methods only: the group of each sample of a sampling call (one integer per
+            sample; under classifier-free guidance, per sample of the conditional half). ``None``: the
+            samples that share their conditioning (prompt embedding, pooled projection, class label)
+            form a group; unconditional sampling is one group.
+
+    Attributes:
+        guided_calls: the number of denoiser calls this handle changed since it was installed.
     """
 
-    #: whether the method acts between the samples of a batch (and so needs two of them)
+    #: whether the method acts between the samples of a batch (and so needs two of them per group)
     needs_batch: bool = True
 
-    def __init__(self, pipe: DiffusionPipeline):
+    def __init__(self, pipe: DiffusionPipeline, groups: Sequence[int] | torch.Tensor | None = None):
         self.pipe = pipe
         self.denoiser = _find_denoiser(pipe)
         self._names, self._sample_name = _forward_parameters(self.denoiser)
-        _check_scheduler(pipe.scheduler)
+        check_scheduler(pipe.scheduler)
+        self.groups = None if groups is None else check_group_labels(groups, type(self).__name__)
         installed = _INSTALLED.setdefault(self.denoiser, [])
         if any(type(hook) is type(self) for hook in installed):
             raise RuntimeError(
                 f"{type(self).__name__} is already installed on this pipeline's denoiser; call .remove() "
                 "on the earlier handle first"
             )
+        self.guided_calls = 0
+        self._run_calls, self._run_guided, self._run_fractions = 0, 0, []
         self._call: DenoiserCall | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.setup()
@@ -132,15 +115,22 @@ class DenoiserHook:
             self.denoiser.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
             self.denoiser.register_forward_hook(self._post_hook, with_kwargs=True, always_call=True),
         ]
+        RunWatch.add(pipe, self)
 
     def remove(self) -> None:
-        """Uninstall: the pipeline is exactly the stock pipeline again. Safe to call twice."""
+        """Uninstall: the pipeline is exactly the stock pipeline again. Safe to call twice.
+
+        A handle removed inside a sampling call (a pipeline that installs a method for one call) ends
+        its run here: it warns as :meth:`sampling_ended` does when it guided none of the run's calls."""
+        if self._run_calls:
+            self.sampling_ended()
         for handle in self._handles:
             handle.remove()
         self._handles = []
         installed = _INSTALLED.get(self.denoiser, [])
         if self in installed:
             installed.remove(self)
+        RunWatch.discard(self.pipe, self)
 
     def __enter__(self) -> DenoiserHook:
         return self
@@ -166,13 +156,42 @@ class DenoiserHook:
         """Clean up, and return a replacement for the denoiser's output (or ``None`` to keep it)."""
         return None
 
+    def where(self) -> str:
+        """Where the method acts, for the warning of a sampling call it left untouched."""
+        return "at every call"
+
+    def sampling_ended(self) -> None:
+        """Called when a sampling call of the pipeline ends: warns when nothing was guided, and resets
+        the per-run state (a subclass that keeps state across steps resets it here too)."""
+        calls, guided, fractions = self._run_calls, self._run_guided, self._run_fractions
+        self._run_calls, self._run_guided, self._run_fractions = 0, 0, []
+        if calls and not guided and self.is_enabled():
+            img2img = getattr(self.pipe, "strength", None)
+            note = (
+                "; an img2img pipeline starts at τ ≈ its `strength` argument: raise it, or widen the range"
+                if img2img is not None or "Img2Img" in type(self.pipe).__name__
+                else ""
+            )
+            logger.warning(
+                "%r guided none of the %d denoiser calls of this sampling run: it acts %s, and the run "
+                "sampled τ ∈ [%.3f, %.3f] (1 = pure noise)%s",
+                self,
+                calls,
+                self.where(),
+                min(fractions),
+                max(fractions),
+                note,
+            )
+
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         self._call = None
         if not self.is_enabled():
             return None
         call = self._read_call(args, kwargs)
         if self.needs_batch:
-            self._check_batch(call)
+            call.groups = self._check_groups(call)
+        self._run_calls += 1
+        self._run_fractions.append(float(call.fraction.max()))
         if not self.before_forward(call):
             return None
         self._call = call
@@ -182,7 +201,11 @@ class DenoiserHook:
         call, self._call = self._call, None
         if call is None:
             return None
-        return self.after_forward(call, output)
+        result = self.after_forward(call, output)
+        if output is not None and call.acted:
+            self.guided_calls += 1
+            self._run_guided += 1
+        return result
 
     def _read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
         call = DenoiserCall(
@@ -207,74 +230,43 @@ class DenoiserHook:
         if t.numel() not in (1, rows):
             raise ValueError(f"timestep has {t.numel()} entries for a batch of {rows} latents")
         call.fraction, call.alpha, call.sigma = noise_levels(self.pipe.scheduler, t.expand(rows))
-        conditional = _conditional_half(self.pipe, call)
+        conditional = conditional_half(self.pipe, call)
         call.doubled = conditional is not None
         call.guided = slice(None) if conditional is None else conditional
         return call
 
-    def _check_batch(self, call: DenoiserCall) -> None:
-        guided = call.sample[call.guided].shape[0]
-        if self.needs_batch and guided < 2:
+    def _check_groups(self, call: DenoiserCall) -> torch.Tensor:
+        """The groups of the guided rows, each of at least two samples (else a clear error)."""
+        rows = call.sample[call.guided].shape[0]
+        if self.groups is not None:
+            if self.groups.numel() != rows:
+                raise ValueError(
+                    f"{type(self).__name__} got groups= for {self.groups.numel()} samples, but the denoiser "
+                    f"got {rows} samples{' per CFG half' if call.doubled else ''}; pass one group per sample"
+                )
+            groups = torch.unique(self.groups, return_inverse=True)[1]
+        else:
+            groups = conditioning_groups(call)
+        counts = torch.bincount(groups)
+        alone = [int(g) for g in (counts < 2).nonzero().flatten()]
+        if alone:
             per = " per prompt (num_images_per_prompt)" if call.doubled else ""
+            group = alone[0]
+            members = (groups == group).nonzero().flatten().tolist()
+            source = "groups=" if self.groups is not None else "its conditioning (prompt or class label)"
             raise ValueError(
-                f"{type(self).__name__} separates the samples of a batch, but the denoiser got {guided} "
-                f"sample{per}: there is nothing to separate. Sample at least 2 images{per}, e.g. "
-                "batch_size=4, or remove the guidance."
+                f"{type(self).__name__} separates the samples of a group, but group {group} of "
+                f"{len(counts)} (sample{'s' if len(members) > 1 else ''} {members}, grouped by {source}) "
+                f"got {int(counts[group])} sample: there is nothing to separate. Sample at least 2 "
+                f"images{per} of every prompt or class, e.g. batch_size=4, or remove the guidance."
             )
+        return groups.to(call.sample.device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
 # --- Helpers ------------------------------------------------------------------------------------
-
-
-def noise_levels(scheduler: Any, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(τ, α_t, σ_t)`` of the Gaussian path ``z_t = α_t x_0 + σ_t ε`` at the denoiser's timesteps ``t``.
-
-    ``τ`` is the position on the trajectory (1 = pure noise). Variance-preserving schedulers
-    (``alphas_cumprod``): ``τ = t / (T − 1)``, and fractional timesteps (Euler-type schedulers)
-    interpolate ``σ_t / α_t = √((1 − ᾱ_t) / ᾱ_t)`` linearly in ``t``, as those schedulers do. Flow
-    matching (rectified flow, :func:`is_flow_matching`): ``z_σ = (1 − σ) x_0 + σ ε``, so ``α = 1 − σ``
-    and ``τ = σ``, read from the timestep by :func:`flow_sigma`. float64, on the CPU.
-    """
-    if is_flow_matching(scheduler):
-        sigma = flow_sigma(scheduler, timestep)
-        return sigma, 1.0 - sigma, sigma
-    alphas_cumprod = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
-    last = alphas_cumprod.numel() - 1
-    ratios = ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()  # σ_t / α_t
-    t = timestep.to(torch.float64).clamp(0, last)
-    low = t.floor().long()
-    ratio = torch.lerp(ratios[low], ratios[(low + 1).clamp_max(last)], t - low)
-    alpha = (1.0 + ratio.square()).rsqrt()
-    return t / last, alpha, ratio * alpha
-
-
-def is_flow_matching(scheduler: Any) -> bool:
-    """Whether ``scheduler`` samples a rectified flow: diffusers' ``FlowMatch*`` schedulers, and the
-    multistep solvers configured for it (``prediction_type="flow_prediction"``, as Sana's)."""
-    if type(scheduler).__name__.startswith("FlowMatch"):
-        return True
-    return getattr(scheduler.config, "prediction_type", None) == "flow_prediction"
-
-
-def flow_sigma(scheduler: Any, timestep: torch.Tensor) -> torch.Tensor:
-    """``σ`` of a flow-matching denoiser call from its timestep, float64 on the CPU.
-
-    Flow schedulers hold ``timesteps = σ · T`` (``T = num_train_timesteps``). Most pipelines pass that to
-    the denoiser (Stable Diffusion 3, Sana); Flux, Qwen-Image and others pass ``σ`` itself
-    (``timestep / 1000``) and the transformer scales it back. Which of the two a call used is read off
-    the scheduler's current timesteps: the reading under which ``t`` lies closer to one of them.
-    """
-    train_steps = float(scheduler.config.num_train_timesteps)
-    t = timestep.detach().to("cpu", torch.float64).flatten()
-    steps = getattr(scheduler, "timesteps", None)
-    if isinstance(steps, torch.Tensor) and steps.numel():
-        steps = steps.detach().to("cpu", torch.float64).flatten()
-        as_steps = (t[:, None] - steps).abs().amin(dim=1)
-        as_sigma = (t[:, None] * train_steps - steps).abs().amin(dim=1)
-        is_sigma = as_sigma < as_steps
-    else:  # no sampling loop has set the timesteps: a timestep above 1 cannot be a σ
-        is_sigma = t <= 1.0
-    return torch.where(is_sigma, t, t / train_steps).clamp(0.0, 1.0)
 
 
 def _find_denoiser(pipe: Any) -> nn.Module:
@@ -301,79 +293,6 @@ def _forward_parameters(denoiser: nn.Module) -> tuple[list[str], str]:
             "UNet2DConditionModel) and transformer denoisers called with (hidden_states, timestep)"
         )
     return names, sample_name
-
-
-def _check_scheduler(scheduler: Any) -> None:
-    if not is_flow_matching(scheduler) and not isinstance(
-        getattr(scheduler, "alphas_cumprod", None), torch.Tensor
-    ):
-        raise TypeError(
-            f"sampling-time guidance needs a scheduler with a Gaussian noise path: a variance-preserving "
-            f"one (alphas_cumprod: DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler…) or flow "
-            f"matching (FlowMatchEulerDiscreteScheduler…); got {type(scheduler).__name__}"
-        )
-    prediction_type(scheduler)
-
-
-def prediction_type(scheduler: Any) -> str:
-    """What the denoiser predicts: one of :data:`PREDICTION_TYPES` (``"flow"``: the velocity
-    ``v = ε − x_0`` of a rectified flow, whatever the scheduler calls it)."""
-    if is_flow_matching(scheduler):
-        return "flow"
-    prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(
-            f"{type(scheduler).__name__} has prediction_type={prediction_type!r}; guidance supports "
-            f"{PREDICTION_TYPES}"
-        )
-    return prediction_type
-
-
-def check_interval(interval: tuple[float, float]) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in interval)
-    except (TypeError, ValueError):
-        raise ValueError(f"interval must be a pair (t_lo, t_hi), got {interval!r}") from None
-    if not 0.0 <= low < high <= 1.0:
-        raise ValueError(
-            f"interval must satisfy 0 ≤ t_lo < t_hi ≤ 1 (fractions of the trajectory, 1 = pure noise); "
-            f"got {interval!r}"
-        )
-    return low, high
-
-
-def _conditional_half(pipe: Any, call: DenoiserCall) -> slice | None:
-    """The conditional half's rows when this call is the doubled batch of classifier-free guidance,
-    else ``None``.
-
-    The batch is doubled when the two halves of the latents are equal and the pipeline says it guides
-    (Stable Diffusion pipelines have ``do_classifier_free_guidance``) or, for pipelines that do not say,
-    the halves' prompts or class labels differ. The conditional half is the second (``[uncond, cond]``,
-    as most pipelines order it), except where the class labels say otherwise: the unconditional half's
-    labels are all the null label, the largest index (diffusers' ``DiTPipeline`` puts it second).
-    """
-    sample, rows = call.sample, call.sample.shape[0]
-    half = rows // 2
-    if rows < 2 or rows % 2 or not torch.equal(sample[:half], sample[half:]):
-        return None
-    first, second = slice(None, half), slice(half, None)
-    labels = call.get("class_labels")
-    if isinstance(labels, torch.Tensor) and labels.shape[:1] == (rows,):
-        null = labels.max()
-        if bool((labels[second] == null).all()) and not bool((labels[first] == null).all()):
-            return first
-        if not torch.equal(labels[first], labels[second]):
-            return second
-    try:
-        says = getattr(pipe, "do_classifier_free_guidance", None)
-    except AttributeError:  # the property reads state that __call__ sets
-        says = None
-    if says is not None:
-        return second if says else None
-    prompt = call.get("encoder_hidden_states")
-    if isinstance(prompt, torch.Tensor) and prompt.shape[:1] == (rows,):
-        return None if torch.equal(prompt[first], prompt[second]) else second
-    return None
 
 
 def prediction_tensor(output: Any) -> torch.Tensor:
@@ -406,15 +325,19 @@ def add_to_prediction(output: Any, delta: torch.Tensor) -> Any:
 
 
 __all__ = [
+    "CONDITIONING",
     "DEFAULT_INTERVAL",
     "PREDICTION_TYPES",
     "DenoiserCall",
     "DenoiserHook",
     "add_to_prediction",
     "check_interval",
+    "conditioning_groups",
     "flow_sigma",
+    "for_autograd",
     "is_flow_matching",
     "noise_levels",
     "prediction_tensor",
     "prediction_type",
+    "renamed",
 ]

@@ -3,7 +3,7 @@
 With ``normalize=True`` the correction is instead ``Δε = γ(t) ‖ε̂‖ ∇E / ‖∇E‖`` per sample, so that one
 ``γ`` (a fraction of the noise prediction's norm) transfers across models, sites and energies.
 
-Atom guidance (:mod:`.guidance`) and Particle Guidance (:mod:`.particle_guidance`) differ only in their
+Atom guidance (:mod:`.atom_guidance`) and Particle Guidance (:mod:`.particle_guidance`) differ only in their
 energy ``E``; both subclass :class:`EnergyGuidance` and implement :meth:`EnergyGuidance.prepare_energy`.
 """
 
@@ -11,34 +11,29 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
 
-from .denoiser_hook import (
-    DEFAULT_INTERVAL,
-    DenoiserCall,
-    DenoiserHook,
-    add_to_prediction,
-    check_interval,
-    prediction_tensor,
-    prediction_type,
-)
+from .denoiser_hook import DenoiserCall, DenoiserHook, add_to_prediction, prediction_tensor
+from .noise import DEFAULT_ACTIVE_RANGE, check_range, epsilon_change, prediction_type, to_epsilon
 
 
 class EnergyGuidance(DenoiserHook):
     """Guidance by the gradient of an energy ``E`` between the samples of a batch (method.md §7–8).
 
-    At every denoiser call inside the interval the noise prediction is corrected,
+    At every denoiser call inside the active range the noise prediction is corrected,
     ``ε̂ ← ε̂ + γ(t) · σ_t · ∇_{z_t} E``, and the correction is converted for v- and sample-prediction
     models through ``scheduler.config.prediction_type`` (``Δv = Δε / α_t``, ``Δx̂_0 = −σ_t Δε / α_t``).
     Under flow matching the velocity is corrected, ``v̂ ← v̂ + γ(t) · σ · ∇_{z_σ} E``
     (:meth:`_velocity_correction` derives it).
     Lowering ``E`` pushes the samples apart. Under classifier-free guidance the energy is taken on the
     conditional half and the same correction is added to both halves, so the guided output moves by
-    exactly that correction. A subclass implements :meth:`prepare_energy`, which sets
-    ``call.energy_grad`` (the gradient for the guided rows) before or during the forward pass.
+    exactly that correction. The energy couples only the samples of one group
+    (:attr:`~.denoiser_hook.DenoiserCall.groups`). A subclass implements :meth:`prepare_energy`, which
+    sets :attr:`energy_grad` (the gradient for the guided rows) before or during the forward pass.
 
     With ``normalize=True`` only the direction of the gradient is kept, and its length is a fraction
     of the noise prediction's: per guided sample ``A``,
@@ -52,59 +47,76 @@ class EnergyGuidance(DenoiserHook):
 
     Args:
         pipe: the pipeline (see :class:`DenoiserHook`).
-        strength: ``γ``; 0 leaves the pipeline's outputs bit-identical to the stock pipeline's, and a
+        scale: ``γ``; 0 leaves the pipeline's outputs bit-identical to the stock pipeline's, and a
             negative value pulls the samples together instead.
-        interval: ``(t_lo, t_hi)``, the part of the trajectory where ``γ(t) = strength``, as fractions
+        active_range: ``(t_lo, t_hi)``, the part of the trajectory where ``γ(t) = scale``, as fractions
             ``τ = t / (T − 1)`` of the training timesteps (``σ`` under flow matching; 1 = pure noise); 0
             outside. ``None``: on
             everywhere, unless a subclass defines its own rule.
         normalize: whether ``γ`` is a fraction of ``‖ε̂‖`` (the normalised correction above) rather than
             a multiplier of ``σ_t ∇E``. ``False`` keeps the unnormalised formula of method.md §7.
+        groups: the group of each sample (see :class:`~.denoiser_hook.DenoiserHook`); default: by
+            conditioning.
+
+    Attributes:
+        gamma: ``γ(t)`` per guided row of the last guided call (``None`` before the first).
+        energy_grad: ``∇_{z_t} E`` for the guided rows of the call being guided, once computed;
+            ``None`` again when its correction is applied.
     """
+
+    #: the keyword of ``scale`` in the subclass's signature, for messages
+    scale_name = "scale"
 
     def __init__(
         self,
         pipe: DiffusionPipeline,
-        strength: float,
-        interval: tuple[float, float] | None = DEFAULT_INTERVAL,
+        scale: float,
+        active_range: tuple[float, float] | None = DEFAULT_ACTIVE_RANGE,
         normalize: bool = False,
+        groups: Sequence[int] | torch.Tensor | None = None,
     ):
-        if not isinstance(strength, numbers.Real) or not math.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength!r}")
+        if not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+            raise ValueError(f"{self.scale_name} must be a finite number, got {scale!r}")
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be True or False, got {normalize!r}")
-        self.strength = float(strength)
+        self.scale = float(scale)
         self.normalize = normalize
-        self.interval = None if interval is None else check_interval(interval)
-        super().__init__(pipe)
+        self.active_range = None if active_range is None else check_range(active_range)
+        self.gamma: torch.Tensor | None = None
+        self.energy_grad: torch.Tensor | None = None
+        super().__init__(pipe, groups=groups)
 
     def prepare_energy(self, call: DenoiserCall) -> None:
         raise NotImplementedError
 
     def is_on(self, call: DenoiserCall) -> torch.Tensor:
-        """Where ``γ(t)`` is on, per row: inside the interval (everywhere without one)."""
-        if self.interval is None:
+        """Where ``γ(t)`` is on, per row: inside the active range (everywhere without one)."""
+        if self.active_range is None:
             return torch.ones_like(call.fraction, dtype=torch.bool)
-        low, high = self.interval
+        low, high = self.active_range
         return (call.fraction >= low) & (call.fraction <= high)
 
+    def where(self) -> str:
+        return f"for τ in active_range={self.active_range}"
+
     def is_enabled(self) -> bool:
-        return self.strength != 0.0
+        return self.scale != 0.0
 
     def before_forward(self, call: DenoiserCall) -> bool:
-        strength = self.strength * self.is_on(call)[call.guided].double()
-        if not strength.any():
+        gamma = self.scale * self.is_on(call)[call.guided].double()
+        if not gamma.any():
             return False
-        call.strength = strength
+        self.gamma, self.energy_grad = gamma, None
         self.prepare_energy(call)
         return True
 
     def after_forward(self, call: DenoiserCall, output: Any) -> Any:
+        grad, self.energy_grad = self.energy_grad, None
         if output is None:  # the forward pass raised; nothing to correct
             return None
-        if call.energy_grad is None:
+        if grad is None:
             raise RuntimeError(f"{type(self).__name__} computed no energy gradient at this call")
-        grad = call.energy_grad.to(call.sample.dtype)
+        grad = grad.to(call.sample.dtype)
         parameterisation = prediction_type(self.pipe.scheduler)
         if parameterisation == "flow":
             delta = self._velocity_correction(call, output, grad)
@@ -118,17 +130,15 @@ class EnergyGuidance(DenoiserHook):
         self, call: DenoiserCall, output: Any, grad: torch.Tensor, parameterisation: str
     ) -> torch.Tensor:
         """``Δε`` (variance-preserving schedulers), in the model's own parameterisation."""
-        sigma, alpha = call.sigma[call.guided], call.alpha[call.guided].clamp_min(1e-8)
+        sigma, alpha = call.sigma[call.guided], call.alpha[call.guided]
         if self.normalize:  # Δε = γ(t) ‖ε̂‖ g / ‖g‖, per sample
             eps = self._noise_prediction(call, output, parameterisation)
-            delta_eps = _along(grad, call.per_row(call.strength, grad) * row_norm(eps))
+            delta_eps = _along(grad, call.per_row(self.gamma, grad) * row_norm(eps))
         else:  # §7: Δε = γ(t) σ_t ∇_{z_t} E
-            delta_eps = call.per_row(call.strength * sigma, grad) * grad
-        if parameterisation == "epsilon":
-            return delta_eps
-        if parameterisation == "v_prediction":  # v = α ε − σ x_0, ε = α v + σ z_t  ⇒  Δv = Δε / α
-            return delta_eps / call.per_row(alpha, grad)
-        return -delta_eps * call.per_row(sigma / alpha, grad)  # x̂_0 = (z_t − σ ε̂) / α  ⇒  Δx̂_0 = −σ Δε / α
+            delta_eps = call.per_row(self.gamma * sigma, grad) * grad
+        return epsilon_change(
+            delta_eps, call.per_row(alpha, grad), call.per_row(sigma, grad), parameterisation
+        )
 
     def _velocity_correction(self, call: DenoiserCall, output: Any, grad: torch.Tensor) -> torch.Tensor:
         """``Δv`` of a rectified flow's velocity (flow-matching schedulers).
@@ -148,8 +158,8 @@ class EnergyGuidance(DenoiserHook):
         """
         if self.normalize:
             velocity = prediction_tensor(output)[call.guided, : grad.shape[1]].to(grad.dtype)
-            return _along(grad, call.per_row(call.strength, grad) * row_norm(velocity))
-        return call.per_row(call.strength * call.sigma[call.guided], grad) * grad
+            return _along(grad, call.per_row(self.gamma, grad) * row_norm(velocity))
+        return call.per_row(self.gamma * call.sigma[call.guided], grad) * grad
 
     @staticmethod
     def _noise_prediction(call: DenoiserCall, output: Any, parameterisation: str) -> torch.Tensor:
@@ -157,11 +167,7 @@ class EnergyGuidance(DenoiserHook):
         z_t = call.sample[call.guided].detach()
         prediction = prediction_tensor(output)[call.guided, : z_t.shape[1]].to(z_t.dtype)
         alpha, sigma = call.per_row(call.alpha[call.guided], z_t), call.per_row(call.sigma[call.guided], z_t)
-        if parameterisation == "epsilon":
-            return prediction
-        if parameterisation == "v_prediction":  # ε = α v + σ z_t
-            return alpha * prediction + sigma * z_t
-        return (z_t - alpha * prediction) / sigma.clamp_min(1e-8)  # ε = (z_t − α x̂_0) / σ
+        return to_epsilon(prediction, z_t, alpha, sigma, parameterisation)
 
 
 def _along(grad: torch.Tensor, length: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""Feature-space atom guidance (a variant of method.md §7): :func:`guide_features`.
+"""Feature-space atom guidance (a variant of method.md §7): :class:`FeatureGuidance`.
 
-Latent-space atom guidance (:func:`~atomgen.pipelines.guide`) differentiates the path ``z_t → site`` and
+Latent-space atom guidance (:class:`~atomgen.pipelines.AtomGuidance`) differentiates the path ``z_t → site`` and
 corrects the noise prediction. This variant acts on the site's activations themselves: inside the forward
 pass, the activations ``h`` of each guided sample ``A`` take one normalised step down the gradient of the
 atom energy,
@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,9 +27,11 @@ from diffusers import DiffusionPipeline
 from atomgen.hooks import pick_features, resolve_site
 from atomgen.separation import AtomSeparation
 
-from .denoiser_hook import DEFAULT_INTERVAL, DenoiserCall, DenoiserHook, check_interval
+from .atom_guidance import choose_site_and_separation, separation_for
+from .denoiser_hook import DenoiserCall, DenoiserHook
 from .energy_guidance import row_norm
-from .guidance import choose_site_and_separation, separation_for
+from .hook_utils import renamed
+from .noise import DEFAULT_ACTIVE_RANGE, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +42,58 @@ FEATURE_GRID = 4
 
 
 class FeatureGuidance(DenoiserHook):
-    """Feature-space atom guidance; what :func:`guide_features` returns. See :func:`guide_features`.
+    r"""Feature-space atom guidance: move the site activations of a batch apart while it is sampled.
+
+    At every denoiser call with ``τ`` inside ``active_range`` (as for
+    :class:`~atomgen.pipelines.AtomGuidance`), the activations ``h`` at ``site`` of each guided sample
+    ``A`` are moved down the gradient of the atom energy of its group, normalised per atom so that ``γ``
+    is a fraction of the activation norm:
+
+        h_A ← h_A − γ(t) · ‖h_A‖ · g_A / ‖g_A‖,        g = ∇_h E(h),   E = Σ_A e_A
+
+    and the rest of the network computes the prediction from the moved activations. ``g`` is taken with
+    ``h`` as a leaf (no backward pass into the denoiser, nothing to ``z_t``), so a guided step costs
+    about a plain step. Under classifier-free guidance only the conditional half's activations are
+    moved (the energy is that half's); the unconditional half is left as it is, so the guided
+    prediction ``ε_u + w (ε_c − ε_u)`` moves by ``w`` times the change of ``ε_c``. Samples interact
+    only within their group: by default the samples that share a prompt or a class label.
+
+    Args:
+        pipe: any diffusers pipeline that calls a ``unet`` (or ``transformer``) with a variance-preserving
+            or flow-matching scheduler, like :class:`~atomgen.pipelines.AtomGuidance`.
+        feature_scale: ``γ``, the step as a fraction of ``‖h_A‖``; 0 gives outputs identical to the
+            stock pipeline's, a negative value pulls the samples together. Values around 0.05–0.5 act
+            without breaking untrained test UNets.
+        active_range: ``(t_lo, t_hi)`` in ``[0, 1]``, where the guidance is on (default: the noisier
+            60 %).
+        site: dotted module path of the denoiser whose (first) output tensor is moved, e.g.
+            ``"mid_block"``; chosen as for :class:`~atomgen.pipelines.AtomGuidance`. At a UNet down block
+            the skip connection that carries the same tensor moves with it. A site whose activations do
+            not depend on the latents (``"time_embedding"``) is refused at the first guided call.
+        separation: the :class:`~atomgen.AtomSeparation`; default as for
+            :class:`~atomgen.pipelines.AtomGuidance` (the pipeline's trained one at its site, else a
+            training-free ``learn_roles=False`` one, here pooled to a :data:`FEATURE_GRID` ×
+            :data:`FEATURE_GRID` particle grid for speed).
+        groups: one integer per sample: only samples of one group interact. Default: by conditioning.
+        strength, interval: deprecated aliases of ``feature_scale`` and ``active_range``.
+
+    Raises:
+        TypeError: the pipeline has no supported denoiser or scheduler.
+        ValueError: a bad option, an unknown site, or (at sampling) a group of one sample.
+
+    Example:
+        >>> import torch
+        >>> from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+        >>> from atomgen.pipelines import FeatureGuidance
+        >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        ...     norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+        ...     up_block_types=("UpBlock2D", "UpBlock2D"))
+        >>> pipe = DDIMPipeline(unet, DDIMScheduler())
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> with FeatureGuidance(pipe, feature_scale=0.2) as handle:
+        ...     images = pipe(batch_size=4, num_inference_steps=5, output_type="pt").images
+        >>> handle, images.shape
+        (FeatureGuidance(site='mid_block', feature_scale=0.2, active_range=(0.4, 1.0)), torch.Size([4, 1, 8, 8]))
 
     Attributes:
         site: the dotted module path of the denoiser whose activations are moved.
@@ -50,18 +105,27 @@ class FeatureGuidance(DenoiserHook):
     def __init__(
         self,
         pipe: DiffusionPipeline,
-        strength: float,
-        interval: tuple[float, float] = DEFAULT_INTERVAL,
+        feature_scale: float | None = None,
+        active_range: tuple[float, float] = DEFAULT_ACTIVE_RANGE,
         site: str | None = None,
         separation: AtomSeparation | None = None,
+        groups: Sequence[int] | torch.Tensor | None = None,
+        *,
+        strength: float | None = None,
+        interval: tuple[float, float] | None = None,
     ):
-        if not isinstance(strength, numbers.Real) or not math.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength!r}")
-        self.strength = float(strength)
-        self.interval = check_interval(interval)
+        feature_scale = renamed("FeatureGuidance", "strength", "feature_scale", strength, feature_scale)
+        active_range = renamed(
+            "FeatureGuidance", "interval", "active_range", interval, active_range, DEFAULT_ACTIVE_RANGE
+        )
+        if not isinstance(feature_scale, numbers.Real) or not math.isfinite(feature_scale):
+            raise ValueError(f"feature_scale must be a finite number, got {feature_scale!r}")
+        self.scale = float(feature_scale)
+        self.active_range = check_range(active_range)
         self.site, self.separation = site, separation
+        self.gamma: torch.Tensor | None = None
         self._site_hook: torch.utils.hooks.RemovableHandle | None = None
-        super().__init__(pipe)
+        super().__init__(pipe, groups=groups)
 
     def setup(self) -> None:
         self.site, self.separation = choose_site_and_separation(
@@ -70,15 +134,18 @@ class FeatureGuidance(DenoiserHook):
         self._site_module = resolve_site(self.denoiser, self.site)
 
     def is_enabled(self) -> bool:
-        return self.strength != 0.0
+        return self.scale != 0.0
+
+    def where(self) -> str:
+        return f"for τ in active_range={self.active_range}"
 
     def before_forward(self, call: DenoiserCall) -> bool:
-        low, high = self.interval
+        low, high = self.active_range
         on = (call.fraction >= low) & (call.fraction <= high)
-        strength = self.strength * on[call.guided].double()
-        if not strength.any():
+        gamma = self.scale * on[call.guided].double()
+        if not gamma.any():
             return False
-        call.strength = strength
+        self.gamma = gamma
         self._site_hook = self._site_module.register_forward_hook(
             lambda module, inputs, output: self._at_site(call, output)
         )
@@ -94,23 +161,44 @@ class FeatureGuidance(DenoiserHook):
                 f"site {self.site!r} has {rows} rows for {call.sample.shape[0]} latents; feature guidance "
                 "needs a site whose activations keep the batch dimension first"
             )
+        self._check_depends_on_latents(call, features[call.guided])
         # only the conditional half moves; the unconditional half stays as it is
-        moved = call.with_guided(features, self.move(features[call.guided], call.strength))
+        moved = call.with_guided(features, self.move(features[call.guided], self.gamma, call.groups))
         return _replace_tensor(output, features, moved)
 
-    def move(self, h: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
-        """``h_A − γ_A ‖h_A‖ g_A / ‖g_A‖`` for every row ``A`` of ``h``, ``g = ∇_h Σ_A e_A``."""
-        self.separation = separation_for(self.separation, h, self.site, max_grid=FEATURE_GRID)
-        with torch.enable_grad():  # h is a leaf: only the separation module is differentiated
-            leaf = h.detach().requires_grad_()
+    def _check_depends_on_latents(self, call: DenoiserCall, features: torch.Tensor) -> None:
+        """Refuse a site whose activations are equal across a group whose latents differ: they do not
+        depend on ``z_t`` (a time or label embedding), and moving them apart would mean nothing."""
+        latents = call.sample[call.guided]
+        for group in torch.unique(call.groups):
+            rows = (call.groups == group).nonzero().flatten()
+            first, rest = rows[:1], rows[1:]
+            if torch.equal(latents[rest], latents[first].expand_as(latents[rest])):
+                continue
+            if torch.equal(features[rest], features[first].expand_as(features[rest])):
+                raise ValueError(
+                    f"the activations at site {self.site!r} are the same for samples whose latents differ: "
+                    "they do not depend on the latents z_t (a time or label embedding), so feature "
+                    "guidance cannot separate the samples there; choose a site on the path of the "
+                    "latents, e.g. 'mid_block'"
+                )
+
+    def move(self, h: torch.Tensor, gamma: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """``h_A − γ_A ‖h_A‖ g_A / ‖g_A‖`` for every row ``A`` of ``h``, ``g = ∇_h Σ_A e_A`` (pairs within
+        a group only). Works under ``torch.inference_mode()``: the gradient is taken outside it."""
+        # h is a leaf: only the separation module is differentiated; a clone outside inference mode
+        # when the caller samples under it (inference tensors cannot be saved for backward)
+        with torch.inference_mode(False), torch.enable_grad():
+            self.separation = separation_for(self.separation, h, self.site, max_grid=FEATURE_GRID)
+            leaf = h.detach().clone().requires_grad_()
             try:
-                atoms = self.separation(leaf)
+                atoms = self.separation(leaf, groups=groups)
             except (ValueError, FloatingPointError) as error:
                 raise type(error)(f"feature guidance at site {self.site!r}: {error}") from None
             (grad,) = torch.autograd.grad(atoms.energy.sum(), leaf)
         grad = grad.to(h.dtype)
         direction = grad / row_norm(grad).clamp_min(torch.finfo(grad.dtype).tiny)
-        gamma = strength.to(h.device, h.dtype).view(-1, *([1] * (h.ndim - 1)))
+        gamma = gamma.to(h.device, h.dtype).view(-1, *([1] * (h.ndim - 1)))
         return h - gamma * row_norm(h) * direction
 
     def after_forward(self, call: DenoiserCall, output: Any) -> Any:
@@ -125,68 +213,28 @@ class FeatureGuidance(DenoiserHook):
         return None
 
     def __repr__(self) -> str:
-        return f"FeatureGuidance(site={self.site!r}, strength={self.strength}, interval={self.interval})"
+        return (
+            f"FeatureGuidance(site={self.site!r}, feature_scale={self.scale}, "
+            f"active_range={self.active_range})"
+        )
 
 
-def guide_features(
-    pipe: DiffusionPipeline,
-    strength: float,
-    interval: tuple[float, float] = DEFAULT_INTERVAL,
-    site: str | None = None,
-    separation: AtomSeparation | None = None,
-) -> FeatureGuidance:
-    r"""Feature-space atom guidance: move the site activations of a batch apart while it is sampled.
+def guide_features(pipe: DiffusionPipeline, *args: Any, **kwargs: Any) -> FeatureGuidance:
+    """Deprecated: ``FeatureGuidance(pipe, feature_scale=…, active_range=…)``, which it returns.
 
-    At every denoiser call with ``τ`` inside ``interval`` (as for :func:`~atomgen.pipelines.guide`), the
-    activations ``h`` at
-    ``site`` of each guided sample ``A`` are moved down the gradient of the atom energy, normalised per
-    atom so that ``γ`` is a fraction of the activation norm:
-
-        h_A ← h_A − γ(t) · ‖h_A‖ · g_A / ‖g_A‖,        g = ∇_h E(h),   E = Σ_A e_A = B · L_sep
-
-    and the rest of the network computes the prediction from the moved activations. ``g`` is taken with
-    ``h`` as a leaf (no backward pass into the denoiser, nothing to ``z_t``), so a guided step costs
-    about a plain step. Under classifier-free guidance only the conditional half's activations are
-    moved (the energy is that half's); the unconditional half is left as it is, so the guided
-    prediction ``ε_u + w (ε_c − ε_u)`` moves by ``w`` times the change of ``ε_c``.
-
-    Args:
-        pipe: any diffusers pipeline that calls a ``unet`` (or ``transformer``) with a variance-preserving
-            or flow-matching scheduler, like :func:`~atomgen.pipelines.guide`.
-        strength: ``γ``, the step as a fraction of ``‖h_A‖``; 0 gives outputs identical to the stock
-            pipeline's, a negative value pulls the samples together. Values around 0.05–0.5 act without
-            breaking untrained test UNets.
-        interval: ``(t_lo, t_hi)`` in ``[0, 1]``, where guidance is on (default: the noisier 60 %).
-        site: dotted module path of the denoiser whose (first) output tensor is moved, e.g.
-            ``"mid_block"``; chosen as for :func:`~atomgen.pipelines.guide`. At a UNet down block the
-            skip connection that carries the same tensor moves with it.
-        separation: the :class:`~atomgen.AtomSeparation`; default as for :func:`~atomgen.pipelines.guide`
-            (the pipeline's trained one at its site, else a training-free ``learn_roles=False`` one,
-            here pooled to a :data:`FEATURE_GRID` × :data:`FEATURE_GRID` particle grid for speed).
-
-    Returns:
-        A :class:`FeatureGuidance` handle: ``.remove()`` (or leaving a ``with`` block) restores the stock
-        pipeline.
-
-    Raises:
-        TypeError: the pipeline has no supported denoiser or scheduler.
-        ValueError: a bad option, an unknown site, or (at sampling) a batch of one.
-
-    Example:
-        >>> import torch
-        >>> from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
-        >>> from atomgen.pipelines import guide_features
-        >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-        ...     norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-        ...     up_block_types=("UpBlock2D", "UpBlock2D"))
-        >>> pipe = DDIMPipeline(unet, DDIMScheduler())
-        >>> pipe.set_progress_bar_config(disable=True)
-        >>> with guide_features(pipe, strength=0.2) as handle:
-        ...     images = pipe(batch_size=4, num_inference_steps=5, output_type="pt").images
-        >>> handle, images.shape
-        (FeatureGuidance(site='mid_block', strength=0.2, interval=(0.4, 1.0)), torch.Size([4, 1, 8, 8]))
+    ``guide_features(pipe, strength, interval, site, separation)`` keeps its old arguments for one
+    release (with ``FutureWarning``\\ s naming the new ones).
     """
-    return FeatureGuidance(pipe, strength=strength, interval=interval, site=site, separation=separation)
+    warnings.warn(
+        "guide_features(pipe, …) is deprecated and will be removed in the next release; use "
+        "FeatureGuidance(pipe, feature_scale=…, active_range=…), a context manager with .remove()",
+        FutureWarning,
+        stacklevel=2,
+    )
+    names = ("strength", "interval", "site", "separation")
+    if len(args) > len(names):
+        raise TypeError(f"guide_features() takes at most {len(names) + 1} positional arguments")
+    return FeatureGuidance(pipe, **(kwargs | dict(zip(names, args, strict=False))))
 
 
 def _replace_tensor(output: Any, old: torch.Tensor, new: torch.Tensor) -> Any:

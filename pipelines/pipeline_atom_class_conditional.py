@@ -1,5 +1,5 @@
-"""``AtomClassConditionalPipeline``: class-conditional sampling (a UNet or a DiT; DDIM or rectified flow)
-with classifier-free guidance."""
+"""``AtomClassConditionalPipeline``: class-conditional sampling (a UNet or a DiT, in pixels or in a VAE's
+latents; DDIM or rectified flow) with classifier-free guidance."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     DDIMScheduler,
     DiTTransformer2DModel,
     SchedulerMixin,
@@ -21,10 +22,12 @@ from torch import nn
 
 from atomgen.separation import AtomSeparation
 
-from .denoiser_hook import DEFAULT_INTERVAL, is_flow_matching, noise_levels, prediction_type
+from .noise import DEFAULT_ACTIVE_RANGE, from_x0, is_flow_matching, noise_levels, prediction_type, to_x0
 from .pipeline_utils import AtomUNetPipeline, StepEndCallback
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_GUIDANCE_SCALE = 4.0  # diffusers' DiTPipeline's
 
 # The guiders that combine exactly one conditional and one unconditional prediction, which this
 # pipeline computes in one batched call. Guiders that change the denoiser per batch (PAG, SLG, SEG,
@@ -50,8 +53,8 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
 
     (as diffusers' ``DiTPipeline``; the same linear rule in the model's parameterisation for v-, sample-
     or flow-prediction); with ``w ≤ 1`` only the conditional batch is computed. A diffusers guider
-    (``guider=``) can replace that rule. Atom guidance, :func:`~atomgen.pipelines.guide_features`,
-    Particle Guidance and CADS install on it as on any pipeline; they see the doubled batch through
+    (``guider=``) can replace that rule. The sampling-time methods (atom guidance, feature guidance,
+    Particle Guidance, CADS…) install on it as on any pipeline; they see the doubled batch through
     :attr:`do_classifier_free_guidance` and guide its conditional half.
 
     Parameters:
@@ -66,6 +69,18 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         separation_site (`str`, *optional*): the denoiser module it was attached to; defaults to the
             UNet's ``"mid_block"``, or the middle ``transformer_blocks`` entry of the transformer.
         transformer ([`DiTTransformer2DModel`], *optional*): a class-conditional DiT, instead of the UNet.
+        vae ([`AutoencoderKL`], *optional*): for a latent model (DiT-XL/2, say), the autoencoder whose
+            scaled latents the denoiser samples (``latent_channels`` must be its ``in_channels``); the
+            images are ``vae.decode(latents / scaling_factor + shift_factor)``, as diffusers'
+            ``DiTPipeline`` decodes them (its VAEs have no shift). Without one the samples are the images.
+        id2label (`dict[int, str]`, *optional*): class names, as a ``DiTPipeline`` checkpoint carries them
+            (the ImageNet names of DiT-XL/2); :meth:`get_label_ids` reads them.
+
+    Loading: ``AtomClassConditionalPipeline.from_pretrained(folder)`` reads the folders it saves, the
+    ``pipeline/`` of ``atomgen train``, and a ``DiTPipeline`` checkpoint (transformer, VAE, scheduler and
+    ``id2label``, e.g. a local copy of ``facebook/DiT-XL-2-256``). :func:`~atomgen.pipelines.load_pipeline`
+    loads any of them by the class its ``model_index.json`` names. ``DiffusionPipeline.from_pretrained``
+    cannot load this class: diffusers looks pipeline classes up among its own (or runs remote code).
 
     Example:
         >>> import torch
@@ -94,11 +109,28 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         (10, 'transformer_blocks.1')
         >>> pipe(class_labels=[0, 1], guidance_scale=2.0, num_inference_steps=3, output_type="pt").images.shape
         torch.Size([2, 1, 8, 8])
+
+        A latent DiT: 4 × 4 latents of 4 channels, decoded by a VAE into 8 × 8 RGB images:
+
+        >>> from diffusers import AutoencoderKL
+        >>> latent_dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        ...     out_channels=8, num_layers=2, sample_size=4, patch_size=2, num_embeds_ada_norm=10)
+        >>> vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 8),
+        ...     down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        ...     norm_num_groups=4, sample_size=8)
+        >>> pipe = AtomClassConditionalPipeline(None, DDIMScheduler(), transformer=latent_dit, vae=vae)
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> pipe(class_labels=[0, 1], num_inference_steps=3, output_type="pt").images.shape
+        torch.Size([2, 3, 8, 8])
     """
 
-    model_cpu_offload_seq = "transformer->unet"
+    model_cpu_offload_seq = "transformer->unet->vae"
     # the denoiser is one of unet and transformer; from_pretrained hands the other one None
-    _optional_components: ClassVar[list[str]] = ["separation", "unet", "transformer"]
+    _optional_components: ClassVar[list[str]] = ["separation", "unet", "transformer", "vae"]
+    _call_hints: ClassVar[dict[str, str]] = {
+        "batch_size": "it samples one image per class label, so the number of images is "
+        "len(class_labels): pass class_labels=[...], e.g. [i % pipe.num_classes for i in range(n)]"
+    }
 
     def __init__(
         self,
@@ -107,6 +139,8 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         separation: AtomSeparation | None = None,
         separation_site: str | None = None,
         transformer: DiTTransformer2DModel | None = None,
+        vae: AutoencoderKL | None = None,
+        id2label: dict[int, str] | dict[str, str] | None = None,
     ):
         super().__init__()
         if (unet is None) == (transformer is None):
@@ -124,8 +158,13 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         # a flow-matching scheduler is kept; any other is converted to DDIM, as DDIMPipeline does
         if not is_flow_matching(scheduler):
             scheduler = DDIMScheduler.from_config(scheduler.config)
+        self._check_vae(vae, transformer if unet is None else unet)
         self._register(unet, scheduler, separation, site)
-        self.register_modules(transformer=transformer)
+        self.register_modules(transformer=transformer, vae=vae)
+        # JSON keys are strings: stored so, whichever the caller gave
+        self.register_to_config(
+            id2label=None if id2label is None else {str(k): v for k, v in id2label.items()}
+        )
         self._do_classifier_free_guidance = False
 
     @classmethod
@@ -153,6 +192,29 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
                 "num_classes + 1 ≥ 2"
             )
 
+    @classmethod
+    def _check_vae(cls, vae: Any, denoiser: nn.Module) -> None:
+        if vae is None:
+            return
+        config = getattr(vae, "config", None)
+        channels = getattr(config, "latent_channels", None)
+        if (
+            not callable(getattr(vae, "decode", None))
+            or channels is None
+            or config.get("scaling_factor") is None
+        ):
+            raise TypeError(
+                f"{cls.__name__} decodes latents with a diffusers autoencoder whose config has latent_channels "
+                f"and scaling_factor (AutoencoderKL, as DiT-XL/2's); got vae={type(vae).__name__}"
+            )
+        if channels != denoiser.config.in_channels:
+            raise ValueError(
+                f"this vae ({type(vae).__name__}, latent_channels={channels}) cannot decode what the "
+                f"{type(denoiser).__name__} samples (in_channels={denoiser.config.in_channels}): it belongs "
+                "to another model. Load without it, from_pretrained(folder, vae=None), to sample latents "
+                "(output_type='latent'), or pass the model's own: from_pretrained(folder, vae=...)."
+            )
+
     # --- what the hooks and the caller read -------------------------------------------------------
 
     @property
@@ -166,6 +228,29 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
     def null_class_label(self) -> int:
         """The label of the unconditional half: the last class embedding, ``num_classes``."""
         return self.num_classes
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Class names → labels, from ``id2label`` (each comma-separated name of a class), as diffusers'
+        ``DiTPipeline`` reads them; empty without ``id2label``."""
+        names = {}
+        for key, value in (self.config.get("id2label") or {}).items():
+            for name in value.split(","):
+                names[name.strip()] = int(key)
+        return dict(sorted(names.items()))
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        """The class labels of class names (:attr:`labels`), to pass as ``class_labels``."""
+        names, labels = [label] if isinstance(label, str) else list(label), self.labels
+        unknown = [name for name in names if name not in labels]
+        if unknown:
+            known = ", ".join(list(labels)[:10]) + (", …" if len(labels) > 10 else "")
+            known = f"{len(labels)} names: {known}" if labels else "no names (it has no id2label)"
+            raise ValueError(
+                f"unknown class names {unknown}; this pipeline knows {known}. Pass class_labels as integers "
+                "instead"
+            )
+        return [labels[name] for name in names]
 
     @property
     def is_flow_matching(self) -> bool:
@@ -208,11 +293,15 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         return labels.to(self._execution_device)
 
     @staticmethod
-    def check_guider(guider: BaseGuidance | None, guidance_scale: float) -> None:
-        if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
+    def check_guider(guider: BaseGuidance | None, guidance_scale: float | None) -> float | None:
+        """Validate ``guider`` and ``guidance_scale``; returns the ``w`` that acts: the plain rule's
+        (4.0 when not given), or the guider's own."""
+        if guidance_scale is not None and (
+            not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale)
+        ):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         if guider is None:
-            return
+            return DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
         if not isinstance(guider, BaseGuidance):
             raise TypeError(
                 f"guider must be a diffusers guider (diffusers.guiders.BaseGuidance), got "
@@ -228,6 +317,18 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
                 "unconditional prediction in one batched call, so it takes guiders that combine those "
                 "two: ClassifierFreeGuidance, AdaptiveProjectedGuidance, TangentialClassifierFreeGuidance…"
             )
+        # A scale beside a guider that has its own is refused rather than silently overridden: diffusers'
+        # pipelines refuse conflicting inputs in check_inputs ("Cannot forward both ...") and never pick
+        # one; the guider's scale is the one that would act. The same value twice is no conflict.
+        own = getattr(guider, "guidance_scale", None)
+        if guidance_scale is not None and guidance_scale != own:
+            has = f"its own guidance_scale={own}" if own is not None else "no guidance_scale"
+            raise ValueError(
+                f"guidance_scale={guidance_scale} was passed beside guider={type(guider).__name__}, which has "
+                f"{has}; the guider combines the predictions, so set the scale on it "
+                f"({type(guider).__name__}(guidance_scale=...)) and leave guidance_scale out"
+            )
+        return own
 
     def apply_guider(
         self,
@@ -240,38 +341,17 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
     ) -> torch.Tensor:
         """Combine the two predictions through ``guider`` (its ``__call__`` on the batches that its
         ``prepare_inputs`` returned), in x̂_0 space for APG and in the model's own space otherwise."""
-        in_x0 = isinstance(guider, X0_GUIDERS)
-        if in_x0:
-            pred_cond, pred_uncond = (self.to_x0(p, latents, timestep) for p in (pred_cond, pred_uncond))
-        # prepare_inputs returns the batches in the order of GUIDER_PREDICTIONS: conditional first
-        batches[0].noise_pred, batches[1].noise_pred = pred_cond, pred_uncond
-        pred = guider(batches).pred
-        return self.from_x0(pred, latents, timestep) if in_x0 else pred
-
-    def to_x0(
-        self, model_output: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor
-    ) -> torch.Tensor:
-        """``x̂_0`` from the model's prediction of ``z_t = α_t x_0 + σ_t ε``."""
-        alpha, sigma = self._levels(latents, timestep)
+        if not isinstance(guider, X0_GUIDERS):
+            # prepare_inputs returns the batches in the order of GUIDER_PREDICTIONS: conditional first
+            batches[0].noise_pred, batches[1].noise_pred = pred_cond, pred_uncond
+            return guider(batches).pred
         kind = prediction_type(self.scheduler)
-        if kind == "epsilon":
-            return (latents - sigma * model_output) / alpha
-        if kind == "v_prediction":  # v = α ε − σ x_0  ⇒  x_0 = α z_t − σ v
-            return alpha * latents - sigma * model_output
-        if kind == "flow":  # α = 1 − σ and v = ε − x_0  ⇒  x_0 = z_σ − σ v
-            return latents - sigma * model_output
-        return model_output
-
-    def from_x0(self, x0: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """The model's parameterisation of ``x̂_0`` at ``z_t`` (the inverse of :meth:`to_x0`)."""
-        alpha, sigma = self._levels(latents, timestep)
-        kind = prediction_type(self.scheduler)
-        if kind == "sample":
-            return x0
-        eps = (latents - alpha * x0) / sigma  # σ > 0 at every step of the sampling loop
-        if kind == "flow":  # v = ε − x_0
-            return eps - x0
-        return eps if kind == "epsilon" else alpha * eps - sigma * x0
+        _, alpha, sigma = noise_levels(self.scheduler, torch.as_tensor(timestep).flatten().cpu())
+        alpha, sigma = alpha.to(latents.device, latents.dtype), sigma.to(latents.device, latents.dtype)
+        batches[0].noise_pred, batches[1].noise_pred = (
+            to_x0(p, latents, alpha, sigma, kind) for p in (pred_cond, pred_uncond)
+        )
+        return from_x0(guider(batches).pred, latents, alpha, sigma, kind)  # σ > 0 at every step
 
     def predict(
         self, latents: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
@@ -285,36 +365,35 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
         # (as DiTPipeline does)
         return output[:, : latents.shape[1]]
 
-    def _levels(self, latents: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _, alpha, sigma = noise_levels(self.scheduler, torch.as_tensor(timestep).flatten().cpu())
-        return alpha.to(latents.device, latents.dtype), sigma.to(latents.device, latents.dtype)
-
     @torch.no_grad()
     def __call__(
         self,
-        class_labels: torch.Tensor | list[int] | int,
-        guidance_scale: float = 4.0,
+        class_labels: torch.Tensor | list[int] | int | None = None,
+        guidance_scale: float | None = None,
         num_inference_steps: int = 50,
         generator: torch.Generator | list[torch.Generator] | None = None,
         eta: float = 0.0,
         latents: torch.Tensor | None = None,
         guider: BaseGuidance | None = None,
-        guidance_strength: float = 0.0,
-        guidance_interval: tuple[float, float] = DEFAULT_INTERVAL,
-        guidance_site: str | None = None,
+        atom_scale: float = 0.0,
+        atom_active_range: tuple[float, float] = DEFAULT_ACTIVE_RANGE,
+        atom_site: str | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        **kwargs: Any,
     ) -> ImagePipelineOutput | tuple:
         r"""Sample one image per class label, with classifier-free guidance.
 
         Args:
             class_labels (`list[int]`, `torch.Tensor` or `int`): one label per image, in
-                ``[0, num_classes)``; the null label ``num_classes`` samples unconditionally.
-            guidance_scale (`float`, defaults to 4.0): ``w`` of ``ε̂ = ε̂_u + w (ε̂_c − ε̂_u)``; CFG is on
-                when ``w > 1``, and ``w ≤ 1`` samples the conditional model alone (one batch). Ignored
-                when a ``guider`` is given: the guider's own ``guidance_scale`` is used.
+                ``[0, num_classes)``; the null label ``num_classes`` samples unconditionally. Required:
+                their number is the number of images (there is no ``batch_size``).
+            guidance_scale (`float`, *optional*, 4.0 when not given): ``w`` of
+                ``ε̂ = ε̂_u + w (ε̂_c − ε̂_u)``; CFG is on when ``w > 1``, and ``w ≤ 1`` samples the
+                conditional model alone (one batch). With a ``guider`` leave it out: the guider's own
+                ``guidance_scale`` acts, and a different value here is an error.
             num_inference_steps (`int`, defaults to 50): denoising steps.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): for reproducible
                 sampling.
@@ -330,55 +409,48 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
                 ``set_state`` and its batches with ``prepare_inputs`` (which also resets APG's momentum
                 at step 0); at steps where it asks for one prediction only, only the conditional batch is
                 computed and used as it is.
-            guidance_strength (`float`, defaults to 0.0): ``γ`` of atom guidance
-                ([`~atomgen.pipelines.guide`]); 0 samples as without it.
-            guidance_interval (`tuple[float, float]`, defaults to `(0.4, 1.0)`): where atom guidance is
-                on, as fractions of the trajectory (1 = pure noise).
-            guidance_site (`str`, *optional*): the denoiser module to separate at; defaults to
+            atom_scale (`float`, defaults to 0.0): ``γ`` of atom guidance
+                ([`~atomgen.pipelines.AtomGuidance`]); 0 samples as without it.
+            atom_active_range (`tuple[float, float]`, defaults to `(0.4, 1.0)`): where atom guidance is on,
+                as fractions of the trajectory (1 = pure noise).
+            atom_site (`str`, *optional*): the denoiser module to separate at; defaults to
                 ``separation_site``.
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`; with a ``vae`` also
+                `"latent"`, the latents before decoding.
             return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
             callback_on_step_end (`Callable`, *optional*): called as ``callback_on_step_end(pipe, i, t,
                 callback_kwargs)`` after each step; it may return ``{"latents": ...}`` to replace them.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors passed in
                 ``callback_kwargs``; only `"latents"`.
+            kwargs: the deprecated names of atom guidance's options, ``guidance_strength``,
+                ``guidance_interval`` and ``guidance_site`` (a ``FutureWarning``; removed in the next release).
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the images, in ``[0, 1]``.
         """
-        # 1. Check inputs
-        tensor_inputs = self.tensor_inputs(
-            callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"]
+        # 1. Check inputs (the keywords first: a batch_size= is answered with what to pass instead)
+        atom_scale, atom_active_range, atom_site = self.check_call_options(
+            atom_scale, atom_active_range, atom_site, kwargs
         )
         class_labels = self.check_class_labels(class_labels)
         batch_size = class_labels.numel()
-        self.check_inputs(batch_size, generator, output_type, tensor_inputs)
-        self.check_guider(guider, guidance_scale)
-        if self.is_flow_matching and eta != 0.0:
-            raise ValueError(
-                f"eta={eta} is DDIM's step noise; this pipeline samples a rectified flow with "
-                f"{type(self.scheduler).__name__}, which takes no eta (its steps are deterministic unless "
-                "its own config says otherwise): pass eta=0"
-            )
-        if not 0.0 <= eta <= 1.0:
-            logger.warning(
-                "`eta` should be between 0 and 1 (inclusive), but received %s. A value of 0 corresponds "
-                "to DDIM and 1 corresponds to DDPM. Unexpected results may occur for values outside this "
-                "range.",
-                eta,
-            )
+        tensor_inputs = self.check_inputs(
+            batch_size, generator, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        guidance_scale = self.check_guider(guider, guidance_scale)
 
         # 2. Sample gaussian noise to begin the loop; the unconditional half gets the null label
         latents = self.prepare_latents(batch_size, generator, latents)
         null_labels = torch.full_like(class_labels, self.null_class_label)
 
-        # 3. Set the timesteps
+        # 3. Set the timesteps, and the options of the scheduler's step (a flow's takes no η)
         self.scheduler.set_timesteps(num_inference_steps)
         timesteps = self.scheduler.timesteps
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 4. Denoising loop; atom guidance, when on, corrects the denoiser's output in a hook on it
         try:
-            with self.guidance(guidance_strength, guidance_interval, guidance_site):
+            with self.atom_guidance(atom_scale, atom_active_range, atom_site):
                 for i, t in enumerate(self.progress_bar(timesteps)):
                     # 4.1 whether this step guides: the guider decides per step (an interval), else w > 1
                     if guider is not None:
@@ -412,21 +484,14 @@ class AtomClassConditionalPipeline(AtomUNetPipeline):
 
                     # 4.5 compute the previous sample x_t -> x_t-1: DDIM with the variance that η asks
                     # for, or the flow's Euler step x_σ_next = x_σ + (σ_next − σ) v
-                    if self.is_flow_matching:
-                        latents = self.scheduler.step(
-                            model_output, t, latents, generator=generator
-                        ).prev_sample
-                    else:
-                        latents = self.scheduler.step(
-                            model_output, t, latents, eta=eta, generator=generator
-                        ).prev_sample
+                    latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
 
                     # 4.6 let the callback see (and replace) the latents
                     latents = self.step_end(callback_on_step_end, tensor_inputs, i, t, latents)
         finally:  # outside a call the hooks must not read a doubled batch
             self._do_classifier_free_guidance = False
 
-        # 5. Post-process
+        # 5. Post-process: decode the latents with the VAE (a latent model), then images in [0, 1]
         image = self.postprocess(latents, output_type)
         self.maybe_free_model_hooks()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
@@ -10,16 +10,14 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from atomgen.separation import AtomSeparation
 
-from .denoiser_hook import DEFAULT_INTERVAL, is_flow_matching
+from .noise import DEFAULT_ACTIVE_RANGE, is_flow_matching
 from .pipeline_utils import AtomUNetPipeline, StepEndCallback
-
-logger = logging.getLogger(__name__)
 
 
 class AtomDDIMPipeline(AtomUNetPipeline):
     r"""DDIM sampling of an unconditional (or class-conditional) ``UNet2DModel``, with atom guidance.
 
-    With ``guidance_strength=0`` (the default) it samples exactly as diffusers' ``DDIMPipeline`` (the
+    With ``atom_scale=0`` (the default) it samples exactly as diffusers' ``DDIMPipeline`` (the
     same images for the same generator). The ``separation`` component is the :class:`AtomSeparation`
     trained with the UNet, if any; atom guidance uses it at ``separation_site``.
 
@@ -42,7 +40,7 @@ class AtomDDIMPipeline(AtomUNetPipeline):
         >>> pipe.set_progress_bar_config(disable=True)
         >>> generator = torch.Generator().manual_seed(0)
         >>> images = pipe(batch_size=4, num_inference_steps=10, generator=generator,
-        ...     guidance_strength=10.0, output_type="pt").images
+        ...     atom_scale=10.0, output_type="pt").images
         >>> images.shape
         torch.Size([4, 1, 8, 8])
     """
@@ -76,13 +74,14 @@ class AtomDDIMPipeline(AtomUNetPipeline):
         use_clipped_model_output: bool | None = None,
         class_labels: torch.Tensor | list[int] | int | None = None,
         latents: torch.Tensor | None = None,
-        guidance_strength: float = 0.0,
-        guidance_interval: tuple[float, float] = DEFAULT_INTERVAL,
-        guidance_site: str | None = None,
+        atom_scale: float = 0.0,
+        atom_active_range: tuple[float, float] = DEFAULT_ACTIVE_RANGE,
+        atom_site: str | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        **kwargs: Any,
     ) -> ImagePipelineOutput | tuple:
         r"""Sample a batch of images.
 
@@ -97,11 +96,11 @@ class AtomDDIMPipeline(AtomUNetPipeline):
             class_labels (`torch.Tensor`, `list[int]` or `int`, *optional*): for a class-conditional
                 UNet, one label per image or one for all.
             latents (`torch.Tensor`, *optional*): the initial noise, instead of drawing it.
-            guidance_strength (`float`, defaults to 0.0): ``γ`` of atom guidance
-                ([`~atomgen.pipelines.guide`]); 0 samples as the stock pipeline does.
-            guidance_interval (`tuple[float, float]`, defaults to `(0.4, 1.0)`): where guidance is on,
+            atom_scale (`float`, defaults to 0.0): ``γ`` of atom guidance
+                ([`~atomgen.pipelines.AtomGuidance`]); 0 samples as without it.
+            atom_active_range (`tuple[float, float]`, defaults to `(0.4, 1.0)`): where atom guidance is on,
                 as fractions of the trajectory (1 = pure noise).
-            guidance_site (`str`, *optional*): the UNet module to separate at; defaults to
+            atom_site (`str`, *optional*): the UNet module to separate at; defaults to
                 ``separation_site``.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
             return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
@@ -109,45 +108,38 @@ class AtomDDIMPipeline(AtomUNetPipeline):
                 callback_kwargs)`` after each step; it may return ``{"latents": ...}`` to replace them.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors passed in
                 ``callback_kwargs``; only `"latents"`.
+            kwargs: the deprecated names of atom guidance's options, ``guidance_strength``,
+                ``guidance_interval`` and ``guidance_site`` (a ``FutureWarning``; removed in the next release).
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the images, in ``[0, 1]``.
         """
+        # Copied from atomgen.pipelines.pipeline_atom_ddpm.AtomDDPMPipeline.__call__, but one line
         # 1. Check inputs
-        tensor_inputs = self.tensor_inputs(
-            callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"]
+        tensor_inputs = self.check_inputs(
+            batch_size, generator, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
         )
-        self.check_inputs(batch_size, generator, output_type, tensor_inputs)
-        if not 0.0 <= eta <= 1.0:
-            logger.warning(
-                "`eta` should be between 0 and 1 (inclusive), but received %s. A value of 0 corresponds "
-                "to DDIM and 1 corresponds to DDPM. Unexpected results may occur for values outside this "
-                "range.",
-                eta,
-            )
+        atom_scale, atom_active_range, atom_site = self.check_call_options(
+            atom_scale, atom_active_range, atom_site, kwargs
+        )
 
         # 2. Sample gaussian noise to begin the loop
         latents = self.prepare_latents(batch_size, generator, latents)
         class_labels = self.prepare_class_labels(class_labels, batch_size)
 
-        # 3. Set the timesteps
+        # 3. Set the timesteps, and the options of the scheduler's step
         self.scheduler.set_timesteps(num_inference_steps)
+        # not copied: DDIM's step takes η, and may use the clipped model output
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta, use_clipped_model_output)
 
         # 4. Denoising loop; atom guidance, when on, corrects the UNet's output in a hook on the UNet
-        with self.guidance(guidance_strength, guidance_interval, guidance_site):
+        with self.atom_guidance(atom_scale, atom_active_range, atom_site):
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 # 4.1 predict the noise
                 model_output = self.unet(latents, t, class_labels=class_labels).sample
 
-                # 4.2 compute the previous sample x_t -> x_t-1, with the variance that η asks for
-                latents = self.scheduler.step(
-                    model_output,
-                    t,
-                    latents,
-                    eta=eta,
-                    use_clipped_model_output=use_clipped_model_output,
-                    generator=generator,
-                ).prev_sample
+                # 4.2 compute the previous sample: x_t -> x_t-1
+                latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
 
                 # 4.3 let the callback see (and replace) the latents
                 latents = self.step_end(callback_on_step_end, tensor_inputs, i, t, latents)

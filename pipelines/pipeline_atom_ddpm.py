@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from atomgen.separation import AtomSeparation
 
-from .denoiser_hook import DEFAULT_INTERVAL
+from .noise import DEFAULT_ACTIVE_RANGE
 from .pipeline_utils import AtomUNetPipeline, StepEndCallback
 
 
 class AtomDDPMPipeline(AtomUNetPipeline):
     r"""DDPM sampling of an unconditional (or class-conditional) ``UNet2DModel``, with atom guidance.
 
-    With ``guidance_strength=0`` (the default) it samples exactly as diffusers' ``DDPMPipeline`` (the
+    With ``atom_scale=0`` (the default) it samples exactly as diffusers' ``DDPMPipeline`` (the
     same images for the same generator). The ``separation`` component is the :class:`AtomSeparation`
     trained with the UNet, if any; atom guidance uses it at ``separation_site``.
 
@@ -37,7 +39,7 @@ class AtomDDPMPipeline(AtomUNetPipeline):
         >>> pipe.set_progress_bar_config(disable=True)
         >>> generator = torch.Generator().manual_seed(0)
         >>> images = pipe(batch_size=4, num_inference_steps=10, generator=generator,
-        ...     guidance_strength=10.0, output_type="pt").images
+        ...     atom_scale=10.0, output_type="pt").images
         >>> images.shape
         torch.Size([4, 1, 8, 8])
     """
@@ -60,13 +62,14 @@ class AtomDDPMPipeline(AtomUNetPipeline):
         num_inference_steps: int = 1000,
         class_labels: torch.Tensor | list[int] | int | None = None,
         latents: torch.Tensor | None = None,
-        guidance_strength: float = 0.0,
-        guidance_interval: tuple[float, float] = DEFAULT_INTERVAL,
-        guidance_site: str | None = None,
+        atom_scale: float = 0.0,
+        atom_active_range: tuple[float, float] = DEFAULT_ACTIVE_RANGE,
+        atom_site: str | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        **kwargs: Any,
     ) -> ImagePipelineOutput | tuple:
         r"""Sample a batch of images.
 
@@ -78,11 +81,11 @@ class AtomDDPMPipeline(AtomUNetPipeline):
             class_labels (`torch.Tensor`, `list[int]` or `int`, *optional*): for a class-conditional
                 UNet, one label per image or one for all.
             latents (`torch.Tensor`, *optional*): the initial noise, instead of drawing it.
-            guidance_strength (`float`, defaults to 0.0): ``γ`` of atom guidance
-                ([`~atomgen.pipelines.guide`]); 0 samples as the stock pipeline does.
-            guidance_interval (`tuple[float, float]`, defaults to `(0.4, 1.0)`): where guidance is on,
+            atom_scale (`float`, defaults to 0.0): ``γ`` of atom guidance
+                ([`~atomgen.pipelines.AtomGuidance`]); 0 samples as without it.
+            atom_active_range (`tuple[float, float]`, defaults to `(0.4, 1.0)`): where atom guidance is on,
                 as fractions of the trajectory (1 = pure noise).
-            guidance_site (`str`, *optional*): the UNet module to separate at; defaults to
+            atom_site (`str`, *optional*): the UNet module to separate at; defaults to
                 ``separation_site``.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
             return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
@@ -90,31 +93,36 @@ class AtomDDPMPipeline(AtomUNetPipeline):
                 callback_kwargs)`` after each step; it may return ``{"latents": ...}`` to replace them.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors passed in
                 ``callback_kwargs``; only `"latents"`.
+            kwargs: the deprecated names of atom guidance's options, ``guidance_strength``,
+                ``guidance_interval`` and ``guidance_site`` (a ``FutureWarning``; removed in the next release).
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the images, in ``[0, 1]``.
         """
         # 1. Check inputs
-        tensor_inputs = self.tensor_inputs(
-            callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"]
+        tensor_inputs = self.check_inputs(
+            batch_size, generator, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
         )
-        self.check_inputs(batch_size, generator, output_type, tensor_inputs)
+        atom_scale, atom_active_range, atom_site = self.check_call_options(
+            atom_scale, atom_active_range, atom_site, kwargs
+        )
 
         # 2. Sample gaussian noise to begin the loop
         latents = self.prepare_latents(batch_size, generator, latents)
         class_labels = self.prepare_class_labels(class_labels, batch_size)
 
-        # 3. Set the timesteps
+        # 3. Set the timesteps, and the options of the scheduler's step
         self.scheduler.set_timesteps(num_inference_steps)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 4. Denoising loop; atom guidance, when on, corrects the UNet's output in a hook on the UNet
-        with self.guidance(guidance_strength, guidance_interval, guidance_site):
+        with self.atom_guidance(atom_scale, atom_active_range, atom_site):
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 # 4.1 predict the noise
                 model_output = self.unet(latents, t, class_labels=class_labels).sample
 
                 # 4.2 compute the previous sample: x_t -> x_t-1
-                latents = self.scheduler.step(model_output, t, latents, generator=generator).prev_sample
+                latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
 
                 # 4.3 let the callback see (and replace) the latents
                 latents = self.step_end(callback_on_step_end, tensor_inputs, i, t, latents)

@@ -14,6 +14,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from atomgen.separation import AtomSeparation
 
+from .pipeline_utils import scale_latents, unscale_latents
+
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -22,7 +24,7 @@ class AtomVAEPipeline(DiffusionPipeline):
 
     Sizes, the latent width and the latent scaling (``scaling_factor``, ``shift_factor``) are read from
     ``vae.config``. Latents given to or returned by the pipeline are *scaled* latents, as diffusion
-    pipelines use them: ``(z − shift_factor) · scaling_factor``. The prior is ``z ~ N(0, I)`` in the VAE's
+    pipelines use them: ``(z − shift_factor) · scaling_factor`` (:func:`~atomgen.pipelines.pipeline_utils.scale_latents`). The prior is ``z ~ N(0, I)`` in the VAE's
     own latent space.
 
     Parameters:
@@ -89,12 +91,13 @@ class AtomVAEPipeline(DiffusionPipeline):
         pixels = self.image_processor.preprocess(images).to(self._execution_device, self.vae.dtype)
         posterior = self.vae.encode(pixels).latent_dist
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return (z - self._shift) * self.vae.config.scaling_factor
+        return scale_latents(self.vae, z)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in ``[-1, 1]`` from scaled latents."""
-        z = latents.to(self._execution_device, self.vae.dtype) / self.vae.config.scaling_factor + self._shift
-        return self.vae.decode(z).sample
+        return self.vae.decode(
+            unscale_latents(self.vae, latents.to(self._execution_device, self.vae.dtype))
+        ).sample
 
     @torch.no_grad()
     def __call__(
@@ -141,7 +144,7 @@ class AtomVAEPipeline(DiffusionPipeline):
                 device=self._execution_device,
                 dtype=self.vae.dtype,
             )
-            latents = (z - self._shift) * self.vae.config.scaling_factor
+            latents = scale_latents(self.vae, z)
 
         # 3. Decode and post-process
         if output_type == "latent":
@@ -153,10 +156,6 @@ class AtomVAEPipeline(DiffusionPipeline):
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
-
-    @property
-    def _shift(self) -> float:
-        return getattr(self.vae.config, "shift_factor", None) or 0.0
 
 
 __all__ = ["AtomVAEPipeline"]

@@ -1,4 +1,5 @@
-"""bench/attribution.py: its rules on constructed inputs, and its dry run end to end (slow)."""
+"""bench/attribution.py and its report (atomgen.benchmark.attribution_report): the rules on constructed
+inputs, and the dry run end to end (slow)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from bench_scripts import load_bench
+
+from atomgen.benchmark import attribution_report
 
 ROOT = Path(__file__).parent.parent
 
@@ -38,7 +41,7 @@ def test_role_diagnostics_of_uniform_and_committed_roles():
 
 
 def test_targets_need_both_datasets_both_curves_and_an_interval_above_zero():
-    bench = load_bench("attribution")
+    bench = attribution_report  # the report's summaries, targets and maps
 
     def interval(mean, low, high):
         return {"mean": mean, "low": low, "high": high}
@@ -66,7 +69,7 @@ def test_targets_need_both_datasets_both_curves_and_an_interval_above_zero():
 
 
 def test_summary_pairs_seeds_and_normalized_maps():
-    bench = load_bench("attribution")
+    bench = attribution_report  # the report's summaries, targets and maps
 
     def summary(gain):  # the learned importance's gain over random is `gain`, every baseline's 0.01
         methods = {
@@ -109,7 +112,7 @@ def test_summary_pairs_seeds_and_normalized_maps():
 
 
 def test_versus_pairs_the_seeds_both_variants_measured():
-    bench = load_bench("attribution")
+    bench = attribution_report  # the report's summaries, targets and maps
     this = [{"recall": 0.5 + 0.1 * k, "fid": 10.0} for k in range(3)]
     other = [{"recall": 0.4 + 0.1 * k + 0.01 * k * k, "fid": 12.0} for k in range(2)]  # one seed fewer
     result = bench.versus(this, other)

@@ -18,9 +18,9 @@ from diffusers.guiders import (
     ClassifierFreeGuidance,
     SkipLayerGuidance,
 )
-from test_guidance import energy_gradient, mean_pairwise_distance, no_hooks
 from test_pipelines import quiet, seed
 from tiny import tiny_unet
+from tiny_sd import energy_gradient, mean_pairwise_distance, no_hooks
 
 import atomgen.pipelines.feature_guidance
 import atomgen.pipelines.pipeline_atom_class_conditional
@@ -29,16 +29,16 @@ from atomgen.pipelines import (
     CADS,
     AtomClassConditionalPipeline,
     AtomDDIMPipeline,
+    AtomGuidance,
     FeatureGuidance,
     ParticleGuidance,
-    guide,
-    guide_features,
 )
-from atomgen.pipelines.guidance import GUIDANCE_KERNEL
+from atomgen.pipelines.atom_guidance import GUIDANCE_KERNEL
 
 NUM_CLASSES = 10
 NULL = NUM_CLASSES  # the last class embedding
-LABELS = [1, 2, 3, 4]
+LABELS = [1, 1, 2, 2]  # two samples of each class: the batch methods act within a class
+ONE_GROUP = [0, 0, 0, 0]  # where a closed form is checked over the whole conditional batch
 STEPS = 6
 
 
@@ -143,11 +143,11 @@ def test_classifier_free_guidance_matches_a_hand_written_loop(prediction_type):
 @pytest.mark.parametrize(
     "install",
     [
-        lambda pipe, strength: guide(pipe, strength * 100.0),
-        lambda pipe, strength: guide(pipe, strength * 0.3, normalize=True),
-        lambda pipe, strength: guide_features(pipe, strength * 0.3),
+        lambda pipe, strength: AtomGuidance(pipe, atom_scale=strength * 100.0),
+        lambda pipe, strength: AtomGuidance(pipe, atom_scale=strength * 0.3, normalize=True),
+        lambda pipe, strength: FeatureGuidance(pipe, feature_scale=strength * 0.3),
     ],
-    ids=["guide", "guide-normalized", "guide_features"],
+    ids=["atom", "atom-normalized", "feature"],
 )
 def test_strength_zero_and_removed_handle_are_stock(install):
     pipe = cfg_pipe()
@@ -159,9 +159,9 @@ def test_strength_zero_and_removed_handle_are_stock(install):
     handle.remove()
     assert torch.equal(final_latents(pipe), stock) and no_hooks(pipe.unet)
     # the pipeline's own option is the same guidance
-    with guide(pipe, 100.0):
+    with AtomGuidance(pipe, atom_scale=100.0):
         expected = final_latents(pipe)
-    assert torch.equal(final_latents(pipe, guidance_strength=100.0), expected) and no_hooks(pipe.unet)
+    assert torch.equal(final_latents(pipe, atom_scale=100.0), expected) and no_hooks(pipe.unet)
 
 
 # --- Each method spreads the batch, more with more strength, and a negative value contracts it ----
@@ -169,17 +169,22 @@ def test_strength_zero_and_removed_handle_are_stock(install):
 # An untrained UNet: v-prediction keeps the sampler stable (x̂0 = α z − σ v stays bounded) for the latent
 # methods. Feature guidance changes the prediction, not z_t, and on this untrained UNet only the last
 # steps of a sample-prediction model carry that change to the pixels; its effect is small (a few
-# percent) but monotone. Its effect where it acts, at the site, is checked to the formula below.
+# percent) but monotone. Its effect where it acts, at the site, is checked to the formula below. Four
+# classes made one group (groups=): the whole batch is pushed apart, as one class would be.
 SPREAD_CASES = {
-    "guide": ("v_prediction", lambda p, s: guide(p, s), (-30.0, 0.0, 30.0, 100.0, 300.0)),
-    "guide-normalized": (
+    "atom": (
         "v_prediction",
-        lambda p, s: guide(p, s, normalize=True),
+        lambda p, s: AtomGuidance(p, atom_scale=s, groups=ONE_GROUP),
+        (-30.0, 0.0, 30.0, 100.0, 300.0),
+    ),
+    "atom-normalized": (
+        "v_prediction",
+        lambda p, s: AtomGuidance(p, atom_scale=s, normalize=True, groups=ONE_GROUP),
         (-0.1, 0.0, 0.1, 0.3, 1.0),
     ),
-    "guide_features": (
+    "feature": (
         "sample",
-        lambda p, s: guide_features(p, s, interval=(0.0, 1.0)),
+        lambda p, s: FeatureGuidance(p, feature_scale=s, active_range=(0.0, 1.0), groups=ONE_GROUP),
         (-0.25, 0.0, 0.1, 0.25, 0.5),
     ),
 }
@@ -192,7 +197,8 @@ def test_strength_spreads_the_batch_in_pixel_space(case):
     spread = {}
     for strength in strengths:
         with install(pipe, strength):
-            spread[strength] = mean_pairwise_distance(images(pipe, guidance_scale=2.0))
+            samples = images(pipe, labels=[1, 2, 3, 4], guidance_scale=2.0)
+            spread[strength] = mean_pairwise_distance(samples)
     values = list(spread.values())
     assert values == sorted(values) and len(set(values)) == len(values), spread
     assert spread[strengths[-1]] > 1.02 * spread[0.0], spread
@@ -208,7 +214,7 @@ def test_normalized_atom_guidance_matches_the_formula(prediction_type):
     z, t, gamma = torch.randn(4, 1, 8, 8, generator=seed()), torch.tensor(700), 0.2
     with torch.no_grad():
         stock = pipe.unet(z, t).sample
-        with guide(pipe, strength=gamma, interval=(0.0, 1.0), normalize=True):
+        with AtomGuidance(pipe, atom_scale=gamma, active_range=(0.0, 1.0), normalize=True):
             guided = pipe.unet(z, t).sample
     alpha_bar = pipe.scheduler.alphas_cumprod[700].double()
     alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
@@ -237,7 +243,7 @@ def test_normalized_guidance_under_cfg_uses_the_conditional_half():
     pipe._do_classifier_free_guidance = True  # as inside __call__, at a guided step
     with torch.no_grad():
         stock = pipe.unet(z2, t, class_labels=labels).sample
-        with guide(pipe, strength=gamma, interval=(0.0, 1.0), normalize=True):
+        with AtomGuidance(pipe, atom_scale=gamma, active_range=(0.0, 1.0), normalize=True, groups=ONE_GROUP):
             guided = pipe.unet(z2, t, class_labels=labels).sample
     pipe._do_classifier_free_guidance = False
     delta_uncond, delta_cond = (guided - stock).chunk(2)
@@ -274,7 +280,10 @@ def test_feature_guidance_moves_the_conditional_half_by_the_formula():
     hook.remove()
 
     pipe._do_classifier_free_guidance = True
-    with torch.no_grad(), guide_features(pipe, gamma, interval=(0.0, 1.0)) as handle:
+    with (
+        torch.no_grad(),
+        FeatureGuidance(pipe, feature_scale=gamma, active_range=(0.0, 1.0), groups=ONE_GROUP) as handle,
+    ):
         guided = pipe.unet(z2, t, class_labels=labels).sample
     pipe._do_classifier_free_guidance = False
     assert isinstance(handle, FeatureGuidance) and handle.site == "mid_block"
@@ -290,8 +299,20 @@ def test_classifier_free_guidance_guider_equals_the_plain_path():
     pipe = cfg_pipe()
     plain = final_latents(pipe, guidance_scale=3.0)
     guider = ClassifierFreeGuidance(guidance_scale=3.0, start=0.0, stop=1.0)
-    assert torch.equal(final_latents(pipe, guider=guider, guidance_scale=7.0), plain)  # its own scale wins
+    assert torch.equal(final_latents(pipe, guider=guider), plain)
+    assert torch.equal(final_latents(pipe, guider=guider, guidance_scale=3.0), plain)  # the same: no conflict
     assert not pipe.do_classifier_free_guidance  # outside a call
+    assert torch.equal(final_latents(pipe), final_latents(pipe, guidance_scale=4.0))  # DiTPipeline's default
+
+
+def test_a_guidance_scale_that_contradicts_the_guider_is_refused():
+    pipe = cfg_pipe()
+    with pytest.raises(
+        ValueError,
+        match=r"guidance_scale=7\.0 was passed beside guider=ClassifierFreeGuidance, which has its own "
+        r"guidance_scale=3\.0.*set the scale on it",
+    ):
+        pipe(class_labels=LABELS, guidance_scale=7.0, guider=ClassifierFreeGuidance(guidance_scale=3.0))
 
 
 def test_interval_guider_guides_only_inside_its_steps():
@@ -303,7 +324,7 @@ def test_interval_guider_guides_only_inside_its_steps():
     handle.remove()
     assert sizes == [4, 8, 8, 8, 4, 4]  # unguided steps compute the conditional batch alone
     assert torch.isfinite(interval).all() and not torch.allclose(interval, plain)
-    with guide(pipe, 100.0):  # atom guidance follows the doubled and the single batches
+    with AtomGuidance(pipe, atom_scale=100.0):  # atom guidance follows the doubled and the single batches
         assert torch.isfinite(final_latents(pipe, guider=guider)).all()
 
 
@@ -327,7 +348,7 @@ def test_cads_and_particle_guidance_run_on_it():
     stock = final_latents(pipe)
     with CADS(pipe, generator=seed(1)):
         cads = final_latents(pipe)
-    with ParticleGuidance(pipe, strength=0.3, normalize=True) as handle:
+    with ParticleGuidance(pipe, pg_scale=0.3, normalize=True) as handle:
         particle = final_latents(pipe)
     assert "normalize=True" in repr(handle)
     for result in (cads, particle):
@@ -351,8 +372,8 @@ CHILD = textwrap.dedent(
     assert isinstance(pipe.scheduler, DDIMScheduler) and not pipe.scheduler.config.clip_sample
     assert isinstance(pipe.separation, AtomSeparation) and pipe.config.separation_site == "down_blocks.1"
     assert (pipe.num_classes, pipe.null_class_label) == (10, 10)
-    images = pipe(class_labels=[1, 2, 3, 4], num_inference_steps=4, guidance_scale=3.0,
-                  generator=torch.Generator().manual_seed(0), output_type="pt", guidance_strength=50.0).images
+    images = pipe(class_labels=[1, 1, 2, 2], num_inference_steps=4, guidance_scale=3.0,
+                  generator=torch.Generator().manual_seed(0), output_type="pt", atom_scale=50.0).images
     assert torch.equal(images, expected), (images - expected).abs().max()
 
     trained = AtomClassConditionalPipeline.from_pretrained(f"{root}/stock_layout")  # as `atomgen train` writes
@@ -383,7 +404,7 @@ def test_save_and_load_round_trip_in_a_fresh_process(tmp_path):
         guidance_scale=3.0,
         generator=seed(),
         output_type="pt",
-        guidance_strength=50.0,
+        atom_scale=50.0,
     ).images
     torch.save(expected, tmp_path / "expected.pt")
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -411,16 +432,18 @@ def test_clear_errors():
         pipe(class_labels=[])
     with pytest.raises(ValueError, match="guidance_scale"):
         pipe(class_labels=LABELS, guidance_scale=float("nan"))
+    with pytest.raises(TypeError, match=r"\['batch_size'\]; .*number of images is len\(class_labels\)"):
+        pipe(batch_size=4)
     with pytest.raises(TypeError, match="diffusers guider"):
         pipe(class_labels=LABELS, guider=lambda cond, uncond: cond)
     with pytest.raises(TypeError, match="pred_cond_skip"):
         pipe(class_labels=LABELS, guider=SkipLayerGuidance(skip_layer_guidance_layers=[0]))
-    with pytest.raises(ValueError, match="nothing to separate"), guide_features(pipe, 0.3):
+    with pytest.raises(ValueError, match="nothing to separate"), FeatureGuidance(pipe, feature_scale=0.3):
         pipe(class_labels=[3], num_inference_steps=2)
-    with pytest.raises(ValueError, match="strength must be a finite number"):
-        guide_features(pipe, float("inf"))
+    with pytest.raises(ValueError, match="feature_scale must be a finite number"):
+        FeatureGuidance(pipe, feature_scale=float("inf"))
     with pytest.raises(TypeError, match="normalize"):
-        guide(pipe, 1.0, normalize="yes")
+        AtomGuidance(pipe, atom_scale=1.0, normalize="yes")
     assert no_hooks(pipe.unet)
     # the null label itself samples unconditionally
     assert final_latents(pipe, labels=[NULL, NULL], guidance_scale=1.0).shape == (2, 1, 8, 8)

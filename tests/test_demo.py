@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,11 @@ from atomgen import DispersiveLoss
 from atomgen.cli import build_parser, main
 from atomgen.data import load_digits_images
 from atomgen.demo import cfg, vae
-from atomgen.demo.report import COLUMNS, aggregate
-from atomgen.demo.run import ATTRIBUTIONS, METHODS, DemoConfig, _batch_sizes, run_demo
+from atomgen.demo.attribution import ATTRIBUTIONS
+from atomgen.demo.config import METHODS, DemoConfig, batch_sizes
+from atomgen.demo.run import run_demo
+from atomgen.demo.scoring import COLUMNS, aggregate
+from atomgen.seeding import generator
 from atomgen.train.config import ConfigError
 
 # A tiny UNet, two training steps, twelve samples (six per class in the CFG section; twelve prior samples
@@ -204,6 +208,7 @@ def test_cfg_section(demo_run):
     assert [row["w"] for row in section["rows"] if row["method"] == "cfg"] == list(cfg.SCALES)
     assert {row["w"] for row in section["rows"] if row["method"] != "cfg"} == {cfg.GUIDED_SCALE}
     assert section["samples_per_class"] == 6 and section["num_inference_steps"] == 2
+    assert section["batches"] == [6] * 10  # one batch per class at these sizes
     assert section["scoring"]["classifier"] == "digits"
 
     trained = json.loads((out / "config.json").read_text())["training"]["cfg"]
@@ -215,6 +220,7 @@ def test_cfg_section(demo_run):
 
     text = (out / "report.md").read_text()
     assert "## Classifier-free guidance" in text and "bench/cfg.py" in text
+    assert "in batches of one class each" in text
     assert "not statistically meaningful" in text
     for setting in cfg.SETTINGS:
         assert f"| {setting.label} | {setting.scale:g} |" in text
@@ -304,15 +310,21 @@ def test_held_out_images_are_unseen():
 
 
 @pytest.mark.slow
-def test_weight_zero_replays_the_baseline(tmp_path):
+def test_weight_zero_replays_the_baseline(tmp_path, capfd):
     """With λ = 0 the atom run is an exact replay of the baseline: same weights, batches, noise, samples.
 
     The CFG and VAE sections are off (``cfg=False``, ``vae=False``): no runs, no sections, no figures.
+    ``progress=False`` (``--no-progress``) reaches training, sampling, scoring and pipeline loading: no
+    bar is drawn.
     """
     overrides = (*TINY["overrides"], "separation.weight=0")
+    capfd.readouterr()
     report = run_demo(
         tmp_path, progress=False, **{**TINY, "overrides": overrides, "cfg": False, "vae": False}
     )
+    drawn = capfd.readouterr().err
+    for mark in ("it/s]", "s/it]", "%|", "Loading pipeline components"):  # what a tqdm bar prints
+        assert mark not in drawn, drawn[-2000:]
     for column in COLUMNS:
         assert report["table"]["atom"][column.key] == report["table"]["baseline"][column.key]
     with (
@@ -338,8 +350,32 @@ def test_aggregate_and_batches():
     assert two["mean"] == 2.0 and two["std"] == pytest.approx(math.sqrt(2.0)) and two["values"] == [1.0, 3.0]
     assert aggregate([5.0])["std"] is None
     assert aggregate([None])["mean"] is None
-    assert _batch_sizes(129, 128) == [65, 64] and _batch_sizes(12, 128) == [12]
-    assert all(min(_batch_sizes(n, 4)) >= 2 for n in range(2, 50))
+    assert batch_sizes(129, 128) == [65, 64] and batch_sizes(12, 128) == [12]
+    assert all(min(batch_sizes(n, 4)) >= 2 for n in range(2, 50))
+
+
+def test_cfg_batches_hold_one_class():
+    """The CFG section's batch methods couple only images of one label: every batch holds one class."""
+    batches = cfg.class_batches(7, 4)
+    assert len(batches) == 2 * cfg.NUM_CLASSES
+    assert all(len(set(batch.tolist())) == 1 and len(batch) >= 2 for batch in batches)
+    labels = np.concatenate(batches)
+    assert np.array_equal(np.bincount(labels), [7] * cfg.NUM_CLASSES)
+    assert [len(b) for b in cfg.class_batches(6, 128)] == [6] * cfg.NUM_CLASSES
+
+
+def test_demo_streams_come_from_atomgen_seeding():
+    """No generator in the demo is seeded by hand (``seed * K + offset`` collides at seed 0); every stream
+    is ``atomgen.seeding.generator(seed, purpose, *indices)``, and the CFG section's initial and step
+    noise of one batch differ at seed 0."""
+    folder = Path(cfg.__file__).parent
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        assert "manual_seed(" not in text and "Generator(" not in text, path.name
+    for index in range(3):
+        initial = torch.randn(16, generator=generator(0, cfg.INITIAL_NOISE, index))
+        step = torch.randn(16, generator=generator(0, cfg.STEP_NOISE, index))
+        assert not torch.equal(initial, step)
 
 
 def test_config_validation(tmp_path):
@@ -365,6 +401,15 @@ def test_config_validation(tmp_path):
         DemoConfig(vae_samples=7)
     with pytest.raises(ValueError, match="vae_held_out must be an integer of at least 2"):
         DemoConfig(vae_held_out=1)
+    with pytest.raises(ValueError, match="inception must be True or False"):
+        DemoConfig(inception="yes")
+    with pytest.raises(ValueError, match="overrides must be a sequence of 'key=value' strings"):
+        DemoConfig(overrides="train.steps=3")
+    with pytest.raises(ValueError, match="config must be the path of a YAML file"):
+        DemoConfig(config=None)
+    assert DemoConfig(config=Path("x.yaml"), overrides=["a=1"]) == DemoConfig(
+        config="x.yaml", overrides=("a=1",)
+    )
     with pytest.raises(ConfigError, match="hold out fewer"):  # refused before any work
         run_demo(tmp_path / "new", vae_held_out=1796)
     with pytest.raises(TypeError, match="unknown settings"):

@@ -4,6 +4,7 @@ pipeline sampling a flow model and a DiT against hand-written loops. Seconds on 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,23 +15,33 @@ from types import SimpleNamespace
 import pytest
 import torch
 from diffusers import (
+    AutoencoderKL,
     DDIMScheduler,
     DDPMPipeline,
+    DiTPipeline,
     DiTTransformer2DModel,
     FlowMatchEulerDiscreteScheduler,
 )
-from diffusers.guiders import AdaptiveProjectedGuidance
+from diffusers.guiders import AdaptiveProjectedGuidance, ClassifierFreeGuidance
 from test_train import tiny
-from tiny import tiny_unet
+from tiny import tiny_unet, tiny_vae
 
 from atomgen import AtomSeparation
-from atomgen.pipelines import AtomClassConditionalPipeline, AtomDDIMPipeline, AtomDDPMPipeline
+from atomgen.pipelines import (
+    CADS,
+    AtomClassConditionalPipeline,
+    AtomDDIMPipeline,
+    AtomDDPMPipeline,
+    AtomGuidance,
+    FeatureGuidance,
+    ParticleGuidance,
+)
 from atomgen.train import train
 from atomgen.train.config import ConfigError
 from atomgen.train.loop import _DenoiserObjective
 from atomgen.train.models import build_model, build_scheduler, default_site
 
-LABELS = [1, 2, 3, 4]
+LABELS = [1, 1, 2, 2]  # two samples of each class: the batch methods act within a class
 STEPS = 5
 DIT = ("model.family=dit", "model.dit_layers=2", "model.dit_heads=2", "model.dit_head_dim=8")
 CONDITIONAL = ("model.num_classes=10", "train.label_dropout=0.3")
@@ -244,7 +255,7 @@ def test_apg_on_a_flow_model_converts_through_x0_and_back():
 def test_atom_guidance_on_the_flow_dit_at_its_middle_block():
     pipe = flow_pipe()
     stock = final_latents(pipe, guidance_scale=2.0)
-    guided = final_latents(pipe, guidance_scale=2.0, guidance_strength=50.0, guidance_interval=(0.0, 1.0))
+    guided = final_latents(pipe, guidance_scale=2.0, atom_scale=50.0, atom_active_range=(0.0, 1.0))
     assert torch.isfinite(guided).all() and not torch.allclose(guided, stock, atol=1e-4)
     assert torch.equal(final_latents(pipe, guidance_scale=2.0), stock)  # removed after the call
 
@@ -287,3 +298,114 @@ def test_pipeline_errors():
 def test_bad_combinations_name_the_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         tiny(tmp_path, *overrides)
+
+
+# --- a latent DiT: a DiTPipeline checkpoint (transformer + VAE) in the class-conditional pipeline ---------
+
+
+def dit_checkpoint(folder: Path, *, shift_factor: float | None = None, latent_channels: int = 4) -> Path:
+    """facebook/DiT-XL-2-256's layout in miniature: a ``DiTPipeline`` saved with its ``AutoencoderKL``
+    (8×8 RGB images, 4×4×4 latents), the transformer named ``Transformer2DModel`` as the hub's
+    ``model_index.json`` names it, and the ImageNet-style ``id2label`` it carries."""
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=8,  # learned variance, as DiT-XL/2
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        patch_size=2,
+        num_embeds_ada_norm=1000,  # DiTPipeline's null label is 1000
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
+    ).eval()
+    vae = tiny_vae(in_channels=3, out_channels=3, latent_channels=latent_channels, scaling_factor=0.5)
+    vae.register_to_config(shift_factor=shift_factor)
+    DiTPipeline(dit, vae, DDIMScheduler()).save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index |= {"transformer": ["diffusers", "Transformer2DModel"], "id2label": ID2LABEL}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    (folder / "transformer" / "config.json").write_text(
+        json.dumps(config | {"_class_name": "Transformer2DModel"})
+    )
+    return folder
+
+
+ID2LABEL = {"0": "tench, Tinca tinca", "1": "goldfish, Carassius auratus", "2": "great white shark"}
+
+
+def latent_dit(tmp_path: Path, **options) -> AtomClassConditionalPipeline:
+    pipe = AtomClassConditionalPipeline.from_pretrained(dit_checkpoint(tmp_path / "dit", **options))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_a_dit_pipeline_checkpoint_loads_with_its_vae_and_samples_as_dit_pipeline(tmp_path):
+    pipe = latent_dit(tmp_path)
+    assert isinstance(pipe.vae, AutoencoderKL) and isinstance(pipe.transformer, DiTTransformer2DModel)
+    assert pipe.num_classes == 1000 and pipe.get_label_ids(["goldfish", "great white shark"]) == [1, 2]
+    stock = DiTPipeline.from_pretrained(tmp_path / "dit")
+    stock.set_progress_bar_config(disable=True)
+    for w in (1.0, 4.0):
+        options = dict(guidance_scale=w, num_inference_steps=3, output_type="pt")
+        ours = pipe(class_labels=[1, 2, 0], generator=seed(), **options).images
+        theirs = stock(class_labels=[1, 2, 0], generator=seed(), **options).images
+        assert ours.shape == (3, 3, 8, 8) and torch.equal(ours, theirs)  # images, not 4×4×4 latents
+    pipe.save_pretrained(tmp_path / "saved")  # the VAE and the class names travel with it
+    again = AtomClassConditionalPipeline.from_pretrained(tmp_path / "saved")
+    assert isinstance(again.vae, AutoencoderKL) and again.labels == pipe.labels
+    with pytest.raises(ValueError, match=r"unknown class names \['zebra'\].*goldfish"):
+        pipe.get_label_ids("zebra")
+    half = AtomClassConditionalPipeline.from_pretrained(tmp_path / "dit", torch_dtype=torch.bfloat16)
+    half.set_progress_bar_config(disable=True)
+    pixels = half(class_labels=[1, 1], num_inference_steps=2, output_type="np").images
+    assert pixels.dtype == "float32" and pixels.shape == (2, 8, 8, 3)  # NumPy has no bfloat16
+
+
+def test_a_latent_dit_takes_guiders_and_every_method_and_decodes_with_scaling_and_shift(tmp_path):
+    pipe = latent_dit(tmp_path, shift_factor=0.25)
+
+    def sample(**options):
+        options = dict(guidance_scale=4.0, output_type="pt") | options
+        return pipe(class_labels=[1, 1, 2, 2], num_inference_steps=3, generator=seed(), **options).images
+
+    latents = sample(output_type="latent")
+    assert latents.shape == (4, 4, 4, 4)
+    with torch.no_grad():  # images = vae.decode(latents / scaling_factor + shift_factor), in [0, 1]
+        by_hand = (pipe.vae.decode(latents / 0.5 + 0.25).sample / 2 + 0.5).clamp(0, 1)
+    stock = sample()
+    assert torch.equal(stock, by_hand)
+    assert torch.equal(sample(guidance_scale=None, guider=ClassifierFreeGuidance(guidance_scale=4.0)), stock)
+    for install in (
+        lambda: AtomGuidance(pipe, atom_scale=0.3, normalize=True),
+        lambda: FeatureGuidance(pipe, feature_scale=0.3),
+        lambda: ParticleGuidance(pipe, pg_scale=0.3, normalize=True),
+        lambda: CADS(pipe, generator=seed(1)),
+    ):
+        with install():
+            guided = sample()
+        assert guided.shape == stock.shape and not torch.equal(guided, stock)
+    assert torch.equal(sample(), stock)
+
+
+def test_a_vae_that_cannot_decode_the_latents_is_refused(tmp_path):
+    folder = dit_checkpoint(tmp_path / "dit", latent_channels=2)
+    with pytest.raises(ValueError, match=r"latent_channels=2\) cannot decode.*in_channels=4.*vae=None"):
+        AtomClassConditionalPipeline.from_pretrained(folder)
+    latents_only = AtomClassConditionalPipeline.from_pretrained(folder, vae=None)
+    assert latents_only.vae is None
+    latents_only.set_progress_bar_config(disable=True)
+    assert latents_only(class_labels=[1], num_inference_steps=2, output_type="pt").images.shape == (
+        1,
+        4,
+        4,
+        4,
+    )
+    with pytest.raises(ValueError, match="'latent' needs a VAE"):
+        latents_only(class_labels=[1], num_inference_steps=2, output_type="latent")
+    with pytest.raises(TypeError, match=r"decodes latents with a diffusers autoencoder.*got vae=UNet2DModel"):
+        AtomClassConditionalPipeline(
+            None, DDIMScheduler(), transformer=latents_only.transformer, vae=tiny_unet()
+        )

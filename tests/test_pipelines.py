@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,15 +63,25 @@ def test_guidance_option_guides_for_the_call_only():
     pipe = quiet(AtomDDIMPipeline(unet, DDIMScheduler(clip_sample=False)))
     stock = pipe(batch_size=4, num_inference_steps=5, generator=seed(), output_type="pt").images
     guided = pipe(
-        batch_size=4, num_inference_steps=5, generator=seed(), output_type="pt", guidance_strength=300.0
+        batch_size=4, num_inference_steps=5, generator=seed(), output_type="pt", atom_scale=300.0
     ).images
     assert not torch.allclose(guided, stock)
     assert not unet._forward_hooks and not unet._forward_pre_hooks and not unet.mid_block._forward_hooks
     with pytest.raises(ValueError, match="nothing to separate"):
-        pipe(batch_size=1, num_inference_steps=5, guidance_strength=1.0)
+        pipe(batch_size=1, num_inference_steps=5, atom_scale=1.0)
     assert not unet._forward_hooks and torch.is_grad_enabled()  # cleaned up after the error too
     again = pipe(batch_size=4, num_inference_steps=5, generator=seed(), output_type="pt").images
     assert torch.equal(again, stock)
+    # the option's name before it was named after the method: the same guidance, with a FutureWarning
+    with pytest.warns(FutureWarning, match=r"guidance_strength=…\) is deprecated.*use atom_scale="):
+        old = pipe(
+            batch_size=4, num_inference_steps=5, generator=seed(), output_type="pt", guidance_strength=300.0
+        ).images
+    assert torch.equal(old, guided)
+    with pytest.raises(TypeError, match="both atom_scale= and its deprecated alias guidance_strength="):
+        pipe(batch_size=4, num_inference_steps=5, atom_scale=1.0, guidance_strength=300.0)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['strenght'\]"):
+        pipe(batch_size=4, num_inference_steps=5, strenght=1.0)
 
 
 def test_class_conditional_unet_takes_class_labels():
@@ -115,6 +128,77 @@ def test_invalid_call_arguments_are_named():
         pipe(batch_size=2, num_inference_steps=2, callback_on_step_end_tensor_inputs=["noise"])
     with pytest.raises(TypeError, match="AtomSeparation"):
         AtomDDPMPipeline(tiny_unet(), DDPMScheduler(), separation=torch.nn.Linear(2, 2))
+
+
+# --- The denoising loops' copies stay in sync --------------------------------------------------------
+
+# As diffusers marks and checks its copies (utils/check_copies.py): a comment "# Copied from
+# atomgen.pipelines.<module>.<Class>.<method>" in a function says that the rest of the function, from the
+# next line, is the named method's body after its docstring, line for line. A comment line
+# "# not copied: <reason>" exempts the line below it.
+COPIED_FROM = re.compile(r"^\s*# Copied from atomgen\.pipelines\.(\w+)\.(\w+)\.(\w+)")
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def body_after_docstring(source: str, function: ast.FunctionDef) -> list[str]:
+    first = function.body[0]
+    has_docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    return source.splitlines()[first.end_lineno if has_docstring else first.lineno - 1 : function.end_lineno]
+
+
+def copy_differences(original: list[str], copy: list[str]) -> list[str]:
+    """The lines where ``copy`` departs from ``original`` (lines under "# not copied" excepted)."""
+    expected, exempt = [], set()
+    for line in copy:
+        if line.strip().startswith("# not copied"):
+            exempt.add(len(expected))
+        else:
+            expected.append(line)
+    if len(expected) != len(original):
+        return [f"{len(expected)} lines against the original's {len(original)}"]
+    return [
+        f"copy: {c.strip()!r} / original: {o.strip()!r}"
+        for i, (o, c) in enumerate(zip(original, expected, strict=True))
+        if i not in exempt and o != c
+    ]
+
+
+def copies() -> list[tuple[str, list[str], list[str]]]:
+    """``(name, original, copy)`` for every "# Copied from" comment under pipelines/."""
+    found = []
+    for path in sorted(PIPELINES.glob("*.py")):
+        source = path.read_text()
+        functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)]
+        for number, line in enumerate(source.splitlines(), start=1):
+            match = COPIED_FROM.match(line)
+            if not match:
+                continue
+            function = min(
+                (f for f in functions if f.lineno <= number <= f.end_lineno),
+                key=lambda f: f.end_lineno - f.lineno,
+            )
+            copy = source.splitlines()[number : function.end_lineno]
+            module, cls, method = match.groups()
+            target_source = (PIPELINES / f"{module}.py").read_text()
+            (original,) = [
+                f
+                for c in ast.parse(target_source).body
+                if isinstance(c, ast.ClassDef) and c.name == cls
+                for f in c.body
+                if isinstance(f, ast.FunctionDef) and f.name == method
+            ]
+            found.append((f"{path.name}:{number}", body_after_docstring(target_source, original), copy))
+    return found
+
+
+def test_the_copied_loops_match_their_originals():
+    found = copies()
+    assert any(name.startswith("pipeline_atom_ddim.py") for name, _, _ in found)  # the DDIM loop is one
+    for name, original, copy in found:
+        assert not copy_differences(original, copy), (name, copy_differences(original, copy))
+        # the check can fail: any other change to a line of the copy is caught
+        changed = [line.replace("latents", "latent") for line in copy]
+        assert copy_differences(original, changed)
 
 
 # --- AtomVAEPipeline ----------------------------------------------------------------------------
@@ -170,7 +254,7 @@ CHILD = textwrap.dedent(
     ddim.set_progress_bar_config(disable=True)
     assert ddim.separation is None and isinstance(ddim.scheduler, DDIMScheduler)
     images = ddim(batch_size=3, num_inference_steps=4, generator=g(), output_type="pt",
-                  guidance_strength=100.0).images
+                  atom_scale=100.0).images
     assert torch.equal(images, expected["ddim_guided"])
 
     trained = AtomDDIMPipeline.from_pretrained(f"{root}/stock_layout")  # what `atomgen train` writes
@@ -208,7 +292,7 @@ def test_save_and_load_round_trip_in_a_fresh_process(tmp_path):
         "separation": separation.state_dict(),
         "ddpm": ddpm(batch_size=3, num_inference_steps=5, generator=seed(), output_type="pt").images,
         "ddim_guided": ddim(
-            batch_size=3, num_inference_steps=4, generator=seed(), output_type="pt", guidance_strength=100.0
+            batch_size=3, num_inference_steps=4, generator=seed(), output_type="pt", atom_scale=100.0
         ).images,
         "vae": vae(batch_size=2, generator=seed(), output_type="pt").images,
     }

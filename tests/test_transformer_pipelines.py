@@ -9,18 +9,20 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from tiny import PROMPT_WIDTH, tiny_dit, tiny_flux, tiny_pixart, tiny_sd3
 
 import atomgen
-from atomgen.pipelines import CADS, DenoiserHook, ParticleGuidance, guide, guide_features
-from atomgen.pipelines.denoiser_hook import flow_sigma, noise_levels, prediction_type
+from atomgen.pipelines import CADS, AtomGuidance, DenoiserHook, FeatureGuidance, ParticleGuidance
+from atomgen.pipelines.noise import flow_sigma, noise_levels, prediction_type
 from atomgen.pipelines.particle_guidance import rbf_potential
 
 BATCH = 3
 
 
 def prompts(batch: int = BATCH) -> dict[str, torch.Tensor]:
+    """One prompt's embeddings for every sample (as ``num_images_per_prompt=batch`` gives): the batch
+    methods act within the samples of a prompt."""
     generator = torch.Generator().manual_seed(7)
     return {
-        "prompt_embeds": torch.randn(batch, 5, PROMPT_WIDTH, generator=generator),
-        "pooled_prompt_embeds": torch.randn(batch, PROMPT_WIDTH, generator=generator),
+        "prompt_embeds": torch.randn(1, 5, PROMPT_WIDTH, generator=generator).repeat(batch, 1, 1),
+        "pooled_prompt_embeds": torch.randn(1, PROMPT_WIDTH, generator=generator).repeat(batch, 1),
     }
 
 
@@ -28,7 +30,7 @@ def run(name: str, pipe, steps: int = 3, seed: int = 1) -> torch.Tensor:
     """The final latents of a batch of BATCH (DiT: its decoded images), from the same noise each time."""
     generator = torch.Generator().manual_seed(seed)
     if name == "dit":
-        labels = [1, 2, 3]
+        labels = [2] * BATCH  # one class: the batch methods act within a class
         return pipe(
             labels, guidance_scale=3.0, num_inference_steps=steps, generator=generator, output_type="pt"
         ).images
@@ -77,12 +79,12 @@ def test_flow_sigma_reads_both_timestep_conventions():
 def test_strength_zero_is_stock_and_remove_restores(name):
     pipe = PIPELINES[name]()
     stock = run(name, pipe)
-    with guide(pipe, 0.0):
+    with AtomGuidance(pipe, atom_scale=0.0):
         assert torch.equal(run(name, pipe), stock)
     for install in (
-        lambda: guide(pipe, 0.3, normalize=True),
-        lambda: guide_features(pipe, 0.3),
-        lambda: ParticleGuidance(pipe, 0.3, normalize=True),
+        lambda: AtomGuidance(pipe, atom_scale=0.3, normalize=True),
+        lambda: FeatureGuidance(pipe, feature_scale=0.3),
+        lambda: ParticleGuidance(pipe, pg_scale=0.3, normalize=True),
     ):
         with install():
             assert not torch.equal(run(name, pipe), stock)
@@ -94,7 +96,7 @@ def test_spread_rises_with_strength(name):
     pipe = PIPELINES[name]()
     spreads = []
     for strength in (0.0, 0.2, 0.5):
-        with guide(pipe, strength, normalize=True, interval=(0.0, 1.0)):
+        with AtomGuidance(pipe, atom_scale=strength, normalize=True, active_range=(0.0, 1.0)):
             spreads.append(spread(run(name, pipe, steps=10)))
     assert spreads[0] < spreads[1] < spreads[2], spreads
 
@@ -113,7 +115,7 @@ def test_velocity_correction_is_exact_on_stable_diffusion_3():
     """One Euler step from σ = 1 to 0: the latents move by −Δv = −γ σ ∇E(z_1), both CFG halves alike."""
     pipe, gamma = tiny_sd3(), 0.7
     stock = run("sd3", pipe, steps=1)
-    with ParticleGuidance(pipe, gamma):
+    with ParticleGuidance(pipe, pg_scale=gamma):
         guided = run("sd3", pipe, steps=1)
     noise = pipe.prepare_latents(BATCH, 4, 8, 8, torch.float32, "cpu", torch.Generator().manual_seed(1))
     latents = noise.flatten(1).requires_grad_()
@@ -134,14 +136,14 @@ def test_dual_stream_sites_separate_the_image_tokens(name, site, tokens):
     with atomgen.attach(pipe.transformer, site, None) as handle:
         stock = run(name, pipe, steps=1)
     assert handle.features.shape[1] == tokens  # the image tokens, not the 5 text tokens
-    with guide(pipe, 0.3, site=site, normalize=True):
+    with AtomGuidance(pipe, atom_scale=0.3, site=site, normalize=True):
         assert not torch.equal(run(name, pipe, steps=1), stock)
 
 
 def test_a_list_of_blocks_is_not_a_site():
     pipe = tiny_flux()
     with pytest.raises(ValueError, match=r"list of 1 blocks.*single_transformer_blocks\.0"):
-        guide(pipe, 0.3, site="single_transformer_blocks")
+        AtomGuidance(pipe, atom_scale=0.3, site="single_transformer_blocks")
 
 
 @pytest.mark.parametrize(

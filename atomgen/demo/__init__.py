@@ -1,10 +1,14 @@
 """The demo application: ``atomgen demo`` trains, samples, scores and writes the report.
 
-:mod:`.run` is the experiment, :mod:`.cfg` and :mod:`.vae` its classifier-free-guidance and VAE
-sections, :mod:`.report` turns the measurements into tables, :mod:`.figures` draws them. It uses the
-training application and the library; nothing below imports from here.
+:mod:`.config` holds :class:`DemoConfig`; :mod:`.run` runs the sections in order: :mod:`.ddpm` (three
+trainings and five ways of sampling), :mod:`.attribution` (learned importances against saliency
+baselines), :mod:`.cfg` (classifier-free guidance) and :mod:`.vae` (atom separation at a VAE's encoder).
+Each section writes its own part of the report; :mod:`.report` joins them, :mod:`.scoring` scores a set
+of samples, :mod:`.figures` draws. It uses the training application and the library; nothing below
+imports from here.
 """
 
-from .run import DEFAULT_CONFIG, LIBRARY_MODE, METHODS, MODELS, DemoConfig, Method, run_demo
+from .config import DEFAULT_CONFIG, LIBRARY_MODE, METHODS, MODELS, DemoConfig, Method
+from .run import run_demo
 
 __all__ = ["DEFAULT_CONFIG", "LIBRARY_MODE", "METHODS", "MODELS", "DemoConfig", "Method", "run_demo"]

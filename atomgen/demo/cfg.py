@@ -4,7 +4,10 @@ One class-conditional DDPM is trained on the digits by :func:`atomgen.train.trai
 config (:func:`experiment`: ten classes and the null label, v-prediction, 10 % label dropout, no
 separation) and sampled through :class:`~atomgen.pipelines.AtomClassConditionalPipeline`. Every setting
 (:data:`SETTINGS`) draws the same balanced class labels from the same initial noise and the same noise at
-every step (ancestral DDIM, η = 1, as ``bench/cfg.py``: deterministic DDIM breaks CFG early here): plain
+every step (ancestral DDIM, η = 1, as ``bench/cfg.py``: deterministic DDIM breaks CFG early here). Every
+batch holds one class (:func:`class_batches`), so the guidances, which couple the samples of a batch,
+push apart only samples of the same class, where CFG loses its diversity. Each batch's initial noise and
+step noise are independent streams of :func:`atomgen.seeding.generator`. The settings are plain
 CFG over a small grid of ``w``, and at ``w = GUIDED_SCALE`` latent atom guidance
 (:func:`~atomgen.pipelines.guide`, normalised) and feature guidance
 (:func:`~atomgen.pipelines.guide_features`). Each setting is scored per class against that class's real
@@ -22,19 +25,32 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..seeding import generator
 from ..train.config import ConfigError, ExperimentConfig
-
-if TYPE_CHECKING:
-    from .run import DemoConfig
+from . import figures
+from .config import DemoConfig, batch_sizes
+from .scoring import quantised
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GUIDED_SCALE", "MODEL", "OVERRIDES", "SCALES", "SETTINGS", "Setting", "experiment", "run_cfg"]
+__all__ = [
+    "GUIDED_SCALE",
+    "MODEL",
+    "OVERRIDES",
+    "SCALES",
+    "SETTINGS",
+    "Setting",
+    "class_batches",
+    "draw",
+    "experiment",
+    "markdown",
+    "run_cfg",
+]
 
 MODEL = "cfg"  # the run's directory: <out>/seed-<first seed>/cfg
 NUM_CLASSES = 10
@@ -44,7 +60,9 @@ OVERRIDES = (
     "train.label_dropout=0.1",
     "separation.method=none",
 )
-ETA = 1.0  # DDIM's η: ancestral sampling, each step's noise drawn from a seeded generator per batch
+# The purposes of the section's random streams (atomgen.seeding.generator(seed, purpose, batch)).
+INITIAL_NOISE, STEP_NOISE = "cfg-initial-noise", "cfg-step-noise"
+ETA = 1.0  # DDIM's η: ancestral sampling, each step's noise drawn from a stream of its own per batch
 
 
 # -------------------------------------------------------------------------------------------- settings
@@ -98,32 +116,30 @@ def run_cfg(
             ``sample_batch_size``, ``seed``).
         cache_dir: where the real images' features are cached.
         device: where the model and the scorers run.
-        progress: show the scoring bar of the real features.
+        progress: draw the training bar and the scoring bar of the real features.
     """
     from ..pipelines import AtomClassConditionalPipeline
     from ..train import train
 
     started = time.perf_counter()
     logger.info("CFG: training the class-conditional model for %d steps", config.cfg_steps)
-    run_dir = train(experiment)
+    run_dir = train(experiment, progress=progress)
     train_seconds = time.perf_counter() - started
     pipe = AtomClassConditionalPipeline.from_pretrained(run_dir / "pipeline").to(device)
     pipe.set_progress_bar_config(disable=True)
     scorer = _Scorer(experiment.data.load(), cache_dir, device, progress)
 
-    labels = np.repeat(np.arange(NUM_CLASSES), config.cfg_samples_per_class)
-    # Near-equal batches (never one of a single image: the guidances separate the samples of a batch),
-    # and their initial noise, drawn once: every setting starts from the same latents (and reseeds the
-    # same step noise).
-    batches = np.array_split(labels, -(-len(labels) // config.sample_batch_size))
+    batches = class_batches(config.cfg_samples_per_class, config.sample_batch_size)
+    labels = np.concatenate(batches)
+    # Every setting starts from the same latents and reseeds the same step noise: the initial noise is
+    # drawn once, and each setting draws its step noise from the batch's own stream.
     noise = [
-        pipe.prepare_latents(len(batch), torch.Generator().manual_seed(config.seed * 1_000_003 + index))
+        pipe.prepare_latents(len(batch), generator(config.seed, INITIAL_NOISE, index))
         for index, batch in enumerate(batches)
     ]
     rows = []
     for setting in SETTINGS:
-        step_seeds = [config.seed * 1_000_019 + index for index in range(len(batches))]
-        images, seconds = _sample(pipe, setting, batches, noise, step_seeds, config.cfg_inference_steps)
+        images, seconds = _sample(pipe, setting, batches, noise, config.seed, config.cfg_inference_steps)
         scores = scorer(images, labels)
         logger.info("CFG, %s: %s", setting.key, ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         rows.append(
@@ -148,11 +164,26 @@ def run_cfg(
         },
         "samples_per_class": config.cfg_samples_per_class,
         "num_inference_steps": config.cfg_inference_steps,
+        "batches": [len(batch) for batch in batches],
         "settings": [asdict(s) for s in SETTINGS],
         "scoring": scorer.description,
         "rows": rows,
         "wall_seconds": time.perf_counter() - started,
     }
+
+
+def class_batches(per_class: int, batch_size: int) -> list[np.ndarray]:
+    """The class labels to sample, ``per_class`` of each class, in batches that hold one class each.
+
+    A class's images are split into near-equal batches of at most ``batch_size`` (never a batch of one:
+    the guidances separate the samples of a batch), so a batch-coupled method couples only images of one
+    label.
+    """
+    return [
+        np.full(size, label, dtype=np.int64)
+        for label in range(NUM_CLASSES)
+        for size in batch_sizes(per_class, batch_size)
+    ]
 
 
 @torch.no_grad()
@@ -161,16 +192,16 @@ def _sample(
     setting: Setting,
     batches: list[np.ndarray],
     noise: list[torch.Tensor],
-    step_seeds: list[int],
+    seed: int,
     steps: int,
 ) -> tuple[torch.Tensor, float]:
     """The setting's images in [0, 1], quantised to 8 bits, and the seconds sampling took."""
     from ..pipelines import guide, guide_features
 
     if setting.method == "atom-guidance":
-        installed = guide(pipe, strength=setting.strength, normalize=True)
+        installed = guide(pipe, setting.strength, normalize=True)
     elif setting.method == "feature-guidance":
-        installed = guide_features(pipe, strength=setting.strength)
+        installed = guide_features(pipe, setting.strength)
     else:
         installed = contextlib.nullcontext()
     started = time.perf_counter()
@@ -181,14 +212,14 @@ def _sample(
                 guidance_scale=setting.scale,
                 num_inference_steps=steps,
                 eta=ETA,
-                generator=torch.Generator().manual_seed(step_seed),
+                generator=generator(seed, STEP_NOISE, index),
                 latents=latents,
                 output_type="pt",
             ).images.cpu()
-            for batch, latents, step_seed in zip(batches, noise, step_seeds, strict=True)
+            for index, (batch, latents) in enumerate(zip(batches, noise, strict=True))
         ]
     seconds = time.perf_counter() - started
-    return (torch.cat(chunks) * 255).round() / 255, seconds
+    return quantised(torch.cat(chunks)), seconds
 
 
 class _Scorer:
@@ -221,3 +252,75 @@ class _Scorer:
             **{m: scores[m] for m in ("precision", "recall", "coverage")},
             "accuracy": float(np.mean(classify(images, self.classifier) == labels)),
         }
+
+
+# ------------------------------------------------------------------------------------- report.md, figure
+def draw(out: Path, section: dict[str, Any]) -> dict[str, str]:
+    """The front: recall against precision of every setting; its file name, relative to ``out``."""
+    files = {"cfg_front": "cfg-front.png"}
+    figures.save_figure(out / files["cfg_front"], figures.cfg_front_plot(section))
+    return files
+
+
+def markdown(report: dict[str, Any]) -> list[str]:
+    """The CFG section of ``report.md`` (none when it did not run): what ran, its table, what one seed can
+    and cannot say, the front plot."""
+    if "cfg" not in report:
+        return []
+    section, shown = report["cfg"], report.get("figures", {})
+    model, scoring, rows = section["model"], section["scoring"], section["rows"]
+    lines = [
+        "## Classifier-free guidance",
+        "",
+        f"A class-conditional DDPM (the same base config, v-prediction, label dropout "
+        f"{model['label_dropout']:g}, no separation) trained {model['steps']} steps "
+        f"({model['train_seconds']:.0f} s), sampled with {section['samples_per_class']} images per class "
+        f"and setting, {section['num_inference_steps']} DDIM steps, the same labels and initial noise for "
+        "every setting, in batches of one class each (the guidances push apart only samples of the same "
+        f"class). Scores are per class against that class's real images on "
+        f"{scoring['features']['extractor']} features (k = {scoring['prdc_k']}), averaged over classes; "
+        f"class accuracy is the share of samples that the {scoring['classifier']} classifier gives the "
+        "requested label.",
+        "",
+        "| setting | w | γ | precision ↑ | recall ↑ | coverage ↑ | class accuracy ↑ | sample s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        strength = "–" if row["strength"] is None else f"{row['strength']:g}"
+        cells = [row["label"], f"{row['w']:g}", strength]
+        cells += [f"{row[key]:.3f}" for key in ("precision", "recall", "coverage", "accuracy")]
+        cells.append(f"{row['sample_seconds']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    grid = [row for row in rows if row["method"] == "cfg"]
+    best = {key: max(grid, key=lambda row: row[key]) for key in ("precision", "accuracy")}
+    lines += [
+        "",
+        f"Along the plain CFG grid, precision peaks at w = {best['precision']['w']:g} and class accuracy at "
+        f"w = {best['accuracy']['w']:g}."
+        + _overshoot(grid, best["precision"])
+        + " This is one seed at quick sizes, so differences between rows are not statistically "
+        "meaningful; `bench/cfg.py` is the benchmark (several seeds, strength sweeps, paired 95 % intervals "
+        "against plain CFG at matched precision).",
+    ]
+    if "cfg_front" in shown:
+        lines += [
+            "",
+            f"![classifier-free guidance front]({shown['cfg_front']})",
+            "",
+            "Up and to the right is better. CFG is meant to trade recall for precision as w grows; a "
+            "guidance method helps if its marker lies above that trade-off, at the precision of plain CFG "
+            "at its w or better.",
+        ]
+    return lines
+
+
+def _overshoot(grid: list[dict[str, Any]], peak: dict[str, Any]) -> str:
+    """A plain statement when precision falls again above its best ``w``: guidance has overshot."""
+    above = [row for row in grid if row["w"] > peak["w"]]
+    if not above or above[-1]["precision"] >= peak["precision"] - 0.01:
+        return ""
+    return (
+        f" Above it, precision falls with recall (to {above[-1]['precision']:.3f} at w = {above[-1]['w']:g}, "
+        f"class accuracy {above[-1]['accuracy']:.3f}): on this small model strong guidance pushes the "
+        "samples off the data rather than towards their class, so the useful range of w is narrow."
+    )

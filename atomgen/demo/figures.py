@@ -1,6 +1,7 @@
 """The demo's pictures: sample grids, attribution maps (learned beside the best baseline), deletion and
 insertion curves, diversity against fidelity, the CFG section's front (recall against precision) and the
-VAE section's reconstructions and prior samples.
+VAE section's reconstructions and prior samples. Each section draws its own with these functions; this
+module knows nothing of the sections.
 
 Every file is written atomically (:mod:`atomgen.io`). Plots use matplotlib's object API (a ``Figure``
 without ``pyplot``, so no global backend state is touched); the grids use PIL.
@@ -17,50 +18,18 @@ import torch
 from ..eval.grids import image_grid, save_image_grid
 from ..io import write_atomic
 
-__all__ = ["save_grid", "write_figures"]
+__all__ = [
+    "attribution_curves_plot",
+    "attribution_plot",
+    "cfg_front_plot",
+    "diversity_fidelity_plot",
+    "save_figure",
+    "save_grid",
+    "vae_plot",
+]
 
 GRID_COLUMNS = 8
 CELL_SIDE = 40  # small images are enlarged (nearest neighbour) to about this side
-
-
-def write_figures(
-    out: Path,
-    report: dict[str, Any],
-    grids: dict[str, torch.Tensor],
-    maps: dict[str, Any],
-    vae: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write every figure of the report into ``out``; returns their file names, relative to ``out``.
-
-    Args:
-        out: the run directory.
-        report: what :func:`atomgen.demo.report.build` returned (table, attribution, methods), and
-            the CFG section's ``cfg`` entry if it ran.
-        grids: images in [0, 1] per method key, for the sample grids.
-        maps: ``images`` of the atom model, the particle ``grid`` and per attribution method its scores
-            ``(B, n)`` of them under ``maps`` (the learned importance, then the best baseline).
-        vae: the VAE section's ``originals``, ``reconstructions`` and ``samples`` (per model), if it ran.
-    """
-    files: dict[str, Any] = {"samples": {}}
-    for key, images in grids.items():
-        name = f"samples-{key}.png"
-        save_grid(out / name, images)
-        files["samples"][key] = name
-    labels = report["attribution"]["labels"]
-    if maps:
-        files["attribution"] = "attribution.png"
-        _save_figure(out / files["attribution"], _attribution_plot(maps, labels))
-    files["attribution_curves"] = "attribution-curves.png"
-    _save_figure(out / files["attribution_curves"], _attribution_curves_plot(report["attribution"]))
-    files["diversity_fidelity"] = "diversity-fidelity.png"
-    _save_figure(out / files["diversity_fidelity"], _diversity_fidelity_plot(report))
-    if "cfg" in report:
-        files["cfg_front"] = "cfg-front.png"
-        _save_figure(out / files["cfg_front"], _cfg_front_plot(report["cfg"]))
-    if vae:
-        files["vae"] = "vae.png"
-        _save_figure(out / files["vae"], _vae_plot(vae))
-    return files
 
 
 # ---------------------------------------------------------------------------------------- pictures
@@ -100,11 +69,11 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def _save_figure(path: Path, figure) -> None:
+def save_figure(path: Path, figure) -> None:
     write_atomic(path, lambda file: figure.savefig(file, format="png"))
 
 
-def _attribution_plot(maps: dict[str, Any], labels: dict[str, str]):
+def attribution_plot(maps: dict[str, Any], labels: dict[str, str]):
     """Three rows: the samples, the learned importance maps, the best baseline's maps."""
     images = maps["images"]
     rows = [("samples", images)]
@@ -119,7 +88,7 @@ def _attribution_plot(maps: dict[str, Any], labels: dict[str, str]):
     return figure
 
 
-def _attribution_curves_plot(attribution: dict[str, Any]):
+def attribution_curves_plot(attribution: dict[str, Any]):
     """Deletion and insertion curves of the learned importances, the best baseline and random orders;
     mean ± std over seeds."""
     per_seed, labels = attribution["per_seed"], attribution["labels"]
@@ -160,7 +129,7 @@ def _attribution_curves_plot(attribution: dict[str, Any]):
     return figure
 
 
-def _vae_plot(pictures: dict[str, Any]):
+def vae_plot(pictures: dict[str, Any]):
     """Held-out images above their reconstructions by each VAE; below, each VAE's prior samples."""
     models = list(pictures["reconstructions"])
     figure = _figure(9.0, 4.8)
@@ -181,7 +150,7 @@ def _vae_plot(pictures: dict[str, Any]):
     return figure
 
 
-def _diversity_fidelity_plot(report: dict[str, Any]):
+def diversity_fidelity_plot(report: dict[str, Any]):
     """Two panels, fidelity (precision) on x: recall and Vendi on y; error bars are std over seeds."""
     figure = _figure(9.0, 3.8)
     panels = (("recall", "recall (diversity) ↑"), ("vendi", "Vendi score (diversity) ↑"))
@@ -219,7 +188,7 @@ def _diversity_fidelity_plot(report: dict[str, Any]):
     return figure
 
 
-def _cfg_front_plot(section: dict[str, Any]):
+def cfg_front_plot(section: dict[str, Any]):
     """Recall against precision: plain CFG as a line through its ``w`` grid, the guidances as markers."""
     figure = _figure(5.0, 3.8)
     axes = figure.add_subplot()

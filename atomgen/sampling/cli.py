@@ -1,0 +1,220 @@
+"""The ``atomgen sample`` subcommand: its options, and their mapping onto :class:`SampleConfig`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .loading import DTYPES
+from .sampler import SampleConfig, sample
+
+SAMPLE_EPILOG = """\
+examples:
+  atomgen sample runs/cfg/mnist5k/seed0/model --out samples/plain --num-samples 1000 --guidance-scale 2
+  atomgen sample runs/cfg/mnist5k/seed0/model --out samples/atom --num-samples 1000 --method atom:0.2
+  atomgen sample my-dit/ --out samples/dit --num-samples 64 --class-labels 207,360 --steps 25 --npz
+  atomgen sample my-sd/ --out samples/sd --prompts prompts.txt --per-prompt 8 --method atom:0.02 \\
+      --method interval:0.2 --dtype fp16
+  accelerate launch --num_processes 4 -m atomgen sample my-dit/ --out samples/dit --num-samples 50000
+
+Rerun the same command to resume: finished batches are skipped. Images are a function of the seed,
+the batch index and the settings, so any number of processes writes the same files. On a machine
+without GPUs, `accelerate launch --multi_gpu --num_processes P` starts P processes on the CPU.
+"""
+
+COMPARE_EPILOG = """\
+examples:
+  atomgen compare runs/cfg/mnist5k/seed0/model --real mnist5k --out runs/compare --scales 1 1.5 2 3 \\
+      --method atom:0.05 --method atom:0.1 --method atom:0.2 --method pg:0.1 --seeds 3
+  accelerate launch --num_processes 4 -m atomgen compare my-dit/ --real mnist5k --out runs/compare
+"""
+
+
+def add_commands(commands: Any, formatter_class: type[argparse.HelpFormatter]) -> None:
+    """Add ``sample`` and ``compare`` to the ``atomgen`` subcommands ``commands`` (``add_subparsers``)."""
+    parser = commands.add_parser(
+        "sample",
+        help="sample N images from any diffusers pipeline, with sampling-time methods (resumable, sharded)",
+        description="Sample N images from a diffusers pipeline (a folder, an atomgen run or a hub id) into\n"
+        "--out: images/<index>.png, manifest.json (the pipeline, the settings, each image's file, class\n"
+        "label or prompt, and batch) and, with --npz, samples.npz. Sharded over the processes of\n"
+        "`accelerate launch`, bit for bit the single-process files; a rerun resumes.",
+        epilog=SAMPLE_EPILOG,
+        formatter_class=formatter_class,
+    )
+    add_sample_arguments(parser)
+    parser.set_defaults(handler=_sample, command_parser=parser)
+
+    compare = commands.add_parser(
+        "compare",
+        help="which method, at which strength, is best on your class-conditional pipeline (the CFG front)",
+        description="Sample a class-conditional pipeline over a grid of guidance scales w and each method's\n"
+        "strengths at the benchmark scale w*, paired across settings (the same noise for each seed); score\n"
+        "per class against --real; pick each method's strength; write report.md, report.json (every\n"
+        "score's per-seed values) and report.png (the front) to --out. Resumable; distributed as sample.",
+        epilog=COMPARE_EPILOG,
+        formatter_class=formatter_class,
+    )
+    add_compare_arguments(compare)
+    compare.set_defaults(handler=_compare, command_parser=compare)
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``atomgen compare``."""
+    from .compare import DATASETS
+
+    parser.add_argument("pipeline", help="a class-conditional pipeline: a folder, an atomgen run, a hub id")
+    parser.add_argument("--real", required=True, choices=DATASETS, help="real images and their classifier")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0], help="the w grid")
+    parser.add_argument(
+        "--method",
+        dest="methods",
+        action="append",
+        default=[],
+        metavar="NAME:STRENGTH[,K=V]",
+        help="a method at one strength; repeat a name with other strengths for its sweep",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="sampling seeds 0 … N−1")
+    parser.add_argument("--samples-per-class", type=int, default=50, help="per setting and seed")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights and activations")
+    parser.add_argument("--device", default=None, help="default: each process's GPU, else the CPU")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run code that came with the model")
+    parser.add_argument("--allow-pickle", action="store_true", help="load pickled weights")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``atomgen sample`` (``compare`` shares them)."""
+    parser.add_argument("pipeline", help="a diffusers pipeline folder, an atomgen run directory, or a hub id")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (new, empty, or to resume)")
+    parser.add_argument("--num-samples", type=int, default=None, help="images to sample")
+    parser.add_argument(
+        "--class-labels",
+        type=_labels,
+        default=None,
+        metavar="L1,L2,…",
+        help="class-conditional pipelines: the classes to spread the images over (default: all, balanced)",
+    )
+    parser.add_argument(
+        "--prompts", type=Path, default=None, metavar="FILE", help="text pipelines: one prompt a line"
+    )
+    parser.add_argument(
+        "--per-prompt", type=int, default=None, metavar="K", help="images per prompt (or give --num-samples)"
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance w (default: the pipeline's)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="CLASS",
+        help="a compatible diffusers scheduler, e.g. DDIMScheduler",
+    )
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights and activations")
+    parser.add_argument(
+        "--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: each process's GPU, else the CPU)"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
+    parser.add_argument("--seed", type=int, default=0, help="with each batch's index, keys its noise")
+    parser.add_argument(
+        "--method",
+        dest="methods",
+        action="append",
+        default=[],
+        metavar="NAME[:SCALE][,K=V]",
+        help="a sampling-time method (atom, atom-feature, pg, cads, interval, apg, autoguidance); repeat "
+        "to combine, e.g. --method atom:0.02 --method interval:0.2",
+    )
+    parser.add_argument("--npz", action="store_true", help="also write samples.npz (uint8 images, labels)")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run code that came with the model (off: refused)"
+    )
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="load pickled weights (.bin, .ckpt) where no safetensors"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SampleConfig:
+    """The :class:`SampleConfig` the parsed options describe (reads the prompts file)."""
+    return SampleConfig(
+        pipeline=args.pipeline,
+        out=args.out,
+        num_samples=args.num_samples,
+        class_labels=args.class_labels,
+        prompts=None if args.prompts is None else read_prompts(args.prompts),
+        per_prompt=args.per_prompt,
+        guidance_scale=args.guidance_scale,
+        steps=args.steps,
+        scheduler=args.scheduler,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        methods=tuple(args.methods),
+        npz=args.npz,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+        progress=not args.no_progress,
+    )
+
+
+def read_prompts(path: Path) -> tuple[str, ...]:
+    """The non-empty lines of ``path``, stripped."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts {path} does not exist")
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def _labels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, e.g. 0,3,7; got {text!r}"
+        ) from None
+
+
+def _sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        sample(config_from_args(args))
+    except (ValueError, FileNotFoundError, OSError) as error:
+        parser.error(str(error))
+    return 0
+
+
+def _compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .compare import CompareConfig, compare
+
+    try:
+        config = CompareConfig(
+            args.pipeline, args.real, args.out, scales=tuple(args.scales), methods=tuple(args.methods),
+            seeds=args.seeds, samples_per_class=args.samples_per_class, steps=args.steps,
+            batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+            trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        compare(config)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        parser.error(str(error))
+    return 0
+
+
+__all__ = [
+    "SAMPLE_EPILOG",
+    "add_commands",
+    "add_compare_arguments",
+    "add_sample_arguments",
+    "config_from_args",
+    "read_prompts",
+]

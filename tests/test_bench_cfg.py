@@ -1,0 +1,198 @@
+"""bench/cfg.py: its models are exactly the training command's, its batches hold one class and draw
+independent noise streams, its report keeps per-seed values from which every interval is recomputed, and
+its dry run covers every stage end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from bench_scripts import load_bench
+from tiny import quiet, tiny_unet
+
+from atomgen.benchmark.stats import paired_interval
+from atomgen.seeding import stream_seed
+from atomgen.train.config import ExperimentConfig
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_bench("cfg")
+
+
+@pytest.mark.parametrize("dataset", ["mnist5k", "fashion-mnist"])
+def test_models_are_exactly_those_of_the_training_command(cfg, dataset, monkeypatch):
+    """`atomgen train configs/<dataset>-cfg.yaml --set train.seed=<k> --set train.output_dir=<run>` plus a
+    variant's `--set`s: bench/training.train_once refuses a run whose config differs by any key."""
+    monkeypatch.chdir(ROOT)
+    bench = cfg.Bench(Path("runs/cfg"), cfg.Preset.named("cpu"))
+    plain = ExperimentConfig.from_yaml(f"configs/{dataset}-cfg.yaml").to_dict()
+    for variant, changes in [
+        ("", {}),
+        ("atom0.3", {"method": "atom", "weight": 0.3}),
+        ("atom0.1", {"method": "atom", "weight": 0.1}),
+        ("atom-class0.3", {"method": "atom", "weight": 0.3, "within_class": True}),
+    ]:
+        expected = json.loads(json.dumps(plain))
+        expected["train"] |= {
+            "seed": 2,
+            "output_dir": f"runs/cfg/{dataset}/seed2/model{'-' * bool(variant)}{variant}",
+        }
+        expected["separation"] |= changes
+        assert bench.config(dataset, 2, variant).to_dict() == expected, variant
+    assert bench.config(dataset, 0).train.snapshot_steps == [500, 1000]  # the guides of autoguidance
+    assert set(cfg.VARIANTS) == {"atom0.3", "atom0.1", "atom-class0.3"}
+
+
+def test_setting_names_and_registry_specs(cfg):
+    Setting = cfg.Setting
+    assert Setting("cfg", 1.5).name == "cfg-w1.5" and cfg.specs(Setting("cfg", 1.5)) == []
+    assert Setting("atom", 1.5, 0.02).name == "atom-0.02-w1.5"
+    assert cfg.specs(Setting("atom", 1.5, 0.02)) == ["atom:0.02"]
+    guide = Path("runs/cfg/mnist5k/seed0/model/snapshots/step-500/pipeline")
+    auto = Setting("autoguidance", 2.0, guide=500)
+    assert auto.name == "autoguidance-step500-w2" and cfg.specs(auto, guide) == [
+        f"autoguidance:2,guide={guide}"
+    ]
+    both = Setting("atom+autoguidance", 2.0, parts=(("atom", 0.02),), guide=500)
+    assert both.name == "atom+autoguidance-atom0.02-step500-w2"
+    assert cfg.specs(both, guide) == ["atom:0.02", f"autoguidance:2,guide={guide}"]
+    combined = Setting("atom+interval", 1.5, parts=(("atom", 0.02), ("interval", 0.2)))
+    assert cfg.specs(combined) == ["atom:0.02", "interval:0.2"]
+    assert Setting("cfg", 1.5, model="atom0.3").name == "trained-atom0.3-cfg-w1.5"
+    with pytest.raises(ValueError, match="guiding model"):
+        cfg.specs(auto)
+
+
+def test_sampling_draws_one_class_per_batch_from_independent_streams(cfg):
+    for label, chunk in [(0, 0), (3, 1)]:  # seed 0: the streams of every purpose differ
+        seeds = {stream_seed(0, p, label, chunk) for p in ("initial-noise", "step-noise")}
+        assert len(seeds) == 2
+    from diffusers import DDIMScheduler
+
+    from atomgen.pipelines import AtomClassConditionalPipeline
+
+    scheduler = DDIMScheduler(clip_sample=False, prediction_type="v_prediction")
+    pipe = quiet(AtomClassConditionalPipeline(tiny_unet(num_class_embeds=11), scheduler))
+    preset = dataclasses.replace(cfg.Preset.named("dry-run"), samples_per_class=3, batch_size=2)
+    setting = cfg.Setting("cfg", 2.0)
+    images, labels = cfg.sample(pipe, setting, 0, preset, classes=3)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and images.shape[0] == 9
+    again, _ = cfg.sample(pipe, setting, 0, preset, classes=3)
+    assert torch.equal(images, again)  # a function of the seed
+    other, _ = cfg.sample(pipe, setting, 1, preset, classes=3)
+    assert not torch.equal(images, other)
+    # A class's samples depend on its own batches only: the same with fewer classes beside it.
+    fewer, _ = cfg.sample(pipe, setting, 0, preset, classes=2)
+    assert torch.equal(fewer, images[:6])
+
+
+METRICS = ("fid", "precision", "recall", "density", "coverage", "vendi", "lpips", "accuracy")
+
+
+def scores(recall, precision=0.9, accuracy=0.95):
+    rest = dict.fromkeys(METRICS, 0.0)
+    return [{**rest, "recall": r, "precision": precision, "accuracy": accuracy} for r in recall]
+
+
+def test_rows_keep_per_seed_values_and_flag_unbracketed_sweeps(cfg):
+    by_scale = {1.5: scores([0.80, 0.82, 0.84])}
+    setting = cfg.Setting("atom", 1.5, 0.02)
+    (row,) = cfg._rows({setting: scores([0.83, 0.86, 0.85])}, by_scale)
+    recall = row["recall"]
+    assert recall["values"] == [0.83, 0.86, 0.85]
+    again = paired_interval([a - b for a, b in zip(recall["values"], [0.80, 0.82, 0.84], strict=True)])
+    assert (recall["diff"], recall["low"], recall["high"]) == tuple(again)
+    (far,) = cfg._rows({cfg.Setting("autoguidance", 1.75, guide=500): scores([0.9] * 3)}, by_scale)
+    assert "diff" not in far["recall"]  # no plain CFG at that w: nothing to pair with
+    strengths = (("atom", (0.01, 0.02)), ("apg", (0.0, 0.5)), ("pg", (0.02, 0.05, 0.1)))
+    assert cfg._ends({"atom": 0.02, "apg": 0.0, "pg": 0.05}, strengths) == {"atom": "top"}
+
+
+def test_preset_keeps_only_the_methods_asked_for(cfg):
+    preset = cfg.Preset().only(["atom", "interval", "atom+interval"])
+    assert [m for m, _ in preset.strengths] == ["interval", "atom"]
+    assert preset.combined == (("atom+interval", None),) and preset.guides == ()
+    assert cfg.Preset().only(["atom", "atom+autoguidance"]).guides == (500, 1000)
+    with pytest.raises(SystemExit, match="interval"):
+        cfg.Preset().only(["atom", "atom+interval"])
+
+
+def run(command, **kwargs):
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, check=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
+    command = [sys.executable, str(ROOT / "bench" / "cfg.py"), "--out", str(tmp_path), "--dry-run"]
+    command += ["--datasets", "mnist5k"]  # Fashion-MNIST is not installed everywhere
+    run(command)
+    report = json.loads((tmp_path / "cfg.json").read_text())
+    part = report["datasets"]["mnist5k"]
+    assert [row["scale"] for row in part["grid"]] == [1.0, 2.0, 3.0]
+    methods = {row["method"] for row in part["methods"]}
+    assert {"interval", "apg", "cads", "pg", "atom", "atom-feature", "atom+interval", "atom+apg"} <= methods
+    assert {"autoguidance", "atom+autoguidance"} <= methods and part["guide"] == [2, 2.0]
+    assert {row["model"] for row in part["methods"]} == {"", "atom-class0.3"}
+    assert (
+        tmp_path / "mnist5k" / "seed1" / "model-atom-class0.3" / "pipeline" / "model_index.json"
+    ).is_file()
+    assert {"atom", "atom-feature", "atom+interval", "atom+apg"} <= set(part["targets"])
+    assert "trained-atom-class0.3-cfg-w1" in part["front"] and "autoguidance-step2-w2" in part["front"]
+    assert any(name.startswith("atom+interval-") for name in part["front"])
+    for gaps in part["front"].values():
+        assert set(gaps) == {"precision", "accuracy"}
+    # Every interval recomputes from the stored per-seed values (paired with plain CFG at the same w).
+    grid = {row["scale"]: row for row in part["grid"]}
+    for row in part["methods"]:
+        for metric in ("recall", "precision", "accuracy", "fid"):
+            values, reference = row[metric]["values"], grid[row["scale"]][metric]["values"]
+            again = paired_interval([a - b for a, b in zip(values, reference, strict=False)])
+            assert row[metric]["diff"] == pytest.approx(again.mean) and (row[metric]["low"] is None) == (
+                again.low is None
+            )
+    for name, gaps in part["front"].items():
+        gap = gaps["precision"]
+        assert gap["gain"]["mean"] == pytest.approx(paired_interval(gap["gains"]).mean), name
+    markdown = (tmp_path / "cfg.md").read_text()
+    assert "### Targets" in markdown and "Every batch holds one class" in markdown
+    assert "above (accuracy axis)" in markdown and "Trained variants" in markdown
+    assert (tmp_path / "cfg-front.png").stat().st_size > 0
+    scores_written = sorted((tmp_path / "mnist5k").glob("seed*/scores/*.json"))
+    stamps = [path.stat().st_mtime_ns for path in scores_written]
+    run(command)
+    assert [path.stat().st_mtime_ns for path in scores_written] == stamps  # a second run redoes nothing
+    assert (tmp_path / "cfg.md").read_text() == markdown
+    # --grid-only stops after the grid (here: all cached) and says so in the report.
+    run([*command, "--grid-only"])
+    part = json.loads((tmp_path / "cfg.json").read_text())["datasets"]["mnist5k"]
+    assert "methods" not in part and len(part["grid"]) == 3
+    assert "### Methods" not in (tmp_path / "cfg.md").read_text()
+    # --cached-only: an interim report from the seeds whose scores are all written; samples nothing.
+    (tmp_path / "mnist5k" / "seed1" / "scores" / "cfg-w2.json").unlink()
+    run([*command, "--cached-only"])
+    part = json.loads((tmp_path / "cfg.json").read_text())["datasets"]["mnist5k"]
+    assert part["seeds"] == 1 and "Interim: 1 of 2 model seeds" in (tmp_path / "cfg.md").read_text()
+    assert not (tmp_path / "mnist5k" / "seed1" / "scores" / "cfg-w2.json").exists()
+
+
+@pytest.mark.slow
+def test_cfg_dry_run_on_the_flow_transformer(tmp_path):
+    """`--model flow-dit`: every guidance method of the benchmark on class-conditional DiT rectified flows."""
+    command = [sys.executable, str(ROOT / "bench" / "cfg.py"), "--out", str(tmp_path), "--dry-run"]
+    run([*command, "--datasets", "mnist5k", "--model", "flow-dit"])
+    report = json.loads((tmp_path / "cfg-flow-dit.json").read_text())
+    assert report["model"] == "flow-dit"
+    scheduler = tmp_path / "mnist5k" / "seed0" / "model" / "pipeline" / "scheduler" / "scheduler_config.json"
+    assert json.loads(scheduler.read_text())["_class_name"] == "FlowMatchEulerDiscreteScheduler"
+    methods = {row["method"] for row in report["datasets"]["mnist5k"]["methods"]}
+    assert {"interval", "apg", "cads", "pg", "atom", "atom-feature", "atom+interval", "atom+apg"} <= methods
+    assert not any(row["model"] for row in report["datasets"]["mnist5k"]["methods"])  # no trained variants
