@@ -159,7 +159,7 @@ def build_parser(*, quick: bool = False) -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train a DDPM or VAE with a separation loss (accelerate)",
-        description="Train the generator a YAML config describes; see README 'Training' for the schema.",
+        description="Train the generator a YAML config describes; see docs/training.md for the schema.",
         epilog=TRAIN_EPILOG,
         formatter_class=_HelpFormatter,
     )

@@ -7,12 +7,36 @@ concatenated batch and each process receives the full gradient for its own atoms
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 
+_local = threading.local()
+
 
 def is_active() -> bool:
+    """Whether atoms are gathered across processes: a process group of several, outside :func:`local`."""
+    if getattr(_local, "depth", 0):
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def local() -> Iterator[None]:
+    """Treat this process's atoms as the whole batch, process group or not.
+
+    Sampling-time guidance separates the samples of one sampling call: under a process group (several
+    GPUs sampling disjoint batches), gathering would couple other processes' batches, or wait forever for
+    processes that never reach the same call.
+    """
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
 
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ class AtomSeparation(ModelMixin, ConfigMixin):
             mean norm, without gradient).
         kernel: ``"gaussian"`` (``exp(−u/2σ²)``) or ``"coulomb"`` (Plummer-softened, ``(u + ε²)^-½``).
         mode: ``"repulsive"`` (pair weight ``s_i s_j``) or ``"signed"`` (``q_i q_j``). The defaults
-            (Gaussian, repulsive) won the digits sweep (``bench/sweep.py``; README, "Results"): in the
+            (Gaussian, repulsive) won the digits sweep (``bench/sweep.py``; results/README.md): in the
             signed mode the neutrality constraint pulls every charge to 0, where the energy vanishes, and
             the model trains like the baseline.
         epsilon: softening ``ε`` of the Coulomb kernel and of the atom distance.
@@ -95,7 +95,7 @@ class AtomSeparation(ModelMixin, ConfigMixin):
             roles), which asks every particle to take one role rather than a mix. 0 (default) leaves
             it out: the role head then sits near the uniform mix, the participation constraint holds
             every importance at about ``κ``, and the importances tie gradient × activation as an
-            attribution (bench/attribution.py; README, "Attribution"). Keep it on the scale of the
+            attribution (bench/attribution.py; results/README.md). Keep it on the scale of the
             separation term (about 0.01 at the start of training): on mnist5k 0.05 committed the roles,
             but to a fixed half of the positions, the same for every sample; 1.0 outweighed the
             participation constraint and turned every particle into a neutron within a few hundred

@@ -31,7 +31,7 @@ tuned a no-op. One metric on 3 seeds is too noisy to rank on.)
 base config (``--config``), with the same sizes and seeds, and writes ``confirm.json`` and ``confirm.md``.
 
 Runs are resumable: a run whose ``samples.npz`` exists is not redone. ``sweep.json`` holds every score,
-``sweep.md`` the tables that the README quotes.
+``sweep.md`` the tables that results/README.md quotes.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ def _work(job: tuple[Path, Sizes, Setting, int]) -> tuple[str, int, float]:
     """Train (or load the baseline) and sample one setting at one seed; runs in a worker process."""
     import torch
 
-    from atomgen.demo.run import METHODS, _sample, _save_samples, _train
+    from atomgen.demo.config import METHODS
+    from atomgen.demo.ddpm import sample, save_samples, train_model
     from atomgen.pipelines import AtomDDIMPipeline
     from atomgen.train.models import site_of
 
@@ -173,15 +174,15 @@ def _work(job: tuple[Path, Sizes, Setting, int]) -> tuple[str, int, float]:
     if setting.trained:
         experiment = config.experiment(setting.model, seed, run)
         site = site_of(experiment.separation, experiment.model)
-        pipe, training = _train(experiment, site, torch.device("cpu"))
+        pipe, training = train_model(experiment, site, torch.device("cpu"))
         seconds = training["train_seconds"]
         method = next(m for m in METHODS if m.model == setting.model and m.kind == "training")
     else:
         baseline = _run_dir(out, Setting("baseline", "baseline"), seed) / f"seed-{seed}" / "baseline"
         pipe = AtomDDIMPipeline.from_pretrained(baseline / "pipeline")
         method = next(m for m in METHODS if m.key == setting.sampler)
-    images, sample_seconds = _sample(pipe, method, config, seed, progress=False)
-    _save_samples(run / "samples.npz", images)
+    images, sample_seconds = sample(pipe, method, config, seed, progress=False)
+    save_samples(run / "samples.npz", images)
     return setting.name, seed, seconds if setting.trained else sample_seconds
 
 
@@ -219,11 +220,12 @@ class Scorer:
     """The demo's scorer, once per sweep; scores are cached in ``scores.json`` by run."""
 
     def __init__(self, out: Path, sizes: Sizes):
-        from atomgen.demo.run import DemoConfig, _Scorer
+        from atomgen.demo.config import DemoConfig
+        from atomgen.demo.scoring import Scorer
 
         config = DemoConfig(config=sizes.config)
         experiment = config.experiment("baseline", 0, out)
-        self.scorer = _Scorer(experiment.data.load(), config, out / "cache", _cpu(), False)
+        self.scorer = Scorer(experiment.data.load(), config, out / "cache", _cpu(), False)
         self.out, self.sizes = out, sizes
         self.path = out / "scores.json"
         self.cache: dict[str, dict[str, float]] = (

@@ -61,7 +61,7 @@ differences to the baseline are paired.
 on each later seed and on each of Fashion-MNIST's 3 seeds: the baseline and each method's chosen ``λ``) =
 44 VAEs; the configs' own 3,000 steps at 28×28 (estimated at about 0.75 s/step without separation on 2
 free cores) would take more than a day. Measured with two workers side by side (``--shard``, one thread
-each, on the 2-core machine of the README): about 11–12 minutes per baseline or Dispersive Loss model and
+each, on a 2-core x86_64 CPU machine): about 11–12 minutes per baseline or Dispersive Loss model and
 18 per atom-separation model (64 particles per image, 8,192 per batch), training and scoring (500
 held-out images, 500 prior samples) together. That is about 3.1 hours on 2 cores for mnist5k and 2.1 for
 Fashion-MNIST. The sweep on every seed (the ``λ`` chosen from 3 seeds' means) would add about 2.0 hours.

@@ -1,6 +1,6 @@
 """The FID Inception-v3 (TF 2015-12-05 weights, 2048-d pool features), loaded offline.
 
-Weights, in order of preference (method.md §9; architecture.md, "FID Inception weights offline"):
+Weights, in order of preference (method.md §9; docs/evaluation.md):
 
 1. pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` in the torch hub cache, built into
    pytorch-fid's architecture (clean-fid ships a copy of its blocks);

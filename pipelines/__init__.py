@@ -9,6 +9,7 @@
   with ``.remove()`` and ``.guided_calls``): :class:`AtomGuidance`, :class:`FeatureGuidance`,
   :class:`SparseAtomGuidance`, :class:`ParticleGuidance`, :class:`CADS`, and on CFG pipelines :class:`GuidanceInterval`,
   :class:`APG`, :class:`AutoGuidance`. :mod:`.methods` names them for ``NAME:SCALE`` strings.
+- :func:`load_pipeline`: any diffusers pipeline folder or hub id and atomgen's own, without remote code.
 - :func:`guide`, :func:`guide_features`: deprecated functional aliases of the first two.
 """
 
@@ -21,6 +22,7 @@ from .denoiser_hook import DenoiserCall, DenoiserHook
 from .energy_guidance import EnergyGuidance
 from .feature_guidance import FeatureGuidance, guide_features
 from .guidance_interval import GuidanceInterval
+from .loading import load_pipeline
 from .particle_guidance import ParticleGuidance
 from .pipeline_atom_class_conditional import AtomClassConditionalPipeline
 from .pipeline_atom_ddim import AtomDDIMPipeline
@@ -47,4 +49,5 @@ __all__ = [
     "SparseAtomGuidance",
     "guide",
     "guide_features",
+    "load_pipeline",
 ]

@@ -19,6 +19,7 @@ import torch
 from diffusers import DiffusionPipeline
 from torch import nn
 
+from atomgen import distributed
 from atomgen.hooks import pick_features, resolve_site
 from atomgen.separation import AtomSeparation
 
@@ -208,7 +209,8 @@ class AtomGuidance(EnergyGuidance):
         ``E = Σ_A e_A = B · L_sep``, so that ``γ`` means the same at any batch size."""
         self.separation = separation = separation_for(self.separation, features, self.site)
         try:
-            atoms = separation(features, groups=groups)
+            with distributed.local():  # this call's samples only, whatever other processes sample
+                atoms = separation(features, groups=groups)
         except (ValueError, FloatingPointError) as error:
             raise type(error)(f"atom guidance at site {self.site!r}: {error}") from None
         return atoms.energy.sum()

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
+from atomgen import distributed
 from atomgen.hooks import pick_features, resolve_site
 from atomgen.separation import AtomSeparation
 
@@ -192,7 +193,8 @@ class FeatureGuidance(DenoiserHook):
             self.separation = separation_for(self.separation, h, self.site, max_grid=FEATURE_GRID)
             leaf = h.detach().clone().requires_grad_()
             try:
-                atoms = self.separation(leaf, groups=groups)
+                with distributed.local():  # this call's samples only, whatever other processes sample
+                    atoms = self.separation(leaf, groups=groups)
             except (ValueError, FloatingPointError) as error:
                 raise type(error)(f"feature guidance at site {self.site!r}: {error}") from None
             (grad,) = torch.autograd.grad(atoms.energy.sum(), leaf)

@@ -71,7 +71,7 @@ def load_pipeline(
             weights without ``allow_pickle``.
     """
     folder = Path(source).expanduser()
-    kwargs: dict[str, Any] = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    kwargs: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}  # diffusers ≥ 0.42 name
     if not allow_pickle:
         kwargs["use_safetensors"] = True
     target = str(folder) if folder.is_dir() else str(source)  # what from_pretrained reads

@@ -155,18 +155,25 @@ def test_resume_without_checkpoint_is_explained(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    """accelerate launch --num_processes 2 on the CPU (gloo): same global batch, same losses."""
+    """accelerate launch --num_processes 2 on the CPU (gloo): same global batch, same losses.
+
+    Without GPUs, ``--multi_gpu`` starts the two processes (``--cpu`` starts one) and
+    ``ACCELERATE_USE_CPU`` makes them one gloo group on the CPU; the test checks that two processes
+    trained together."""
     common = ["train.steps=2", "train.ema_decay=null", "train.checkpoint_every=100"]
     single = train(tiny(tmp_path / "one", *common))
     config_path = tmp_path / "two.yaml"
     config_path.write_text(tiny(tmp_path / "two", *common).to_yaml())
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "-m", "atomgen", "train", str(config_path),
     ]  # fmt: skip
-    subprocess.run(command, check=True, timeout=600, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        command, check=True, timeout=600, env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert "2 process(es)" in result.stderr
     two = tmp_path / "two" / "run"
 
     def log(run: Path) -> list[dict]:

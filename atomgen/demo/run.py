@@ -56,7 +56,7 @@ import torch
 from ..io import write_json
 from ..train.models import site_of
 from . import attribution, cfg, ddpm, report, vae
-from .config import DEFAULT_CONFIG, LIBRARY_MODE, METHODS, MODELS, DemoConfig, Method, batch_sizes
+from .config import DEFAULT_CONFIG, LIBRARY_MODE, METHODS, MODELS, DemoConfig, Method
 from .ddpm import method_settings
 from .scoring import Scorer
 
@@ -67,9 +67,6 @@ __all__ = ["DEFAULT_CONFIG", "METHODS", "MODELS", "DemoConfig", "Method", "metho
 # The sections' parts of report.md, in order.
 RENDERERS = (ddpm.markdown, attribution.markdown, cfg.markdown, vae.markdown)
 # The names bench/sweep.py imports from here (the sections hold them).
-ATTRIBUTIONS = attribution.ATTRIBUTIONS
-_Scorer, _train, _sample, _save_samples = Scorer, ddpm.train_model, ddpm.sample, ddpm.save_samples
-_batch_sizes = batch_sizes
 
 
 def run_demo(

@@ -25,7 +25,7 @@ OBJECTIVES = ("epsilon", "v_prediction", "flow")
 METHODS = ("none", "atom", "dispersive")
 PRECISIONS = ("no", "fp16", "bf16")
 # λ of each method when a config gives none: the best of 0.03, 0.1 and 0.3 in the digits sweep
-# (bench/sweep.py; README, "Results"). Dispersive Loss lost fidelity at every weight; 0.03 lost least.
+# (bench/sweep.py; results/README.md). Dispersive Loss lost fidelity at every weight; 0.03 lost least.
 DEFAULT_WEIGHTS = {"none": 0.0, "atom": 0.3, "dispersive": 0.03}
 
 

@@ -124,7 +124,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", config.to_yaml())
     logger.info(
-        "%s: %d images %s, %s with %.2fM parameters, separation %s at %r %s",
+        "%s: %d images %s, %s with %.2fM parameters, separation %s at %r %s, %d process(es)",
         run_dir,
         len(data),
         tuple(data.image_shape),
@@ -133,6 +133,7 @@ def train(
         config.separation.method,
         site,
         tuple(site_shape),
+        processes,
     )
     if dry_run:
         return run_dir
