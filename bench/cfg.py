@@ -108,6 +108,7 @@ class Preset:
         ("pg", (0.02, 0.05, 0.1, 0.2)),
         ("atom", (0.01, 0.02, 0.05, 0.1)),
         ("atom-feature", (0.2, 0.4, 0.8, 1.6)),
+        ("atom-sparse", (0.02, 0.05, 0.1, 0.2)),  # hard-core: only pairs closer than the radius repel
     )
     # the combined methods and their seeds (None: all); a combination with autoguidance takes its
     # chosen guide and w

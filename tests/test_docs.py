@@ -86,6 +86,8 @@ def _check_command(words: list[str], where: str) -> None:
             build_parser().parse_args(words[start:])
         except SystemExit as exit_:
             raise AssertionError(f"{where}: `{shlex.join(words)}` does not parse") from exit_
+    elif words[0] == "accelerate" and words[1:2] in (["config"], ["env"]):
+        pass  # accelerate's own set-up commands
     elif words[0] == "accelerate":
         assert "-m" in words and words[words.index("-m") + 1] == "atomgen", f"{where}: {words}"
         _check_command(words[words.index("-m") + 1 :], where)

@@ -16,8 +16,8 @@ import PIL.Image
 import pytest
 from diffusers import DDIMPipeline, DDIMScheduler, DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
-from test_guidance import sd_pipe  # noqa: F401 (a fixture: the tiny Stable Diffusion, nothing downloaded)
 from tiny import quiet, tiny_dit, tiny_unet
+from tiny_sd import sd_pipe  # noqa: F401 (a fixture: the tiny Stable Diffusion, nothing downloaded)
 
 import atomgen.sampling
 import atomgen.sampling.plan

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from atomgen.benchmark.report import MACHINE, cell, save_figure
+from atomgen.benchmark.report import cell, save_figure, setup_lines
 from atomgen.benchmark.stats import format_interval, paired_interval, spread
 
 DATASETS = ("mnist5k", "fashion-mnist")
@@ -197,14 +197,7 @@ def markdown(report: dict[str, Any]) -> str:
         "means over τ and batches; Δ = paired difference learned − baseline of the gains, "
         "[95 % t-interval over seeds]; an interval containing 0 is not a result.",
         "",
-        f"Held-out images: {report['split']}",
-        "",
-        MACHINE.format(**report["machine"]),
-        *(
-            ["", "Every model also with: " + ", ".join(f"`{o}`" for o in report["set"]) + "."]
-            if report.get("set")
-            else []
-        ),
+        *setup_lines(report),
     ]
     for dataset, part in report["datasets"].items():
         lines += ["", f"## {dataset}", "", f"Site `{part['site']}`.", "", *_comparison(part)]

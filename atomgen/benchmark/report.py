@@ -72,6 +72,14 @@ def machine(device: Any) -> dict[str, Any]:
 MACHINE = "Machine: {platform}, {device}, {threads} threads, torch {torch}."
 
 
+def setup_lines(report: dict[str, Any]) -> list[str]:
+    """The held-out split, the machine and the overrides every model shared, as report lines."""
+    lines = [f"Held-out images: {report['split']}", "", MACHINE.format(**report["machine"])]
+    if report.get("set"):
+        lines += ["", "Every model also with: " + ", ".join(f"`{o}`" for o in report["set"]) + "."]
+    return lines
+
+
 @dataclass
 class Series:
     """One curve or set of markers of a plot panel: ``x``/``y`` means, each point optionally labelled."""

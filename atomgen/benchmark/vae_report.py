@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from atomgen.benchmark.report import MACHINE, save_figure, summary
+from atomgen.benchmark.report import save_figure, setup_lines, summary
 from atomgen.benchmark.stats import format_interval, paired_interval
 
 DATASETS = ("mnist5k", "fashion-mnist")
@@ -139,14 +139,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"reconstruction MSE + {SLACK_TEXT}, ties to more active units (none within: the lowest MSE, "
         "marked ✗).",
         "",
-        f"Held-out images: {report['split']}",
-        "",
-        MACHINE.format(**report["machine"]),
-        *(
-            ["", "Every model also with: " + ", ".join(f"`{o}`" for o in report["set"]) + "."]
-            if report.get("set")
-            else []
-        ),
+        *setup_lines(report),
     ]
     for dataset, part in report["datasets"].items():
         lines += [
