@@ -36,8 +36,10 @@ def summary(values: Sequence[float], reference: Sequence[float] | None = None) -
 
 
 def cell(value: dict[str, Any], spec: str = ".3f", diff: bool = False) -> str:
-    """``mean ± std`` of a :func:`summary`; with ``diff``, its paired difference below it."""
-    text = f"{value['mean']:{spec}} ± {value['std']:{spec}}"
+    """``mean ± std`` of a :func:`summary` (the mean alone, marked, for one seed); with ``diff``, its
+    paired difference below it."""
+    one_seed = len(value.get("values", ())) == 1  # a spread of one value is not 0: there is none
+    text = f"{value['mean']:{spec}}" + (" (one seed)" if one_seed else f" ± {value['std']:{spec}}")
     if diff and "diff" in value:
         text += f"<br>Δ {format_interval(value['diff'], value['low'], value['high'])}"
     return text
