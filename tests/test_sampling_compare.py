@@ -11,7 +11,7 @@ from tiny import tiny_unet
 
 from atomgen.benchmark.stats import front_gaps, grid_by_seed, paired_interval
 from atomgen.pipelines import AtomClassConditionalPipeline
-from atomgen.sampling.compare import CompareConfig, compare
+from atomgen.sampling.compare import CompareConfig, compare, feature_space
 
 
 @pytest.mark.slow
@@ -56,3 +56,40 @@ def test_compare_end_to_end_and_its_intervals_from_the_per_seed_values(tmp_path)
     again = compare(config)
     assert again["methods"] == report["methods"]
     assert all(p.stat().st_mtime_ns == t for p, t in files.items())
+
+
+def test_the_feature_space_is_dinov2_when_its_weights_are_at_hand(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert feature_space(None, None) == "classifier"  # an empty hub cache: the classifier's features
+    assert feature_space(None, "some/folder") == "dinov2"
+    assert feature_space("clip", "some/folder") == "clip"
+    # a hub cache holding facebook/dinov2-large, laid out as huggingface_hub writes it
+    repo = tmp_path / "models--facebook--dinov2-large"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+    assert feature_space(None, None) == "dinov2"
+    with pytest.raises(ValueError, match="extractor must be one of"):
+        feature_space("lpips", None)
+
+
+@pytest.mark.slow
+def test_compare_scores_on_dinov2_features(tmp_path):
+    from tiny_vision import save_tiny_dinov2
+
+    folder = tmp_path / "cfg"
+    AtomClassConditionalPipeline(
+        tiny_unet(num_class_embeds=11), DDIMScheduler(clip_sample=False)
+    ).save_pretrained(folder)
+    weights = save_tiny_dinov2(tmp_path / "dinov2")
+    config = CompareConfig(
+        str(folder), "digits", tmp_path / "out", scales=(1.0, 2.0), seeds=2, samples_per_class=6, steps=2,
+        device="cpu", progress=False, extractor_weights=str(weights),
+    )  # fmt: skip
+    report = compare(config)
+    assert report["extractor"] == "dinov2"
+    assert (tmp_path / "out" / "scores" / "dinov2" / "seed-1").is_dir()
+    assert "DINOv2" in (tmp_path / "out" / "report.md").read_text()

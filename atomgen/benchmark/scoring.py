@@ -35,9 +35,17 @@ class ClassScorer:
 
     @classmethod
     def for_dataset(
-        cls, dataset: str, resolution: int, limit: int | None, device: torch.device
+        cls,
+        dataset: str,
+        resolution: int,
+        limit: int | None,
+        device: torch.device,
+        extractor: str | None = None,
+        weights: str | None = None,
     ) -> ClassScorer:
-        """The scorer of a dataset atomgen knows, on its own classifier's features."""
+        """The scorer of a dataset atomgen knows: on ``extractor``'s features (a name of
+        :func:`atomgen.eval.load_extractor`, ``weights`` for ``dinov2``/``clip``; ``None``: the dataset
+        classifier's own), with class accuracy from the dataset classifier."""
         from atomgen.data import load_dataset
         from atomgen.eval import LPIPSFeatures, load_digit_classifier, load_extractor
         from atomgen.eval.run import CLASSIFIER_OF_DATASET as CLASSIFIER  # dataset → its classifier
@@ -46,7 +54,7 @@ class ClassScorer:
         return cls(
             ((data.images + 1) / 2).clamp(0, 1),
             data.labels.numpy(),
-            load_extractor(CLASSIFIER[dataset], device),
+            load_extractor(extractor or CLASSIFIER[dataset], device, weights=weights),
             load_digit_classifier(CLASSIFIER[dataset]).to(device),
             LPIPSFeatures().fit_to(resolution).to(device),
         )

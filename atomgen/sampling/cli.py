@@ -62,7 +62,7 @@ def add_commands(commands: Any, formatter_class: type[argparse.HelpFormatter]) -
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``atomgen compare``."""
-    from .compare import DATASETS
+    from .compare import DATASETS, EXTRACTORS
 
     parser.add_argument("pipeline", help="a class-conditional pipeline: a folder, an atomgen run, a hub id")
     parser.add_argument("--real", required=True, choices=DATASETS, help="real images and their classifier")
@@ -78,6 +78,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     )
     parser.add_argument("--seeds", type=int, default=3, help="sampling seeds 0 … N−1")
     parser.add_argument("--samples-per-class", type=int, default=50, help="per setting and seed")
+    parser.add_argument(
+        "--extractor",
+        choices=EXTRACTORS,
+        default=None,
+        help="feature space of the scores (default: dinov2 when its weights are at hand, else classifier)",
+    )
+    parser.add_argument("--extractor-weights", default=None, help="a folder or hub id for dinov2 or clip")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights and activations")
@@ -202,7 +209,7 @@ def _compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             seeds=args.seeds, samples_per_class=args.samples_per_class, steps=args.steps,
             batch_size=args.batch_size, dtype=args.dtype, device=args.device,
             trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
-            progress=not args.no_progress,
+            progress=not args.no_progress, extractor=args.extractor, extractor_weights=args.extractor_weights,
         )  # fmt: skip
         compare(config)
     except (ValueError, FileNotFoundError, OSError) as error:

@@ -5,9 +5,11 @@ pipeline — the CFG benchmark's procedure and statistics (:mod:`atomgen.benchma
    distributed and resumable): ``samples_per_class`` per class, each batch of one class. A seed gives
    the same noise in every setting (the batches are laid out alike, their noise keyed by seed and batch
    index): settings are paired.
-2. **Scores**, per class on the dataset classifier's features against that class's real images, averaged
-   over classes (:class:`atomgen.benchmark.scoring.ClassScorer`): FID, precision, recall, density,
-   coverage, Vendi, LPIPS diversity, and class accuracy (the adherence axis).
+2. **Scores**, per class against that class's real images, averaged over classes
+   (:class:`atomgen.benchmark.scoring.ClassScorer`): FID (FD on other features), precision, recall,
+   density, coverage, Vendi, LPIPS diversity, on DINOv2 features when their weights are at hand (a
+   folder, or the hub cache) and otherwise on the dataset classifier's; and class accuracy from the
+   dataset classifier (the adherence axis).
 3. **w\\*** (:func:`~atomgen.benchmark.stats.benchmark_scale`): the largest ``w`` at which class accuracy
    still rises.
 4. **Methods at w\\*.** Every ``--method NAME:STRENGTH`` is one setting; the strengths of one method (same
@@ -46,6 +48,13 @@ logger = logging.getLogger(__name__)
 
 DATASETS = ("digits", "mnist5k", "fashion-mnist")  # the datasets whose classifier atomgen ships
 METRICS = ("fid", "precision", "recall", "density", "coverage", "vendi", "lpips", "accuracy")
+EXTRACTORS = ("classifier", "dinov2", "clip", "inception")  # compare's feature spaces
+_FEATURES = {
+    "classifier": "the dataset classifier's",
+    "dinov2": "DINOv2 (FD_DINOv2 in the FID column)",
+    "clip": "CLIP image",
+    "inception": "Inception-v3",
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,10 @@ class CompareConfig:
         seeds: sampling seeds ``0 … seeds − 1``.
         samples_per_class: images per class, per setting and seed.
         steps: denoising steps (``None``: the pipeline's default).
+        extractor: the feature space of the scores: ``"classifier"`` (the dataset classifier's),
+            ``"dinov2"``, ``"clip"`` or ``"inception"``; ``None``: ``dinov2`` when its weights are
+            available offline (``extractor_weights`` or the hub cache), else ``classifier``.
+        extractor_weights: a folder or hub id for ``dinov2``/``clip``.
         batch_size, dtype, device, trust_remote_code, allow_pickle, progress: as for ``atomgen sample``.
     """
 
@@ -78,6 +91,8 @@ class CompareConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     progress: bool = True
+    extractor: str | None = None
+    extractor_weights: str | None = None
 
     def __post_init__(self) -> None:
         from atomgen.pipelines.methods import parse_method
@@ -90,9 +105,10 @@ class CompareConfig:
             )
         if not self.scales or len(set(self.scales)) != len(self.scales):
             raise ValueError(f"scales must be distinct guidance scales, at least one; got {self.scales}")
-        if self.seeds < 1 or self.samples_per_class < 2:
+        if self.seeds < 1 or self.samples_per_class < 6:  # per-class PRDC takes k = 5 neighbours
             raise ValueError(
-                f"seeds ≥ 1 and samples_per_class ≥ 2 needed, got {self.seeds} and {self.samples_per_class}"
+                f"seeds ≥ 1 and samples_per_class ≥ 6 (precision and recall use 5 nearest neighbours per "
+                f"class) needed, got {self.seeds} and {self.samples_per_class}"
             )
         for method in self.methods:
             if parse_method(method).scale is None:
@@ -129,6 +145,8 @@ def compare(config: CompareConfig) -> dict[str, Any] | None:
             f"compare scores class-conditional pipelines; {call.pipeline} takes {call.kind} input"
         )
     scorer: ClassScorer | None = None
+    extractor = feature_space(config.extractor, config.extractor_weights)
+    logger.info("scores on %s features", extractor)
 
     def rows(setting: Setting) -> list[dict[str, float]]:
         nonlocal scorer
@@ -138,21 +156,26 @@ def compare(config: CompareConfig) -> dict[str, Any] | None:
             sample(_sample_config(config, call, folder, seed, setting), pipe=pipe)
             if not processes.is_main:
                 continue
-            cache = config.out / "scores" / f"seed-{seed}" / f"{setting.folder}.json"
+            cache = _scores_path(config, extractor, seed, setting)
             if not cache.is_file():
                 images, labels = read_samples(folder)
                 if scorer is None:
-                    scorer = ClassScorer.for_dataset(config.real, images.shape[-1], None, pipe.device)
+                    scorer = ClassScorer.for_dataset(
+                        config.real, images.shape[-1], None, pipe.device,
+                        extractor=None if extractor == "classifier" else extractor,
+                        weights=config.extractor_weights,
+                    )  # fmt: skip
                 write_json(cache, scorer(images, labels))
             result.append(json.loads(cache.read_text()))
         return result
 
     grid = {w: rows(Setting(w)) for w in sorted(config.scales)}
-    w_star = _benchmark_scale(config, grid, processes)
+    w_star = _benchmark_scale(config, extractor, grid, processes)
     methods = {spec: rows(Setting(w_star, spec)) for spec in config.methods}
     if not processes.is_main:
         return None
     report = build_report(config, grid, w_star, methods, {s: parse_method(s) for s in config.methods})
+    report["extractor"] = extractor
     report["machine"] = machine(pipe.device)
     write_reports(report, "report", [config.out], markdown, lambda path: plot(report, path))
     logger.info("wrote %s", config.out / "report.md")
@@ -169,11 +192,36 @@ def _sample_config(config: CompareConfig, call: PipelineCall, folder: Path, seed
     )  # fmt: skip
 
 
-def _benchmark_scale(config: CompareConfig, grid: dict[float, list], processes: Processes) -> float:
+def feature_space(name: str | None, weights: str | None) -> str:
+    """The extractor the scores use: ``name``, or by default DINOv2 when its weights are at hand offline
+    (``weights``, or :data:`~atomgen.eval.hub_features.DINOV2_ID` in the hub cache), else the dataset
+    classifier's features."""
+    if name is not None:
+        if name not in EXTRACTORS:
+            raise ValueError(f"extractor must be one of {EXTRACTORS}, got {name!r}")
+        return name
+    if weights is not None:
+        return "dinov2"
+    from huggingface_hub import try_to_load_from_cache
+
+    from atomgen.eval.hub_features import DINOV2_ID
+
+    cached = try_to_load_from_cache(DINOV2_ID, "config.json")
+    return "dinov2" if isinstance(cached, str) else "classifier"
+
+
+def _scores_path(config: CompareConfig, extractor: str, seed: int, setting: Setting) -> Path:
+    """One score file per feature space, seed and setting: scores on other features are never mixed."""
+    return config.out / "scores" / extractor / f"seed-{seed}" / f"{setting.folder}.json"
+
+
+def _benchmark_scale(
+    config: CompareConfig, extractor: str, grid: dict[float, list], processes: Processes
+) -> float:
     """w*: the main process scores the grid; the others, which score nothing, wait for its score files."""
 
     def scores(w: float, seed: int) -> Path:
-        return config.out / "scores" / f"seed-{seed}" / f"{Setting(w).folder}.json"
+        return _scores_path(config, extractor, seed, Setting(w))
 
     if not processes.is_main:
         wait_until(
@@ -255,8 +303,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"# atomgen compare: {config['pipeline']} against {config['real']}",
         "",
         f"{config['seeds']} seed(s), {config['samples_per_class']} samples per class per setting; the same "
-        "noise in every setting of a seed. Per-class scores on the dataset classifier's features, averaged "
-        "over classes; accuracy = the classifier agrees with the requested label. Δ = paired difference to "
+        f"noise in every setting of a seed. Per-class scores on {_FEATURES[report.get('extractor', 'classifier')]}"
+        " features, averaged over classes; accuracy = the dataset classifier agrees with the requested label. "
+        "Δ = paired difference to "
         "plain CFG at w*, [95 % t-interval over seeds]; an interval containing 0 is not a result. "
         "report.json holds every score's per-seed values.",
         "",
