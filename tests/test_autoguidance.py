@@ -42,7 +42,6 @@ def test_one_step_is_the_formula_on_class_labels(tmp_path, scale):
 
 
 def test_stable_diffusion_guided_by_a_smaller_unet(tmp_path):
-    pytest.importorskip("transformers")
     pipe = tiny_stable_diffusion(tmp_path)
     weak = tiny_conditional_unet(block_out_channels=(4, 8), norm_num_groups=2)
     z, prompts, w = torch.randn(2, 4, 8, 8, generator=seed()), torch.randn(4, 5, 8, generator=seed(1)), 5.0

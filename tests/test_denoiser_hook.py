@@ -43,7 +43,6 @@ def test_gradient_methods_work_under_inference_mode(method):
 
 
 def test_guided_calls_count_and_a_run_that_guides_nothing_warns(tmp_path, caplog):
-    pytest.importorskip("transformers")
     pipe = img2img(tiny_stable_diffusion(tmp_path))
     image = torch.rand(1, 3, 16, 16, generator=seed())
     run = dict(image=image, num_images_per_prompt=2, num_inference_steps=10, output_type="latent")

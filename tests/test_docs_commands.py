@@ -47,7 +47,6 @@ def test_the_readme_shows_the_same_commands():
 
 
 def test_text_to_image_example_samples_and_scores_by_prompt(tmp_path, monkeypatch):
-    pytest.importorskip("transformers")
     models = tmp_path / "models"
     models.mkdir()
     tiny_stable_diffusion(models)  # saved to models/sd

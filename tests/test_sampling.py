@@ -191,7 +191,6 @@ def test_a_rerun_skips_finished_batches_and_redoes_the_rest(tmp_path):
 
 
 def test_methods_change_the_images_and_are_removed_after_the_run(tmp_path):
-    pytest.importorskip("atomgen.pipelines.methods")
     pipe = quiet(DDIMPipeline(tiny_unet(), DDIMScheduler(clip_sample=False)))
     source = saved(pipe, tmp_path / "ddim")
     options = dict(num_samples=4, batch_size=4, steps=3)

@@ -16,7 +16,6 @@ from atomgen.sampling.compare import CompareConfig, compare, feature_space
 
 @pytest.mark.slow
 def test_compare_end_to_end_and_its_intervals_from_the_per_seed_values(tmp_path):
-    pytest.importorskip("atomgen.pipelines.methods")
     folder = tmp_path / "cfg"  # ten digit classes and the null label, 8×8 like the digits
     AtomClassConditionalPipeline(
         tiny_unet(num_class_embeds=11), DDIMScheduler(clip_sample=False)

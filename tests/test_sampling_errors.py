@@ -74,7 +74,6 @@ def test_options_the_pipeline_does_not_take(tmp_path, ddim_folder):
 
 
 def test_a_method_the_pipeline_cannot_take(tmp_path, ddim_folder):
-    pytest.importorskip("atomgen.pipelines.methods")
     # the guidance interval edits the two halves of classifier-free guidance; DDIMPipeline has none
     refused(ValueError, "interval", ddim_folder, tmp_path / "out", num_samples=2, methods=("interval:0.2",))
 

@@ -48,7 +48,6 @@ def files(out: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_two_processes_write_the_single_process_files(tmp_path):
-    pytest.importorskip("atomgen.pipelines.methods")
     source = tmp_path / "cfg"
     AtomClassConditionalPipeline(
         tiny_unet(num_class_embeds=4), DDIMScheduler(clip_sample=False)
@@ -104,7 +103,6 @@ def test_a_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
 
 @pytest.mark.slow
 def test_compare_under_two_processes_reports_what_one_process_reports(tmp_path):
-    pytest.importorskip("atomgen.pipelines.methods")
     source = tmp_path / "cfg"  # ten digit classes and the null label, 8×8 like the digits
     AtomClassConditionalPipeline(
         tiny_unet(num_class_embeds=11), DDIMScheduler(clip_sample=False)

@@ -112,5 +112,4 @@ def energy_gradient(unet, site: str, z: torch.Tensor, t, **kwargs) -> torch.Tens
 @pytest.fixture(scope="module")
 def sd_pipe(tmp_path_factory) -> StableDiffusionPipeline:
     """A fixture: :func:`tiny_stable_diffusion` once per test module."""
-    pytest.importorskip("transformers")
     return tiny_stable_diffusion(tmp_path_factory.mktemp("sd"))
