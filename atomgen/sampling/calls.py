@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +30,19 @@ from atomgen.seeding import generator, stream_seed
 from .plan import Batch, Conditioning, balanced_counts
 
 Kind = Literal["unconditional", "class", "prompt"]
+# The call's arguments that atomgen sets itself, and the option that sets each (empty: none).
+RESERVED = {
+    "prompt": "--prompts",
+    "class_labels": "--class-labels",
+    "num_images_per_prompt": "--per-prompt",
+    "batch_size": "--batch-size",
+    "num_inference_steps": "--steps",
+    "guidance_scale": "--guidance-scale",
+    "generator": "--seed",
+    "latents": "--seed",
+    "output_type": "",
+    "return_dict": "",
+}
 
 
 def class_count(pipe: DiffusionPipeline) -> int | None:
@@ -57,7 +70,7 @@ class PipelineCall:
         kind: how the pipeline is conditioned.
         num_classes: the class count of a class-conditional pipeline.
         options: ``num_inference_steps`` and ``guidance_scale`` as given (the pipeline's defaults
-            otherwise), ``output_type="np"``.
+            otherwise), the extra keyword arguments given (e.g. DDIM's ``eta``), ``output_type="np"``.
         prepares_latents: whether the pipeline draws its initial noise through ``prepare_latents``.
         takes_batch_size: whether ``__call__`` takes ``batch_size`` (beside class labels, too).
     """
@@ -71,9 +84,22 @@ class PipelineCall:
 
     @classmethod
     def of(
-        cls, pipe: DiffusionPipeline, *, steps: int | None = None, guidance_scale: float | None = None
+        cls,
+        pipe: DiffusionPipeline,
+        *,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> PipelineCall:
-        """Read ``pipe``'s kind, and check that it takes the options given."""
+        """Read ``pipe``'s kind, and check that it takes the options given.
+
+        Args:
+            pipe: the pipeline.
+            steps: ``num_inference_steps`` (``None``: the pipeline's default).
+            guidance_scale: ``guidance_scale`` (``None``: the pipeline's default).
+            extra: more keyword arguments of every call, e.g. ``{"eta": 1.0}`` (``--call-option``); not
+                those atomgen sets itself (the conditioning, the noise, the steps, the scale, the output).
+        """
         name = type(pipe).__name__
         parameters = _parameters(pipe)
         num_classes = class_count(pipe)
@@ -98,6 +124,18 @@ class PipelineCall:
                 options[option] = value if value is not None else default
             elif value is not None:
                 raise ValueError(f"{name} takes no {option}: leave out {flag}")
+        for option, value in (extra or {}).items():
+            if option in RESERVED:
+                raise ValueError(
+                    f"--call-option {option}: atomgen sets {option} itself"
+                    + (f" (use {RESERVED[option]})" if RESERVED[option] else "")
+                )
+            if option not in parameters:
+                raise ValueError(
+                    f"--call-option {option}: {name}.__call__ takes no {option!r}; it takes "
+                    f"{', '.join(sorted(p for p in parameters if p not in RESERVED and p != 'self'))}"
+                )
+            options[option] = value
         prepares = "generator" in _parameters(pipe, "prepare_latents")
         return cls(name, kind, num_classes, options, prepares, "batch_size" in parameters)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--extractor-weights", default=None, help="a folder or hub id for dinov2 or clip")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
+    add_call_option_argument(parser)
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights and activations")
     parser.add_argument("--device", default=None, help="default: each process's GPU, else the CPU")
     parser.add_argument("--trust-remote-code", action="store_true", help="run code that came with the model")
@@ -141,6 +143,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="a sampling-time method (atom, atom-feature, pg, cads, interval, apg, autoguidance); repeat "
         "to combine, e.g. --method atom:0.02 --method interval:0.2",
     )
+    add_call_option_argument(parser)
     parser.add_argument("--npz", action="store_true", help="also write samples.npz (uint8 images, labels)")
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="run code that came with the model (off: refused)"
@@ -169,11 +172,34 @@ def config_from_args(args: argparse.Namespace) -> SampleConfig:
         batch_size=args.batch_size,
         seed=args.seed,
         methods=tuple(args.methods),
+        call_options=dict(args.call_options),
         npz=args.npz,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         progress=not args.no_progress,
     )
+
+
+def add_call_option_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--call-option",
+        dest="call_options",
+        action="append",
+        type=_call_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="another keyword argument of every pipeline call, e.g. eta=1 (a JSON value, else a string)",
+    )
+
+
+def _call_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. eta=1; got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def read_prompts(path: Path) -> tuple[str, ...]:
@@ -210,6 +236,7 @@ def _compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             batch_size=args.batch_size, dtype=args.dtype, device=args.device,
             trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
             progress=not args.no_progress, extractor=args.extractor, extractor_weights=args.extractor_weights,
+            call_options=dict(args.call_options),
         )  # fmt: skip
         compare(config)
     except (ValueError, FileNotFoundError, OSError) as error:

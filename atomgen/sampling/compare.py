@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ class CompareConfig:
             ``"dinov2"``, ``"clip"`` or ``"inception"``; ``None``: ``dinov2`` when its weights are
             available offline (``extractor_weights`` or the hub cache), else ``classifier``.
         extractor_weights: a folder or hub id for ``dinov2``/``clip``.
-        batch_size, dtype, device, trust_remote_code, allow_pickle, progress: as for ``atomgen sample``.
+        batch_size, dtype, device, call_options, trust_remote_code, allow_pickle, progress: as for
+            ``atomgen sample``.
     """
 
     pipeline: str
@@ -93,6 +95,7 @@ class CompareConfig:
     progress: bool = True
     extractor: str | None = None
     extractor_weights: str | None = None
+    call_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from atomgen.pipelines.methods import parse_method
@@ -148,25 +151,23 @@ def compare(config: CompareConfig) -> dict[str, Any] | None:
     extractor = feature_space(config.extractor, config.extractor_weights)
     logger.info("scores on %s features", extractor)
 
-    def rows(setting: Setting) -> list[dict[str, float]]:
+    def score(images: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
         nonlocal scorer
+        if scorer is None:  # built on first use: a finished run reads its cached scores only
+            scorer = ClassScorer.for_dataset(
+                config.real, images.shape[-1], None, pipe.device,
+                extractor=None if extractor == "classifier" else extractor, weights=config.extractor_weights,
+            )  # fmt: skip
+        return scorer(images, labels)
+
+    def rows(setting: Setting) -> list[dict[str, float]]:
         result = []
         for seed in range(config.seeds):
             folder = config.out / "samples" / f"seed-{seed}" / setting.folder
-            sample(_sample_config(config, call, folder, seed, setting), pipe=pipe)
-            if not processes.is_main:
-                continue
             cache = _scores_path(config, extractor, seed, setting)
-            if not cache.is_file():
-                images, labels = read_samples(folder)
-                if scorer is None:
-                    scorer = ClassScorer.for_dataset(
-                        config.real, images.shape[-1], None, pipe.device,
-                        extractor=None if extractor == "classifier" else extractor,
-                        weights=config.extractor_weights,
-                    )  # fmt: skip
-                write_json(cache, scorer(images, labels))
-            result.append(json.loads(cache.read_text()))
+            scores = sample_and_score(_sample_config(config, call, folder, seed, setting), pipe, cache, score)
+            if scores is not None:
+                result.append(scores)
         return result
 
     grid = {w: rows(Setting(w)) for w in sorted(config.scales)}
@@ -182,13 +183,35 @@ def compare(config: CompareConfig) -> dict[str, Any] | None:
     return report
 
 
+def sample_and_score(
+    config: SampleConfig,
+    pipe: Any,
+    cache: Path,
+    score: Callable[[torch.Tensor, np.ndarray], dict[str, float]],
+) -> dict[str, float] | None:
+    """One setting of one seed: sample it through :func:`sample` (sharded over the processes, resumable,
+    nothing to do when finished), then on the main process score the written images with ``score``
+    (images in [0, 1], their class labels) and cache the scores in ``cache``. The benchmarks in
+    ``bench/`` score every setting through this function, so their numbers are ``compare``'s.
+
+    Returns:
+        the scores (``None`` on processes other than the main one).
+    """
+    sample(config, pipe=pipe)
+    if not Processes.from_environment().is_main:
+        return None
+    if not cache.is_file():
+        write_json(cache, score(*read_samples(config.out)))
+    return json.loads(cache.read_text())
+
+
 def _sample_config(config: CompareConfig, call: PipelineCall, folder: Path, seed: int, setting: Setting):
     assert call.num_classes is not None
     return SampleConfig(
         config.pipeline, folder, num_samples=call.num_classes * config.samples_per_class,
         guidance_scale=setting.scale, steps=config.steps, dtype=config.dtype, device=config.device,
         batch_size=config.batch_size, seed=seed, methods=(setting.method,) if setting.method else (),
-        progress=config.progress,
+        call_options=dict(config.call_options), progress=config.progress,
     )  # fmt: skip
 
 
@@ -372,4 +395,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
     front_plot(panels, path)
 
 
-__all__ = ["DATASETS", "METRICS", "CompareConfig", "Setting", "build_report", "compare", "read_samples"]
+__all__ = [
+    "DATASETS",
+    "METRICS",
+    "CompareConfig",
+    "Setting",
+    "build_report",
+    "compare",
+    "read_samples",
+    "sample_and_score",
+]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,8 @@ class SampleConfig:
         batch_size: the most images in one pipeline call.
         seed: the run's seed; with the batch index it keys every batch's noise.
         methods: sampling-time methods by name, ``NAME[:SCALE][,KEY=VALUE…]`` (the method registry).
+        call_options: more keyword arguments of every pipeline call, e.g. ``{"eta": 1.0}`` for DDIM's
+            ancestral sampling.
         npz: also write ``samples.npz`` (``images``: uint8 ``(N, H, W, C)``; ``labels`` or ``prompts``).
         trust_remote_code: run code that came with the model.
         allow_pickle: load pickled weights where no safetensors exist.
@@ -82,6 +84,7 @@ class SampleConfig:
     batch_size: int = 16
     seed: int = 0
     methods: tuple[str, ...] = ()
+    call_options: dict[str, Any] = field(default_factory=dict)
     npz: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -102,7 +105,8 @@ class SampleConfig:
 
     def settings(self, call: PipelineCall, num_samples: int) -> dict[str, Any]:
         """The manifest's ``settings``: the options that decide the images, defaults resolved."""
-        return {
+        extra = {"call_options": dict(self.call_options)} if self.call_options else {}
+        return extra | {
             "methods": list(self.methods),
             "guidance_scale": call.options.get("guidance_scale"),
             "steps": call.options.get("num_inference_steps"),
@@ -147,7 +151,9 @@ def sample(config: SampleConfig, *, pipe: DiffusionPipeline | None = None) -> di
     try:
         if config.scheduler is not None:
             pipe.scheduler = _scheduler(pipe, config.scheduler)
-        call = PipelineCall.of(pipe, steps=config.steps, guidance_scale=config.guidance_scale)
+        call = PipelineCall.of(
+            pipe, steps=config.steps, guidance_scale=config.guidance_scale, extra=config.call_options
+        )
         conditionings = call.conditionings(
             config.num_samples,
             class_labels=config.class_labels,
