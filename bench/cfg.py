@@ -7,7 +7,7 @@ mnist5k, confirmed untouched on Fashion-MNIST.
     python bench/cfg.py --out /tmp/cfg --dry-run             # every code path at toy sizes
     python bench/cfg.py --out runs/cfg-gpu --preset gpu      # bench/gpu.sh: larger sets, more steps
 
-Stages, each resumable (a finished model or score file is never redone):
+Stages, each resumable (a finished model, batch of samples or score file is never redone):
 
 1. **Models**: per dataset and seed ``k``, ``<out>/<dataset>/seed<k>/model``, exactly what
    ``atomgen train configs/<dataset>-cfg.yaml --set train.seed=<k> --set train.output_dir=<that folder>``
@@ -26,15 +26,19 @@ Stages, each resumable (a finished model or score file is never redone):
    (:attr:`Preset.variant_scales`), paired by seed with the baseline models.
 4. **Confirmation**: the chosen strengths, unchanged, at the other dataset's own ``w*``.
 
-Every setting of one seed samples the same classes from the same initial noise and the same noise at
-every step (ancestral DDIM, η = 1: :attr:`Preset.eta`), drawn from independent streams
-(:func:`atomgen.seeding.generator` keyed by seed, purpose, class and batch; CADS's own draws too), so
-the comparison with plain CFG is paired. Every batch holds one class, so batch methods (atom guidance, Particle Guidance) repel
-samples of the same class only. Scores are per class against that class's real images on the dataset
-classifier's features, averaged over classes; class accuracy is the share of samples the classifier gives
-the requested label. The report gives mean ± std over seeds, the per-seed values in the JSON, the paired
-difference to plain CFG at the same ``w`` with a 95 % t-interval, and every setting's recall gain over
-CFG's front on both axes, precision and class accuracy (:mod:`atomgen.benchmark.stats`).
+Every setting is sampled and scored exactly as ``atomgen compare --extractor classifier --call-option
+eta=1`` samples and scores one (:func:`atomgen.sampling.compare.sample_and_score`): ``atomgen sample``
+into ``<out>/<dataset>/seed<k>/samples/<setting>/`` with the seed ``k``, which with the batch index keys
+the initial noise, the noise of every step (ancestral DDIM, η = 1: :attr:`Preset.eta`) and the global
+RNG that CADS draws from, from independent streams (:mod:`atomgen.seeding`). So every setting of a seed
+starts from the same latents and draws the same noise: the comparison with plain CFG is paired. Batch
+methods (atom guidance, Particle Guidance) act within the images of one class of a batch (the group of
+their conditioning), so they never repel samples of different classes. Scores, read back from the PNG
+files, are per class against that class's real images on the dataset classifier's features, averaged
+over classes; class accuracy is the share of samples the classifier gives the requested label. The
+report gives mean ± std over seeds, the per-seed values in the JSON, the paired difference to plain CFG
+at the same ``w`` with a 95 % t-interval, and every setting's recall gain over CFG's front on both axes,
+precision and class accuracy (:mod:`atomgen.benchmark.stats`).
 
 Cost of the CPU preset, measured on this project's 2-core machine while it ran about six other jobs (load
 6.6–7.5): sampling 200 images of one class at w = 1.5 with 15 steps took 33 s on one thread, scoring
@@ -55,7 +59,6 @@ import logging
 import statistics
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +69,8 @@ import torch
 from atomgen.benchmark import guidance_report, stats
 from atomgen.benchmark.report import machine, summary, write_reports
 from atomgen.benchmark.scoring import ClassScorer
-from atomgen.seeding import generator, stream_seed
+from atomgen.sampling import SampleConfig
+from atomgen.sampling.compare import sample_and_score
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, not a package
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,8 +87,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "atom0.1": ("separation.method=atom", "separation.weight=0.1"),
     "atom-class0.3": ("separation.method=atom", "separation.weight=0.3", "separation.within_class=true"),
 }
-# How a setting is sampled, stored with its scores: a score file of another protocol is redone.
-PROTOCOL = "one class per batch; noise from atomgen.seeding streams (seed, purpose, class, batch)"
 RANGE_ENDS = {"apg": 0.0}  # a strength at the end of the method's own range: its sweep cannot go further
 
 
@@ -121,7 +123,7 @@ class Preset:
     guide_scales: tuple[float, ...] = (1.5, 2.0, 2.5)  # autoguidance's own w grid
     variants: tuple[str, ...] = tuple(VARIANTS)
     variant_scales: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0)  # their grid: w = 1 (CFG off) up past w*
-    batch_size: int = 500  # at most; a batch never mixes classes
+    batch_size: int = 500  # at most; batch methods act within each class of a batch
     tune_seeds: int | None = 1  # the strength sweeps' seeds (None: all); the chosen strengths on all
     # config overrides after the seed's and variant's: none in the CPU and GPU presets, so their models
     # are exactly those of the training command above
@@ -209,38 +211,19 @@ def specs(setting: Setting, guide: Path | None = None) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ sampling
-def sample(
-    pipe: Any, setting: Setting, seed: int, preset: Preset, classes: int, guide: Path | None = None
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Balanced samples of every class, in [0, 1], and their requested labels. Every batch holds one
-    class; its initial and step noise depend on the seed, the class and the batch only, so every setting
-    of a seed starts from the same latents and draws the same noise."""
-    eta = 0.0 if getattr(pipe, "is_flow_matching", False) else preset.eta  # flow: deterministic Euler
-    images, labels = [], []
-    with ExitStack() as installed:  # the setting's methods, through the registry; removed afterwards
-        if texts := specs(setting, guide):
-            from atomgen.pipelines.methods import install_methods
-
-            for handle in install_methods(pipe, texts):
-                installed.callback(handle.remove)
-        for label in range(classes):
-            for chunk, start in enumerate(range(0, preset.samples_per_class, preset.batch_size)):
-                size = min(preset.batch_size, preset.samples_per_class - start)
-                latents = pipe.prepare_latents(size, generator(seed, "initial-noise", label, chunk))
-                # CADS draws its noise from torch's global generator: seeded per batch, from its own stream
-                torch.manual_seed(stream_seed(seed, "method-noise", label, chunk))
-                out = pipe(
-                    class_labels=torch.full((size,), label),
-                    guidance_scale=setting.scale,
-                    num_inference_steps=preset.inference_steps,
-                    eta=eta,
-                    generator=generator(seed, "step-noise", label, chunk),
-                    latents=latents,
-                    output_type="pt",
-                )
-                images.append(out.images.cpu())
-                labels.append(np.full(size, label))
-    return torch.cat(images), np.concatenate(labels)
+def sample_config(
+    pipeline: Path, folder: Path, setting: Setting, seed: int, preset: Preset, classes: int, flow: bool,
+    guide: Path | None = None, progress: bool = False,
+) -> SampleConfig:  # fmt: skip
+    """The ``atomgen sample`` run of one setting and seed: ``samples_per_class`` images of every class,
+    the setting's methods through the registry, and a seed that keys every batch's noise, so every
+    setting of a seed starts from the same latents and draws the same noise (paired settings)."""
+    eta = 0.0 if flow else preset.eta  # flow models: deterministic Euler steps, no η
+    return SampleConfig(
+        str(pipeline), folder, num_samples=classes * preset.samples_per_class, guidance_scale=setting.scale,
+        steps=preset.inference_steps, batch_size=preset.batch_size, seed=seed,
+        methods=tuple(specs(setting, guide)), call_options={"eta": eta}, progress=progress,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ the runs
@@ -297,45 +280,42 @@ class Bench:
         return tuple(g for g in self.preset.guides if g in saved)
 
     def path(self, dataset: str, seed: int, setting: Setting) -> Path:
-        return self.out / dataset / f"seed{seed}" / "scores" / f"{setting.name}.json"
-
-    @staticmethod
-    def cached(path: Path) -> bool:
-        """Whether ``path`` holds scores sampled under :data:`PROTOCOL` (others are redone, never mixed)."""
-        return path.is_file() and json.loads(path.read_text()).get("protocol") == PROTOCOL
+        """The setting's scores: on the dataset classifier's features, as ``atomgen compare
+        --extractor classifier`` writes them."""
+        return self.out / dataset / f"seed{seed}" / "scores" / "classifier" / f"{setting.name}.json"
 
     def score(self, dataset: str, seed: int, setting: Setting, pipes: dict[str, Any]) -> dict[str, float]:
         path = self.path(dataset, seed, setting)
-        if self.cached(path):
-            return json.loads(path.read_text())["scores"]
-        from atomgen.io import write_json
-
+        if path.is_file():
+            return json.loads(path.read_text())
         if setting.model not in pipes:  # loaded once per seed and model, only when something is missing
             pipes[setting.model] = self.pipeline(dataset, seed, setting.model)
+        pipe = pipes[setting.model]
         config = self.config(dataset, seed, setting.model)
-        if dataset not in self.scorers:
-            self.scorers[dataset] = ClassScorer.for_dataset(
-                dataset, config.data.resolution, config.data.limit, self.device
-            )
         guide = None
         if setting.guide is not None:
             guide = self.run_dir(dataset, seed) / "snapshots" / f"step-{setting.guide}" / "pipeline"
+        run = sample_config(
+            self.run_dir(dataset, seed, setting.model) / "pipeline",
+            self.out / dataset / f"seed{seed}" / "samples" / setting.name,
+            setting, seed, self.preset, config.model.num_classes,
+            flow=getattr(pipe, "is_flow_matching", False), guide=guide, progress=self.progress,
+        )  # fmt: skip
+
+        def score(images: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
+            if dataset not in self.scorers:
+                self.scorers[dataset] = ClassScorer.for_dataset(
+                    dataset, config.data.resolution, config.data.limit, self.device
+                )
+            return self.scorers[dataset](images, labels)
+
         started = time.perf_counter()
-        classes = config.model.num_classes
-        images, labels = sample(pipes[setting.model], setting, seed, self.preset, classes, guide)
-        seconds = time.perf_counter() - started
-        scores = self.scorers[dataset](images, labels)
-        write_json(
-            path,
-            {
-                "setting": dataclasses.asdict(setting),
-                "protocol": PROTOCOL,
-                "scores": scores,
-                "sample_seconds": seconds,
-            },
-        )
+        scores = sample_and_score(run, pipe, path, score)
+        assert scores is not None  # one process
         brief = ", ".join(f"{m} {scores[m]:.3f}" for m in METRICS)
-        logger.info("%s seed %d %s: %s", dataset, seed, setting.name, brief)
+        logger.info(
+            "%s seed %d %s (%.0f s): %s", dataset, seed, setting.name, time.perf_counter() - started, brief
+        )
         return scores
 
     def scores(self, dataset: str, settings: list[Setting], seeds: int | None = None) -> Table:
@@ -343,7 +323,7 @@ class Bench:
         seeds that have every setting scored already."""
         table: Table = {s: [] for s in settings}
         for seed in range(min(seeds or self.preset.seeds, self.preset.seeds)):
-            if self.cached_only and not all(self.cached(self.path(dataset, seed, s)) for s in settings):
+            if self.cached_only and not all(self.path(dataset, seed, s).is_file() for s in settings):
                 break  # the seeds stay consecutive, so that every table is paired
             pipes: dict[str, Any] = {}
             for setting in settings:

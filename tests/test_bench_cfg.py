@@ -4,19 +4,15 @@ its dry run covers every stage end to end."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 from bench_scripts import load_bench
-from tiny import quiet, tiny_unet
 
 from atomgen.benchmark.stats import paired_interval
-from atomgen.seeding import stream_seed
 from atomgen.train.config import ExperimentConfig
 
 ROOT = Path(__file__).parent.parent
@@ -71,27 +67,17 @@ def test_setting_names_and_registry_specs(cfg):
         cfg.specs(auto)
 
 
-def test_sampling_draws_one_class_per_batch_from_independent_streams(cfg):
-    for label, chunk in [(0, 0), (3, 1)]:  # seed 0: the streams of every purpose differ
-        seeds = {stream_seed(0, p, label, chunk) for p in ("initial-noise", "step-noise")}
-        assert len(seeds) == 2
-    from diffusers import DDIMScheduler
-
-    from atomgen.pipelines import AtomClassConditionalPipeline
-
-    scheduler = DDIMScheduler(clip_sample=False, prediction_type="v_prediction")
-    pipe = quiet(AtomClassConditionalPipeline(tiny_unet(num_class_embeds=11), scheduler))
-    preset = dataclasses.replace(cfg.Preset.named("dry-run"), samples_per_class=3, batch_size=2)
-    setting = cfg.Setting("cfg", 2.0)
-    images, labels = cfg.sample(pipe, setting, 0, preset, classes=3)
-    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and images.shape[0] == 9
-    again, _ = cfg.sample(pipe, setting, 0, preset, classes=3)
-    assert torch.equal(images, again)  # a function of the seed
-    other, _ = cfg.sample(pipe, setting, 1, preset, classes=3)
-    assert not torch.equal(images, other)
-    # A class's samples depend on its own batches only: the same with fewer classes beside it.
-    fewer, _ = cfg.sample(pipe, setting, 0, preset, classes=2)
-    assert torch.equal(fewer, images[:6])
+def test_a_setting_is_an_atomgen_sample_run(cfg, tmp_path):
+    """Every setting is sampled by `atomgen sample`: the seed keys the noise, the methods go through the
+    registry, and DDIM's η through the call options (0 for a flow)."""
+    preset = cfg.Preset.named("cpu")
+    setting = cfg.Setting("atom+interval", 1.5, parts=(("atom", 0.05), ("interval", 0.2)))
+    run = cfg.sample_config(tmp_path / "pipeline", tmp_path / "out", setting, 2, preset, 10, flow=False)
+    assert (run.seed, run.guidance_scale, run.steps, run.batch_size) == (2, 1.5, 15, 500)
+    assert run.num_samples == 2000 and run.methods == ("atom:0.05", "interval:0.2")
+    assert run.call_options == {"eta": 1.0}
+    flow = cfg.sample_config(tmp_path / "p", tmp_path / "o", setting, 0, preset, 10, flow=True)
+    assert flow.call_options == {"eta": 0.0}
 
 
 METRICS = ("fid", "precision", "recall", "density", "coverage", "vendi", "lpips", "accuracy")
@@ -162,11 +148,24 @@ def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
     for name, gaps in part["front"].items():
         gap = gaps["precision"]
         assert gap["gain"]["mean"] == pytest.approx(paired_interval(gap["gains"]).mean), name
+    # `atomgen compare` on a benchmark model reproduces the benchmark's scores: the same runs, the same scorer.
+    out, w = tmp_path / "compare", part["benchmark_scale"]
+    compare = [sys.executable, "-m", "atomgen", "compare", str(tmp_path / "mnist5k" / "seed0" / "model")]
+    compare += ["--real", "mnist5k", "--out", str(out), "--extractor", "classifier", "--seeds", "1"]
+    compare += ["--samples-per-class", "6", "--steps", "2", "--batch-size", "4", "--call-option", "eta=1"]
+    run([*compare, "--scales", "1", "2", "3", "--method", f"pg:{part['chosen']['pg']:g}", "--no-progress"])
+    report = json.loads((out / "report.json").read_text())
+    for row, benchmark in zip(report["grid"], part["grid"], strict=True):
+        assert {m: row[m]["values"][0] for m in METRICS} == {m: benchmark[m]["values"][0] for m in METRICS}
+    if report["benchmark_scale"] == w:
+        chosen = part["chosen"]["pg"]
+        (pg,) = [r for r in part["methods"] if r["setting"] == f"pg-{chosen:g}-w{w:g}"]
+        assert report["methods"][0]["recall"]["values"][0] == pg["recall"]["values"][0]
     markdown = (tmp_path / "cfg.md").read_text()
-    assert "### Targets" in markdown and "Every batch holds one class" in markdown
+    assert "### Targets" in markdown and "act within one class" in markdown
     assert "above (accuracy axis)" in markdown and "Trained variants" in markdown
     assert (tmp_path / "cfg-front.png").stat().st_size > 0
-    scores_written = sorted((tmp_path / "mnist5k").glob("seed*/scores/*.json"))
+    scores_written = sorted((tmp_path / "mnist5k").glob("seed*/scores/classifier/*.json"))
     stamps = [path.stat().st_mtime_ns for path in scores_written]
     run(command)
     assert [path.stat().st_mtime_ns for path in scores_written] == stamps  # a second run redoes nothing
@@ -177,11 +176,11 @@ def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
     assert "methods" not in part and len(part["grid"]) == 3
     assert "### Methods" not in (tmp_path / "cfg.md").read_text()
     # --cached-only: an interim report from the seeds whose scores are all written; samples nothing.
-    (tmp_path / "mnist5k" / "seed1" / "scores" / "cfg-w2.json").unlink()
+    (tmp_path / "mnist5k" / "seed1" / "scores" / "classifier" / "cfg-w2.json").unlink()
     run([*command, "--cached-only"])
     part = json.loads((tmp_path / "cfg.json").read_text())["datasets"]["mnist5k"]
     assert part["seeds"] == 1 and "Interim: 1 of 2 model seeds" in (tmp_path / "cfg.md").read_text()
-    assert not (tmp_path / "mnist5k" / "seed1" / "scores" / "cfg-w2.json").exists()
+    assert not (tmp_path / "mnist5k" / "seed1" / "scores" / "classifier" / "cfg-w2.json").exists()
 
 
 @pytest.mark.slow

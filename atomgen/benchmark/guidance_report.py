@@ -37,9 +37,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"Models: configs/<dataset>-{report.get('model', 'cfg')}.yaml, {preset['seeds']} model seed(s); "
         f"{preset['samples_per_class']} samples per class per setting (10 classes), "
         f"{preset['inference_steps']} sampling steps (DDIM with η = {preset['eta']:g}; a rectified flow: "
-        "Euler), the same noise for every setting of a seed (independent streams per seed, class and "
-        "batch). **Every batch holds one class**, so batch methods (atom guidance, Particle Guidance) "
-        "repel samples of the same class only. Per-class scores on the dataset classifier's features, "
+        "Euler), the same noise for every setting of a seed (independent streams per seed and batch), "
+        "sampled and scored as `atomgen compare --extractor classifier` does. **Batch methods (atom "
+        "guidance, Particle Guidance) act within one class**: they repel samples of the same class only. "
+        "Per-class scores on the dataset classifier's features, "
         "averaged over classes; accuracy = the classifier agrees with the requested label. Δ = paired "
         "difference to the baseline models' plain CFG at the same w, [95 % t-interval over seeds]; an "
         "interval containing 0 is not a result. The JSON holds every score's per-seed values.",
