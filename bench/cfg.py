@@ -23,7 +23,8 @@ Stages, each resumable (a finished model, batch of samples or score file is neve
    the interval, APG and autoguidance), **autoguidance** over its own ``w`` grid (guided by the same
    seed's baseline snapshot at step 500 or 1000 instead of the unconditional prediction), and the
    **trained variants** with plain CFG from ``w = 1`` (CFG off) to past ``w*``
-   (:attr:`Preset.variant_scales`), paired by seed with the baseline models.
+   (:attr:`Preset.variant_scales`), paired by seed with the baseline models: every variant on the tuning
+   seed, then the one with the largest recall gain over CFG's front on all seeds (:meth:`Bench.variants`).
 4. **Confirmation**: the chosen strengths, unchanged, at the other dataset's own ``w*``.
 
 Every setting is sampled and scored exactly as ``atomgen compare --extractor classifier --call-option
@@ -43,11 +44,13 @@ precision and class accuracy (:mod:`atomgen.benchmark.stats`).
 Cost of the CPU preset, measured on this project's 2-core machine while it ran about six other jobs (load
 6.6–7.5): sampling 200 images of one class at w = 1.5 with 15 steps took 33 s on one thread, scoring
 2,000 images 20 s; on a free core about a third of that, so a guided setting (2,000 images) costs about
-2 minutes and an unguided one about 1. A model trains in about 33 minutes on one core (3,000 steps at
-0.65 s, two trainings side by side). Per dataset: 12 models (the baseline and 3 variants, 3 seeds) and
-about 110 settings on mnist5k (on 3 seeds: 6 grid points, 6 methods, 6 autoguidance settings, 3 × 4
-variant grid points, atom + interval; 21 sweep points, atom + APG and atom + autoguidance on one), 95 on
-Fashion-MNIST: about 13 core-hours of training and 7 of sampling and scoring, about 10 hours on 2 cores.
+2 minutes and an unguided one about 1. A baseline model trains in about 33 minutes on one core (3,000
+steps at 0.65 s, two trainings side by side), a model with atom separation in about twice that. Models:
+on mnist5k the 3 baselines, the 3 variants on seed 0 and the chosen one on seeds 1–2; on Fashion-MNIST
+the 3 baselines and the chosen variant on 3 seeds: about 11 core-hours. Settings: about 107 on mnist5k
+(on 3 seeds: 6 grid points, 7 methods, 6 autoguidance settings, atom + interval, the chosen variant's 4
+grid points; on seed 0: 25 sweep points, the other variants, atom + APG and atom + autoguidance) and
+about 74 on Fashion-MNIST: about 6 core-hours. About 9 hours on 2 cores in all.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import statistics
 import sys
 import time
@@ -123,6 +127,7 @@ class Preset:
     guide_scales: tuple[float, ...] = (1.5, 2.0, 2.5)  # autoguidance's own w grid
     variants: tuple[str, ...] = tuple(VARIANTS)
     variant_scales: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0)  # their grid: w = 1 (CFG off) up past w*
+    variant_tune_seeds: int | None = 1  # every variant on these seeds (None: all); the chosen one on all
     batch_size: int = 500  # at most; batch methods act within each class of a batch
     tune_seeds: int | None = 1  # the strength sweeps' seeds (None: all); the chosen strengths on all
     # config overrides after the seed's and variant's: none in the CPU and GPU presets, so their models
@@ -140,6 +145,7 @@ class Preset:
                 inference_steps=25,
                 guide_scales=(1.25, 1.5, 2.0, 2.5, 3.0),
                 variant_scales=cls.scales,
+                variant_tune_seeds=None,
                 combined=tuple((name, None) for name, _ in cls.combined),  # every combination on all seeds
                 batch_size=5000,
                 tune_seeds=None,
@@ -154,7 +160,7 @@ class Preset:
                 strengths=tuple((m, s[:2]) for m, s in cls.strengths),
                 guides=(2,),
                 guide_scales=(2.0,),
-                variants=("atom-class0.3",),
+                variants=("atom-class0.3", "atom0.3"),
                 variant_scales=(1.0, 2.0),
                 batch_size=4,
                 overrides=toy,
@@ -389,8 +395,7 @@ class Bench:
             guide, scale = tuned["guide"] if "autoguidance" in name else (None, w)
             setting = Setting(name, scale, parts=parts, guide=guide)
             table |= self.scores(dataset, [setting], _at_most(count, seeds))
-        variants = [Setting("cfg", s, model=v) for v in preset.variants for s in preset.variant_scales]
-        table |= self.scores(dataset, variants, seeds)
+        table |= self.variants(dataset, tuned, by_scale, seeds)
         table = {s: rows for s, rows in table.items() if rows}  # none yet: --cached-only
         shown = {**sweeps, **table} if dataset == tuned["on"] else table
         part |= {
@@ -398,6 +403,7 @@ class Bench:
             "chosen": chosen,
             "ends": _ends(chosen, preset.strengths),
             "guide": tuned.get("guide"),
+            "variant": tuned.get("variant"),
             "methods": _rows(shown, by_scale),
             "targets": stats.recovery(
                 by_scale[min(by_scale)],
@@ -413,6 +419,40 @@ class Bench:
             },
         }
         return part
+
+    def variants(
+        self, dataset: str, tuned: dict[str, Any], by_scale: dict[float, list[dict[str, float]]], seeds: int
+    ) -> Table:
+        """The trained variants over :attr:`Preset.variant_scales`: every one on the tuning seeds of the
+        first dataset, then the one with the largest mean recall gain over CFG's front there (on either
+        axis, at any of its ``w``, with the other axis matched) on every seed and on the other datasets,
+        as the methods' strengths are chosen and confirmed."""
+        preset = self.preset
+
+        def settings(variant: str) -> list[Setting]:
+            return [Setting("cfg", w, model=variant) for w in preset.variant_scales]
+
+        trials: Table = {}
+        if preset.variants and "variant" not in tuned:
+            tune = _at_most(preset.variant_tune_seeds, seeds)
+            trials = self.scores(dataset, [s for v in preset.variants for s in settings(v)], tune)
+            if any(not rows for rows in trials.values()):
+                return trials  # --cached-only, and the trials are not all scored yet
+            front = stats.grid_by_seed(by_scale)
+
+            def gain(variant: str) -> float:
+                gaps = [g for s in settings(variant) for g in stats.front_gaps(front, trials[s]).values()]
+                matched = [
+                    g.gain.mean
+                    for g in gaps
+                    if g.other_diff is None or g.other_diff.mean >= -stats.OTHER_AXIS_SLACK
+                ]
+                return max(matched, default=-math.inf)
+
+            tuned["variant"] = max(preset.variants, key=gain)
+        if "variant" not in tuned:
+            return trials
+        return trials | self.scores(dataset, settings(tuned["variant"]), seeds)
 
 
 def _ends(chosen: dict[str, float], strengths: tuple[tuple[str, tuple[float, ...]], ...]) -> dict[str, str]:

@@ -127,12 +127,14 @@ def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
     methods = {row["method"] for row in part["methods"]}
     assert {"interval", "apg", "cads", "pg", "atom", "atom-feature", "atom+interval", "atom+apg"} <= methods
     assert {"autoguidance", "atom+autoguidance"} <= methods and part["guide"] == [2, 2.0]
-    assert {row["model"] for row in part["methods"]} == {"", "atom-class0.3"}
-    assert (
-        tmp_path / "mnist5k" / "seed1" / "model-atom-class0.3" / "pipeline" / "model_index.json"
-    ).is_file()
+    assert {row["model"] for row in part["methods"]} == {"", "atom-class0.3", "atom0.3"}
+    # every variant on the tuning seed; the chosen one on both seeds
+    seeds = {row["model"]: len(row["recall"]["values"]) for row in part["methods"] if row["model"]}
+    assert seeds[part["variant"]] == 2 and sorted(seeds.values()) == [1, 2]
+    assert f"Trained variant on every seed: {part['variant']}" in (tmp_path / "cfg.md").read_text()
+    assert (tmp_path / "mnist5k" / "seed1" / f"model-{part['variant']}" / "pipeline").is_dir()
     assert {"atom", "atom-feature", "atom+interval", "atom+apg"} <= set(part["targets"])
-    assert "trained-atom-class0.3-cfg-w1" in part["front"] and "autoguidance-step2-w2" in part["front"]
+    assert f"trained-{part['variant']}-cfg-w1" in part["front"] and "autoguidance-step2-w2" in part["front"]
     assert any(name.startswith("atom+interval-") for name in part["front"])
     for gaps in part["front"].values():
         assert set(gaps) == {"precision", "accuracy"}

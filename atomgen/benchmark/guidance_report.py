@@ -85,6 +85,12 @@ def choices(part: dict[str, Any]) -> list[str]:
     if part.get("ends"):
         ends = ", ".join(f"{m} (at the {end} of its sweep)" for m, end in part["ends"].items())
         lines += ["", f"**Not bracketed**: {ends}; extend the sweep before trusting the choice."]
+    if part.get("variant"):
+        lines += [
+            "",
+            f"Trained variant on every seed: {part['variant']} (of the variants trained on the tuning seed, "
+            "the largest mean recall gain over CFG's front, on either axis with the other matched).",
+        ]
     if part.get("guide"):
         step, scale = part["guide"]
         lines += [
