@@ -9,7 +9,7 @@
 #                                        autoguidance from the baseline's step-500/1000 snapshots; hours)
 #   bench/gpu.sh RESULTS_DIR --cfg-flow  instead: the same on the class-conditional DiT rectified flows
 #                                        (bench/cfg.py --model flow-dit --preset gpu; no trained variants,
-#                                        autoguidance only where the config snapshots its guides)
+#                                        autoguidance from the step-500/1000 snapshots)
 #   bench/gpu.sh RESULTS_DIR --attribution   instead: the attribution benchmark at its GPU preset
 #                                        (bench/attribution.py --preset gpu: 5 seeds per dataset, then
 #                                        two separation variants against it; long)
