@@ -11,6 +11,9 @@ import atomgen.benchmark.report
 import atomgen.benchmark.stats
 from atomgen.benchmark.report import summary
 from atomgen.benchmark.stats import (
+    CLIP_SCORE_SLACK,
+    PROMPT_AXES,
+    RISES,
     Interval,
     admissible,
     benchmark_scale,
@@ -125,6 +128,49 @@ def test_a_setting_beats_the_front_only_with_an_interval_above_zero_and_the_othe
     assert both["accuracy"].to_dict()["gains"] == pytest.approx(both["accuracy"].gains)
     with pytest.raises(ValueError, match="axis must be one of"):
         front_gap(grids, better, "recall")
+
+
+def test_prompt_pipelines_use_the_clip_score_with_its_own_thresholds():
+    # w*: the CLIP score (0–100) rises by 0.5 then by 0.05, below CLIP_SCORE_RISE: saturation at w = 3
+    assert benchmark_scale({1.0: 30.0, 3.0: 30.5, 5.0: 30.55}, rise=RISES["clip_score"]) == 3.0
+    # matched adherence: the CLIP score at most CLIP_SCORE_SLACK (0.5 point) lower, precision within 0.01
+    plain = {"precision": 0.80, "recall": 0.50, "clip_score": 31.0, "dino_distance": 0.30}
+    close = {"precision": 0.795, "recall": 0.60, "clip_score": 31.0 - CLIP_SCORE_SLACK, "dino_distance": 0.4}
+    far = {"precision": 0.80, "recall": 0.70, "clip_score": 30.4, "dino_distance": 0.5}
+    assert admissible(close, plain, PROMPT_AXES) and not admissible(far, plain, PROMPT_AXES)
+    assert choose_strength({0.1: close, 0.2: far}, plain, PROMPT_AXES) == 0.1
+    # without reference images: the CLIP score alone is matched, the gain is the spread within a prompt
+    spread_only = {0.1: close, 0.2: far | {"clip_score": 30.6}}
+    assert choose_strength(spread_only, plain, ("clip_score",), "dino_distance") == 0.2
+    # nothing admissible: the best on the first axis, here the CLIP score itself
+    assert (
+        choose_strength({0.2: far, 0.4: far | {"clip_score": 29.0}}, plain, ("clip_score",), "dino_distance")
+        == 0.2
+    )
+    with pytest.raises(ValueError, match="the front's axes must be one or two of"):
+        admissible(close, plain, ("recall",))
+
+
+def test_a_front_on_the_clip_score_alone_and_on_precision_with_the_clip_score_held():
+    def point(clip: float, spread: float, precision: float = 0.9) -> dict[str, float]:
+        return {"clip_score": clip, "dino_distance": spread, "precision": precision, "recall": spread}
+
+    grid = [point(30.0, 0.40, 0.90), point(31.0, 0.30, 0.94), point(32.0, 0.20, 0.96)]  # along w
+    better = [point(30.5, 0.35 + gain) for gain in (0.03, 0.04, 0.05)]  # the front is at 0.35 there
+    gap = front_gap([grid] * 3, better, "clip_score", ("clip_score",), "dino_distance")
+    assert gap.other is None and gap.other_diff is None and gap.other_diffs == []
+    assert gap.gain.mean == pytest.approx(0.04) and gap.beats and gap.gain_metric == "dino_distance"
+    assert gap.to_dict()["other_diff"] is None and gap.to_dict()["gain_metric"] == "dino_distance"
+    assert set(front_gaps([grid] * 3, better, ("clip_score",), "dino_distance")) == {"clip_score"}
+    # on the precision front, a CLIP score 0.4 point below the front's is within its 0.5 slack; 0.6 is not
+    # (precision 0.92 is half-way from w = 1 to 2: recall 0.35, CLIP score 30.5 there)
+    held = [point(30.1, 0.35 + gain, 0.92) for gain in (0.03, 0.04, 0.05)]
+    assert front_gap([grid] * 3, held, "precision", PROMPT_AXES).beats
+    lower = [point(29.9, 0.35 + gain, 0.92) for gain in (0.03, 0.04, 0.05)]
+    gap = front_gap([grid] * 3, lower, "precision", PROMPT_AXES)
+    assert gap.other == "clip_score" and gap.other_diff.mean == pytest.approx(-0.6) and not gap.beats
+    with pytest.raises(ValueError, match="axis must be one of"):
+        front_gap([grid] * 3, better, "accuracy", PROMPT_AXES)
 
 
 def test_recovery_pairs_each_atom_method_with_plain_cfg_and_its_peers():

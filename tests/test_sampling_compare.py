@@ -62,6 +62,7 @@ def test_the_feature_space_is_dinov2_when_its_weights_are_at_hand(tmp_path, monk
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     assert feature_space(None, None) == "classifier"  # an empty hub cache: the classifier's features
+    assert feature_space(None, None, "prompt") == "dinov2"  # a prompt pipeline has no classifier
     assert feature_space(None, "some/folder") == "dinov2"
     assert feature_space("clip", "some/folder") == "clip"
     # a hub cache holding facebook/dinov2-large, laid out as huggingface_hub writes it

@@ -1,14 +1,29 @@
-"""Scores of class-conditional samples, class by class: each class's samples against that class's real
-images on a classifier's features (FID, precision, recall, density, coverage, Vendi, LPIPS diversity),
-averaged over classes, and class accuracy, the share of samples the classifier gives the requested label.
+"""Scores of conditional samples, group by group.
+
+- :class:`ClassScorer`, class-conditional samples: each class's samples against that class's real images
+  on a classifier's features (FID, precision, recall, density, coverage, Vendi, LPIPS diversity), averaged
+  over classes, and class accuracy, the share of samples the classifier gives the requested label.
+- :class:`PromptScorer`, samples of text prompts: the CLIP score (prompt adherence), the diversity within
+  each prompt on the extractor's features (Vendi, mean pairwise cosine distance), and with reference
+  images per prompt each prompt's samples against its references (FD, precision, recall, density,
+  coverage); averaged over prompts, as ``atomgen eval`` computes them (:mod:`atomgen.eval.prompts`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+
+@torch.no_grad()
+def features_of(extractor: Any, images: torch.Tensor) -> np.ndarray:
+    """``extractor``'s features of ``images`` (in [0, 1]) in batches of 500 on its device, float64."""
+    device = next(extractor.parameters()).device
+    return torch.cat([extractor(b.to(device)).cpu() for b in images.split(500)]).double().numpy()
 
 
 class ClassScorer:
@@ -59,10 +74,8 @@ class ClassScorer:
             LPIPSFeatures().fit_to(resolution).to(device),
         )
 
-    @torch.no_grad()
     def _features(self, images: torch.Tensor) -> np.ndarray:
-        device = next(self.extractor.parameters()).device
-        return torch.cat([self.extractor(b.to(device)).cpu() for b in images.split(500)]).double().numpy()
+        return features_of(self.extractor, images)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
@@ -76,4 +89,134 @@ class ClassScorer:
         return {**scores, "accuracy": float((classify(images, self.classifier) == labels).mean())}
 
 
-__all__ = ["ClassScorer"]
+class PromptScorer:
+    """Per-prompt scores of samples of ``prompts``: ``clip_score`` (``100 × max(cos, 0)`` of the CLIP image
+    and text embeddings, the mean over images), the diversity within each prompt on the extractor's
+    features — ``vendi`` and the mean pairwise cosine distance (``dino_distance`` on DINOv2 features,
+    else ``cosine_distance``), averaged over prompts — and, with reference images, each prompt's samples
+    against that prompt's references: ``fid`` (the FD on the extractor's features), ``precision``,
+    ``recall``, ``density`` and ``coverage`` (k = 5), averaged over prompts.
+
+    Args:
+        prompts: the prompts, in the order of the run.
+        extractor: the feature extractor of the diversity and reference scores.
+        clip: the CLIP model of the CLIP score (an :class:`atomgen.eval.CLIPFeatures` with a tokenizer).
+        distance: the name of the cosine distance in the scores.
+        reference: the reference images' features ``(N, D)`` and each one's position in ``prompts``
+            (``-1``: a prompt not compared); ``None``: no reference scores.
+    """
+
+    def __init__(
+        self,
+        prompts: Sequence[str],
+        extractor: Any,
+        clip: Any,
+        distance: str = "cosine_distance",
+        reference: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
+        self.prompts, self.extractor, self.clip = list(prompts), extractor, clip
+        self.distance, self.reference = distance, reference
+        self.position = {prompt: i for i, prompt in enumerate(self.prompts)}
+
+    @classmethod
+    def load(
+        cls,
+        prompts: Sequence[str],
+        device: torch.device,
+        extractor: str = "dinov2",
+        weights: str | None = None,
+        clip_weights: str | None = None,
+        reference: str | Path | None = None,
+    ) -> PromptScorer:
+        """The scorer on ``extractor``'s features (a name of :func:`atomgen.eval.load_extractor`, with
+        ``weights`` for ``dinov2``/``clip``) with the CLIP model ``clip_weights`` (default
+        :data:`~atomgen.eval.hub_features.CLIP_ID`, as ``atomgen eval``), and the reference images of
+        ``reference`` (a folder of ``atomgen sample --prompts``; see :func:`reference_prompts`)."""
+        from atomgen.eval import CLIPFeatures, extract_features, load_extractor
+
+        features = load_extractor(extractor, device, weights=weights)
+        same = isinstance(features, CLIPFeatures) and clip_weights in (None, weights)  # as atomgen eval
+        clip = features if same else load_extractor("clip", device, weights=clip_weights)
+        real = None
+        if reference is not None:
+            source, index = reference_prompts(reference, prompts)
+            read = extract_features(source, {"features": features}, progress=False)["features"]
+            real = (read.features.astype(np.float64), index)
+        return cls(prompts, features, clip, distance_name(extractor), real)
+
+    def index(self, prompts: Sequence[str]) -> np.ndarray:
+        """Each image's position in the scorer's prompts."""
+        unknown = sorted(set(prompts) - set(self.position))
+        if unknown:
+            raise ValueError(f"samples of prompts the scorer was not given: {unknown}")
+        return np.array([self.position[p] for p in prompts], dtype=np.int64)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+        """The scores of ``images`` (in [0, 1]) sampled for ``prompts`` (one per image)."""
+        from atomgen.eval import clip_scores, per_class_scores, prompt_scores
+
+        index = self.index(prompts)
+        features = features_of(self.extractor, images)
+        embeds = features if self.clip is self.extractor else features_of(self.clip, images)
+        clip = clip_scores(embeds, self.prompts, self.clip, index)
+        table = prompt_scores(self.prompts, index, features=features, clip=clip).summary
+        scores = {}
+        if self.reference is not None:
+            real, real_index = self.reference
+            scores = per_class_scores(real, real_index, features, index)
+        return scores | {
+            "vendi": table["vendi"]["mean"],
+            self.distance: table["cosine_distance"]["mean"],
+            "clip_score": table["clip_score"]["mean"],
+        }
+
+
+def distance_name(extractor: str) -> str:
+    """The name of the mean pairwise cosine distance within a prompt on ``extractor``'s features: the
+    DINO distance on DINOv2's."""
+    return "dino_distance" if extractor == "dinov2" else "cosine_distance"
+
+
+def reference_prompts(reference: str | Path, prompts: Sequence[str]) -> tuple[Any, np.ndarray]:
+    """The reference images of ``prompts``: a folder written by ``atomgen sample --prompts`` (its
+    ``manifest.json``, read as ``atomgen eval`` reads it) holding at least ``PRDC_K + 1`` images of every
+    prompt (images of other prompts are left out of the scores).
+
+    Returns:
+        the source, and each of its images' position in ``prompts`` (``-1`` for another prompt).
+
+    Raises:
+        ValueError: the folder has no prompts, lacks some of ``prompts``, or has too few images of one.
+    """
+    from atomgen.eval.folders import ManifestSource
+    from atomgen.eval.per_class import PRDC_K
+    from atomgen.eval.prompts import prompt_groups
+    from atomgen.eval.sources import open_source
+
+    source = open_source(reference)
+    if not isinstance(source, ManifestSource) or source.prompts is None:
+        raise ValueError(
+            f"--real {reference}: reference images of a prompt pipeline are a folder written by "
+            "`atomgen sample --prompts` (its manifest.json names each image's prompt); this one names none"
+        )
+    found, groups = prompt_groups(source.prompts, source.name)
+    counts = dict(zip(found, np.bincount(groups, minlength=len(found)).tolist(), strict=True))
+    missing = [p for p in prompts if p not in counts]
+    if missing:
+        raise ValueError(
+            f"--real {reference} has no images of {len(missing)} of the prompts, e.g. {missing[0]!r}: "
+            "sample the reference folder with the same --prompts file"
+        )
+    few = {p: counts[p] for p in prompts if counts[p] < PRDC_K + 1}
+    if few:
+        prompt, count = next(iter(few.items()))
+        raise ValueError(
+            f"--real {reference} has {count} images of {prompt!r}: per-prompt precision and recall use "
+            f"{PRDC_K} nearest neighbours, so every prompt needs at least {PRDC_K + 1} reference images"
+        )
+    position = {prompt: i for i, prompt in enumerate(prompts)}
+    return source, np.array([position.get(p, -1) for p in source.prompts], dtype=np.int64)
+
+
+__all__ = ["ClassScorer", "PromptScorer", "distance_name", "features_of", "reference_prompts"]

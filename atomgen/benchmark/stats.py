@@ -4,7 +4,10 @@ benchmark scale ``w*``, the rule that picks a method's strength, and the gap to 
 Every function takes per-seed values, paired by position (seed ``k`` of one setting against seed ``k``
 of another: the same model, the same noise), so ``bench/cfg.py`` and ``atomgen compare`` reach the same
 numbers from the same scores. A *row* is one seed's scores of one setting: a mapping metric → value with
-at least ``precision``, ``recall`` and ``accuracy`` (class accuracy, the adherence axis).
+at least the front's axes and its gain metric. By default (:data:`AXES`, ``gain="recall"``) those are
+``precision`` (fidelity), ``accuracy`` (class accuracy, the adherence axis) and ``recall``; a
+prompt-conditioned pipeline has the CLIP score as its adherence axis (:data:`PROMPT_AXES`), and without
+reference images no fidelity axis at all (``axes=("clip_score",)``, the gain then a spread within a prompt).
 
 Example:
     >>> from atomgen.benchmark.stats import paired_interval, pareto_set
@@ -29,6 +32,27 @@ PRECISION_SLACK = 0.01  # "matched precision": within 0.01 of the reference
 ACCURACY_SLACK = 0.01  # "matched adherence": class accuracy at most 1 point lower
 OTHER_AXIS_SLACK = 0.01  # beating the front on one axis: the other no worse than the front's by more
 AXES = ("precision", "accuracy")  # fidelity and adherence: the two axes of CFG's front
+# The CLIP score (100 × cosine) is on a 0–100 scale, and its useful range is narrow: on Stable Diffusion
+# with CLIP ViT-L/14, guidance over the usual grid (w from 1.5 to 8) moves it by about 5 points
+# (≈ 26 → 31, as published guidance curves report it; not measured by this project), where class
+# accuracy moves by about 0.1 on this project's CFG benchmarks (≈ 0.9 → 1.0).
+# Its thresholds keep the proportions of class accuracy's to that range, and stay above the noise of a
+# mean over the images of a compare run:
+# - a rise of 0.1 point: a single image's CLIP score spreads over about 3–4 points, so the mean over
+#   1,000 images (100 prompts × 10) has a standard error of about 0.1; a smaller rise between two w of
+#   the grid is saturation, not guidance (as 0.999 → 1.000 is for accuracy);
+# - a slack of 0.5 point: a tenth of the range guidance spans, as 0.01 is of accuracy's 0.1; a method
+#   that costs more CLIP score than that has traded prompt adherence for its diversity.
+CLIP_SCORE_RISE = 0.1
+CLIP_SCORE_SLACK = 0.5
+PROMPT_AXES = ("precision", "clip_score")  # a prompt pipeline's front, with reference images per prompt
+RISES = {"accuracy": ACCURACY_RISE, "clip_score": CLIP_SCORE_RISE}  # adherence → its benchmark_scale rise
+SLACKS = {"precision": PRECISION_SLACK, "accuracy": ACCURACY_SLACK, "clip_score": CLIP_SCORE_SLACK}
+OTHER_AXIS_SLACKS = {
+    "precision": OTHER_AXIS_SLACK,
+    "accuracy": OTHER_AXIS_SLACK,
+    "clip_score": CLIP_SCORE_SLACK,
+}
 
 
 class Interval(NamedTuple):
@@ -102,12 +126,14 @@ def format_interval(
 
 # ------------------------------------------------------------------------------------------ the rules
 def benchmark_scale(accuracy: Mapping[float, float], rise: float = ACCURACY_RISE) -> float:
-    """The benchmark scale ``w*``: the largest ``w`` at which the mean class accuracy still rises over the
-    previous ``w`` of the grid by more than ``rise``.
+    """The benchmark scale ``w*``: the largest ``w`` at which the mean adherence (class accuracy, or the
+    CLIP score with ``rise=RISES["clip_score"]``) still rises over the previous ``w`` of the grid by more
+    than ``rise``.
 
     Args:
-        accuracy: mean class accuracy by guidance scale ``w`` (any order).
-        rise: the smallest rise that counts (at saturation, 0.999 → 1.000 is noise).
+        accuracy: the mean adherence metric by guidance scale ``w`` (any order).
+        rise: the smallest rise that counts (at saturation, 0.999 → 1.000 is noise); :data:`RISES` holds
+            each adherence metric's.
     """
     scales = sorted(accuracy)
     chosen = scales[0]
@@ -118,23 +144,34 @@ def benchmark_scale(accuracy: Mapping[float, float], rise: float = ACCURACY_RISE
     return chosen
 
 
-def admissible(candidate: Row, reference: Row) -> bool:
-    """Matched fidelity: precision within :data:`PRECISION_SLACK` of the reference's, class accuracy at
-    most :data:`ACCURACY_SLACK` lower (means over seeds)."""
-    return (
-        candidate["precision"] >= reference["precision"] - PRECISION_SLACK
-        and candidate["accuracy"] >= reference["accuracy"] - ACCURACY_SLACK
-    )
+def _check_axes(axes: Sequence[str]) -> None:
+    unknown = [axis for axis in axes if axis not in SLACKS]
+    if not 1 <= len(axes) <= 2 or unknown:
+        raise ValueError(
+            f"the front's axes must be one or two of {tuple(SLACKS)} (fidelity, then adherence); got "
+            f"{tuple(axes)}"
+        )
 
 
-def choose_strength(candidates: Mapping[float, Row], reference: Row) -> float:
-    """The strength rule: among the strengths whose mean scores are :func:`admissible` against plain CFG
-    at the same ``w`` (``reference``), the one with the largest mean recall; none admissible: the one with
-    the highest precision (fidelity first, never the most diverse)."""
-    passing = [s for s, scores in candidates.items() if admissible(scores, reference)]
+def admissible(candidate: Row, reference: Row, axes: Sequence[str] = AXES) -> bool:
+    """Matched fidelity and adherence: every one of ``axes`` at most its slack (:data:`SLACKS`) below the
+    reference's (means over seeds). By default precision within :data:`PRECISION_SLACK` and class
+    accuracy within :data:`ACCURACY_SLACK`; the CLIP score within :data:`CLIP_SCORE_SLACK`."""
+    _check_axes(axes)
+    return all(candidate[axis] >= reference[axis] - SLACKS[axis] for axis in axes)
+
+
+def choose_strength(
+    candidates: Mapping[float, Row], reference: Row, axes: Sequence[str] = AXES, gain: str = "recall"
+) -> float:
+    """The strength rule: among the strengths whose mean scores are :func:`admissible` on ``axes`` against
+    plain CFG at the same ``w`` (``reference``), the one with the largest mean ``gain``; none admissible:
+    the one best on the first axis (precision: fidelity first, never the most diverse; the adherence
+    where it is the only axis)."""
+    passing = [s for s, scores in candidates.items() if admissible(scores, reference, axes)]
     if passing:
-        return max(passing, key=lambda s: candidates[s]["recall"])
-    return max(candidates, key=lambda s: candidates[s]["precision"])
+        return max(passing, key=lambda s: candidates[s][gain])
+    return max(candidates, key=lambda s: candidates[s][axes[0]])
 
 
 def grid_end(chosen: float, grid: Sequence[float]) -> str | None:
@@ -216,18 +253,21 @@ def _pareto_indices(points: Sequence[tuple[float, float]]) -> list[int]:
     return kept[::-1]
 
 
-def front_at(grid: Sequence[Row], value: float, axis: str, other: str) -> tuple[float, float, bool]:
-    """CFG's front of one seed at ``axis = value``: its recall and its ``other`` axis there.
+def front_at(
+    grid: Sequence[Row], value: float, axis: str, other: str | None, gain: str = "recall"
+) -> tuple[float, float | None, bool]:
+    """CFG's front of one seed at ``axis = value``: its ``gain`` metric (recall) and its ``other`` axis
+    there (``None`` for a front on one axis).
 
-    The front is the seed's grid points (one row per ``w``) that no other beats on ``axis`` and recall,
+    The front is the seed's grid points (one row per ``w``) that no other beats on ``axis`` and ``gain``,
     joined in order of the axis (along ``w``, as guidance raises it); a value between two of them takes
-    recall and the other axis at the same fraction of the segment, and beyond the ends they are held.
+    the gain and the other axis at the same fraction of the segment, and beyond the ends they are held.
 
     Returns:
-        recall, the other axis, and whether ``value`` lies within the front's range.
+        the gain metric, the other axis, and whether ``value`` lies within the front's range.
     """
-    indices = _pareto_indices([(row[axis], row["recall"]) for row in grid])
-    points = [(grid[i][axis], grid[i]["recall"], grid[i][other]) for i in indices]
+    indices = _pareto_indices([(row[axis], row[gain]) for row in grid])
+    points = [(grid[i][axis], grid[i][gain], None if other is None else grid[i][other]) for i in indices]
     low, high = points[0], points[-1]
     if value <= low[0] or value >= high[0]:
         end = low if value <= low[0] else high
@@ -235,11 +275,8 @@ def front_at(grid: Sequence[Row], value: float, axis: str, other: str) -> tuple[
     for left, right in itertools.pairwise(points):
         if left[0] <= value <= right[0]:
             fraction = (value - left[0]) / (right[0] - left[0])
-            return (
-                left[1] + fraction * (right[1] - left[1]),
-                left[2] + fraction * (right[2] - left[2]),
-                True,
-            )
+            between = None if other is None else left[2] + fraction * (right[2] - left[2])
+            return left[1] + fraction * (right[1] - left[1]), between, True
     raise AssertionError("unreachable: the value lies within the front's range")
 
 
@@ -255,35 +292,40 @@ class FrontGap:
     """A setting against CFG's front on one axis, paired by seed.
 
     Attributes:
-        axis: the axis the front is drawn on (``precision`` or ``accuracy``).
-        other: the other axis.
-        gain: recall minus the front's recall at the setting's own value of ``axis``.
-        other_diff: the setting's ``other`` minus the front's there.
+        axis: the axis the front is drawn on (``precision``, ``accuracy`` or ``clip_score``).
+        other: the other axis (``None`` for a front on one axis).
+        gain: the gain metric minus the front's at the setting's own value of ``axis``.
+        other_diff: the setting's ``other`` minus the front's there (``None`` without another axis).
         gains: the per-seed values of ``gain``.
-        other_diffs: the per-seed values of ``other_diff``.
+        other_diffs: the per-seed values of ``other_diff`` (empty without another axis).
         outside: seeds on which the setting's ``axis`` lies beyond the front's range (its ends held).
+        gain_metric: what ``gain`` measures (``recall``, or a spread within a prompt).
     """
 
     axis: str
-    other: str
+    other: str | None
     gain: Interval
-    other_diff: Interval
+    other_diff: Interval | None
     gains: list[float]
     other_diffs: list[float]
     outside: int
+    gain_metric: str = "recall"
 
     @property
     def beats(self) -> bool:
         """Above the front on ``axis``: the gain's interval clear of zero and the other axis no worse
-        than the front's by more than :data:`OTHER_AXIS_SLACK` (mean over seeds)."""
-        return self.gain.above_zero and self.other_diff.mean >= -OTHER_AXIS_SLACK
+        than the front's by more than its slack (:data:`OTHER_AXIS_SLACKS`, mean over seeds)."""
+        if self.other is None or self.other_diff is None:
+            return self.gain.above_zero
+        return self.gain.above_zero and self.other_diff.mean >= -OTHER_AXIS_SLACKS[self.other]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "axis": self.axis,
             "other": self.other,
+            "gain_metric": self.gain_metric,
             "gain": self.gain.to_dict(),
-            "other_diff": self.other_diff.to_dict(),
+            "other_diff": None if self.other_diff is None else self.other_diff.to_dict(),
             "gains": self.gains,
             "other_diffs": self.other_diffs,
             "outside": self.outside,
@@ -291,41 +333,59 @@ class FrontGap:
         }
 
 
-def front_gap(grid: Sequence[Sequence[Row]], rows: Sequence[Row], axis: str) -> FrontGap:
-    """A setting's recall gain over CFG's front on ``axis``, seed by seed.
+def front_gap(
+    grid: Sequence[Sequence[Row]],
+    rows: Sequence[Row],
+    axis: str,
+    axes: Sequence[str] = AXES,
+    gain: str = "recall",
+) -> FrontGap:
+    """A setting's gain (recall) over CFG's front on ``axis``, seed by seed.
 
     Args:
         grid: per seed, plain CFG's rows along its ``w`` grid (in order of ``w``).
         rows: per seed, the setting's row; the first ``len(rows)`` seeds of ``grid`` are paired with it.
-        axis: ``"precision"`` or ``"accuracy"``; the other of :data:`AXES` is the one held.
+        axis: one of ``axes``; the other one (if any) is the one held.
+        axes: the front's axes (:data:`AXES`, :data:`PROMPT_AXES`, or the adherence alone).
+        gain: the metric the front trades against ``axis``.
     """
-    if axis not in AXES:
-        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+    _check_axes(axes)
+    if axis not in axes:
+        raise ValueError(f"axis must be one of {tuple(axes)}, got {axis!r}")
     if len(grid) < len(rows):
         raise ValueError(f"{len(rows)} seeds to pair with a CFG grid of {len(grid)} seeds")
-    other = AXES[1 - AXES.index(axis)]
+    others = [a for a in axes if a != axis]
+    other = others[0] if others else None
     gains, other_diffs, outside = [], [], 0
     for seed_grid, row in zip(grid, rows, strict=False):
-        recall, other_value, inside = front_at(seed_grid, row[axis], axis, other)
-        gains.append(float(row["recall"]) - recall)
-        other_diffs.append(float(row[other]) - other_value)
+        front, other_value, inside = front_at(seed_grid, row[axis], axis, other, gain)
+        gains.append(float(row[gain]) - front)
+        if other is not None:
+            other_diffs.append(float(row[other]) - other_value)
         outside += not inside
-    return FrontGap(
-        axis, other, paired_interval(gains), paired_interval(other_diffs), gains, other_diffs, outside
-    )
+    other_diff = paired_interval(other_diffs) if other is not None else None
+    return FrontGap(axis, other, paired_interval(gains), other_diff, gains, other_diffs, outside, gain)
 
 
-def front_gaps(grid: Sequence[Sequence[Row]], rows: Sequence[Row]) -> dict[str, FrontGap]:
-    """:func:`front_gap` on both axes, keyed by axis."""
-    return {axis: front_gap(grid, rows, axis) for axis in AXES}
+def front_gaps(
+    grid: Sequence[Sequence[Row]], rows: Sequence[Row], axes: Sequence[str] = AXES, gain: str = "recall"
+) -> dict[str, FrontGap]:
+    """:func:`front_gap` on every axis of ``axes``, keyed by axis."""
+    return {axis: front_gap(grid, rows, axis, axes, gain) for axis in axes}
 
 
 __all__ = [
     "ACCURACY_RISE",
     "ACCURACY_SLACK",
     "AXES",
+    "CLIP_SCORE_RISE",
+    "CLIP_SCORE_SLACK",
     "OTHER_AXIS_SLACK",
+    "OTHER_AXIS_SLACKS",
     "PRECISION_SLACK",
+    "PROMPT_AXES",
+    "RISES",
+    "SLACKS",
     "FrontGap",
     "Interval",
     "Row",

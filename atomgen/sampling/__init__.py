@@ -5,8 +5,8 @@ deterministic per batch, sharded over ``accelerate launch`` processes, resumable
 >>> config = SampleConfig("runs/cfg/model", "samples/atom", num_samples=64, methods=("atom:0.2",))
 >>> manifest = sample(config)  # doctest: +SKIP
 
-``atomgen compare`` (:mod:`atomgen.sampling.compare`) runs the CFG benchmark on any class-conditional
-pipeline through :func:`sample`. An application package: it imports the library (``atomgen``,
+``atomgen compare`` (:mod:`atomgen.sampling.compare`) runs the CFG benchmark on any class-conditional or
+prompt-conditioned pipeline through :func:`sample`. An application package: it imports the library (``atomgen``,
 ``atomgen.pipelines``, ``atomgen.eval``) and ``atomgen.benchmark``; nothing in the library imports it.
 """
 

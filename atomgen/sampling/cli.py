@@ -29,6 +29,13 @@ examples:
   atomgen compare runs/cfg/mnist5k/seed0/model --real mnist5k --out runs/compare --scales 1 1.5 2 3 \\
       --method atom:0.05 --method atom:0.1 --method atom:0.2 --method pg:0.1 --seeds 3
   accelerate launch --num_processes 4 -m atomgen compare my-dit/ --real mnist5k --out runs/compare
+  atomgen compare my-sd/ --prompts prompts.txt --per-prompt 8 --out runs/compare-sd --scales 1.5 3 5 7.5 \\
+      --method atom:0.02 --method pg:0.1 --dtype fp16
+  atomgen compare my-sd/ --prompts prompts.txt --per-prompt 16 --real samples/reference --out runs/sd
+
+Prompt pipelines are scored on the CLIP score (the adherence axis) and the spread within each prompt;
+--real (a folder of `atomgen sample --prompts` with the same prompts) adds precision and recall per
+prompt, and with them the front at matched fidelity.
 """
 
 
@@ -49,11 +56,13 @@ def add_commands(commands: Any, formatter_class: type[argparse.HelpFormatter]) -
 
     compare = commands.add_parser(
         "compare",
-        help="which method, at which strength, is best on your class-conditional pipeline (the CFG front)",
-        description="Sample a class-conditional pipeline over a grid of guidance scales w and each method's\n"
-        "strengths at the benchmark scale w*, paired across settings (the same noise for each seed); score\n"
-        "per class against --real; pick each method's strength; write report.md, report.json (every\n"
-        "score's per-seed values) and report.png (the front) to --out. Resumable; distributed as sample.",
+        help="which method, at which strength, is best on your class or prompt pipeline (the CFG front)",
+        description="Sample a class-conditional or prompt-conditioned pipeline over a grid of guidance scales\n"
+        "w and each method's strengths at the benchmark scale w*, paired across settings (the same noise\n"
+        "for each seed); score per class against --real, or per prompt (CLIP score, the spread within a\n"
+        "prompt, and against --real reference images if given); pick each method's strength; write\n"
+        "report.md, report.json (every score's per-seed values) and report.png (the front) to --out.\n"
+        "Resumable; distributed as sample.",
         epilog=COMPARE_EPILOG,
         formatter_class=formatter_class,
     )
@@ -63,11 +72,31 @@ def add_commands(commands: Any, formatter_class: type[argparse.HelpFormatter]) -
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``atomgen compare``."""
+    from atomgen.eval.hub_features import CLIP_ID
+
     from .compare import DATASETS, EXTRACTORS
 
-    parser.add_argument("pipeline", help="a class-conditional pipeline: a folder, an atomgen run, a hub id")
-    parser.add_argument("--real", required=True, choices=DATASETS, help="real images and their classifier")
+    parser.add_argument(
+        "pipeline", help="a class-conditional or prompt pipeline: a folder, an atomgen run, a hub id"
+    )
+    parser.add_argument(
+        "--real",
+        default=None,
+        metavar="DATASET|FOLDER",
+        help=f"class pipelines (required): the real images and their classifier, one of {', '.join(DATASETS)}; "
+        "prompt pipelines (optional): reference images of every prompt, a folder of `atomgen sample --prompts`",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    parser.add_argument(
+        "--prompts", type=Path, default=None, metavar="FILE", help="prompt pipelines: one prompt a line"
+    )
+    parser.add_argument(
+        "--per-prompt",
+        type=int,
+        default=None,
+        metavar="K",
+        help="prompt pipelines: images per prompt, per setting and seed (≥ 2; ≥ 6 with --real)",
+    )
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0], help="the w grid")
     parser.add_argument(
         "--method",
@@ -78,14 +107,22 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         help="a method at one strength; repeat a name with other strengths for its sweep",
     )
     parser.add_argument("--seeds", type=int, default=3, help="sampling seeds 0 … N−1")
-    parser.add_argument("--samples-per-class", type=int, default=50, help="per setting and seed")
+    parser.add_argument(
+        "--samples-per-class", type=int, default=50, help="class pipelines: per setting and seed"
+    )
     parser.add_argument(
         "--extractor",
         choices=EXTRACTORS,
         default=None,
-        help="feature space of the scores (default: dinov2 when its weights are at hand, else classifier)",
+        help="feature space of the scores (default: dinov2; for class pipelines the classifier's when the "
+        "dinov2 weights are not at hand)",
     )
     parser.add_argument("--extractor-weights", default=None, help="a folder or hub id for dinov2 or clip")
+    parser.add_argument(
+        "--clip-weights",
+        default=None,
+        help=f"prompt pipelines: the CLIP model of the CLIP score, a folder or hub id (default: {CLIP_ID})",
+    )
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
     add_call_option_argument(parser)
@@ -237,6 +274,8 @@ def _compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
             progress=not args.no_progress, extractor=args.extractor, extractor_weights=args.extractor_weights,
             call_options=dict(args.call_options),
+            prompts=None if args.prompts is None else read_prompts(args.prompts), per_prompt=args.per_prompt,
+            clip_weights=args.clip_weights,
         )  # fmt: skip
         compare(config)
     except (ValueError, FileNotFoundError, OSError) as error:
