@@ -286,8 +286,7 @@ class Bench:
         return tuple(g for g in self.preset.guides if g in saved)
 
     def path(self, dataset: str, seed: int, setting: Setting) -> Path:
-        """The setting's scores: on the dataset classifier's features, as ``atomgen compare
-        --extractor classifier`` writes them."""
+        """The setting's scores, on the dataset classifier's features."""
         return self.out / dataset / f"seed{seed}" / "scores" / "classifier" / f"{setting.name}.json"
 
     def score(self, dataset: str, seed: int, setting: Setting, pipes: dict[str, Any]) -> dict[str, float]:

@@ -3,7 +3,8 @@
 1. **Features** (:mod:`.features`, :mod:`.inception`, :mod:`.hub_features`, :mod:`.classifier`,
    :mod:`.lpips`): images in [0, 1] → vectors; FID Inception-v3, DINOv2 and CLIP (through transformers),
    the small digit classifiers, LPIPS AlexNet, any ``nn.Module``; :func:`extract_features` feeds several
-   extractors from one decoding pass.
+   extractors from one decoding pass. Class accuracy (:func:`classify`) comes from a digit classifier or
+   a transformers image classifier's logits (:mod:`.hub_classifier`).
 2. **Statistics** (:mod:`.statistics`): streamed float64 mean and covariance, ``.npz`` cache.
 3. **Scores** (:mod:`.scores`, :mod:`.modes`, :mod:`.attribution`): :func:`fid`, :func:`kid`, :func:`prdc`,
    :func:`vendi`, :func:`lpips_diversity`, :func:`mode_coverage`, :func:`attribution_faithfulness`;
@@ -38,7 +39,14 @@ from .attribution import (
     particle_attributions,
     save_attribution_grid,
 )
-from .classifier import ClassifierLogits, DigitClassifier, DigitFeatures, classify, load_digit_classifier
+from .classifier import (
+    ClassifierLogits,
+    DigitClassifier,
+    DigitFeatures,
+    classify,
+    load_classifier_logits,
+    load_digit_classifier,
+)
 from .command import add_eval_arguments, eval_command
 from .features import (
     FeatureExtractor,
@@ -50,6 +58,7 @@ from .features import (
 )
 from .folders import FolderSource, ManifestSource, read_manifest
 from .grids import save_image_grid
+from .hub_classifier import HubClassifierLogits, load_hub_classifier
 from .hub_features import CLIPFeatures, DINOv2Features, load_clip, load_dinov2
 from .inception import InceptionFeatures, load_inception
 from .lpips import LPIPSDiversity, LPIPSFeatures, LPIPSGroupSums, lpips_diversity, lpips_pairwise
@@ -79,6 +88,7 @@ __all__ = [
     "FeatureSet",
     "FeatureStatistics",
     "FolderSource",
+    "HubClassifierLogits",
     "ImageSource",
     "InceptionFeatures",
     "LPIPSDiversity",
@@ -106,10 +116,12 @@ __all__ = [
     "frechet_distance",
     "kid",
     "kid_scale",
+    "load_classifier_logits",
     "load_clip",
     "load_digit_classifier",
     "load_dinov2",
     "load_extractor",
+    "load_hub_classifier",
     "load_inception",
     "load_vae_pipeline",
     "lpips_diversity",

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .extractor import FeatureExtractor, clean_resize, module_device, to_channels
+from .hub_classifier import HubClassifierLogits, load_hub_classifier
 from .pinned import read_pinned
 from .sources import ImageSource, open_source
 
@@ -87,6 +88,7 @@ __all__ = [
     "SmallClassifier",
     "classify",
     "load_classifier",
+    "load_classifier_logits",
     "load_digit_classifier",
     "split_indices",
 ]
@@ -161,6 +163,7 @@ class ClassifierLogits(DigitFeatures):
 
     def __init__(self, classifier: DigitClassifier):
         super().__init__(classifier, name=f"{getattr(classifier, 'weights_name', 'classifier')} logits")
+        self.dim = classifier.head[-1].out_features
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
@@ -204,19 +207,38 @@ def split_indices(labels: np.ndarray, held_out: float = 0.2, seed: int = 0) -> t
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def load_classifier_logits(name: str | Path) -> ClassifierLogits | HubClassifierLogits:
+    """The logits of a classifier named as on the command line: a committed one (``"digits"``,
+    ``"mnist"``, ``"fashion"``, :data:`WEIGHTS`) or a transformers image classifier, a folder saved with
+    ``save_pretrained`` or a hub id (:func:`~atomgen.eval.hub_classifier.load_hub_classifier`)."""
+    if str(name) in WEIGHTS:
+        return ClassifierLogits(load_digit_classifier(str(name)))
+    return load_hub_classifier(name)
+
+
 @torch.no_grad()
 def classify(
     images: ImageSource | torch.Tensor | np.ndarray | str | Path,
-    classifier: DigitClassifier,
+    classifier: DigitClassifier | ClassifierLogits | HubClassifierLogits,
     *,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Predicted labels ``(N,)`` of images in [0, 1]."""
+    """Predicted labels ``(N,)`` of images in [0, 1]: the argmax of the classifier's logits.
+
+    Args:
+        images: anything :func:`~atomgen.eval.open_source` opens.
+        classifier: a :class:`DigitClassifier`, or a logits extractor (:class:`ClassifierLogits`,
+            :class:`~atomgen.eval.hub_classifier.HubClassifierLogits`).
+    """
+    if isinstance(classifier, DigitClassifier):
+        classifier = ClassifierLogits(classifier)
+    if not isinstance(classifier, ClassifierLogits | HubClassifierLogits):
+        raise TypeError(
+            "classify takes a DigitClassifier or a classifier's logits (ClassifierLogits, "
+            f"HubClassifierLogits), got {type(classifier).__name__}"
+        )
     source = open_source(images)
     device = module_device(classifier)
     classifier.eval()
-    labels = [
-        classifier(DigitClassifier.prepare(batch.to(device), classifier.size)).argmax(1).cpu().numpy()
-        for batch in source.batches(batch_size)
-    ]
+    labels = [classifier(batch.to(device)).argmax(1).cpu().numpy() for batch in source.batches(batch_size)]
     return np.concatenate(labels)

@@ -49,9 +49,10 @@ def _offline() -> bool:
     return any(flag.strip().upper() in ("1", "ON", "YES", "TRUE") for flag in flags)
 
 
-def load_hub_model(cls, weights: str | Path, what: str, default_id: str):
+def load_hub_model(cls, weights: str | Path, what: str, default_id: str, option: str = "--extractor-weights"):
     """``cls.from_pretrained(weights)`` in eval mode: a local folder, the Hugging Face cache, or (unless
-    offline) a download; otherwise a ``FileNotFoundError`` that names the id and how to get it."""
+    offline) a download; otherwise a ``FileNotFoundError`` that names the id, how to get it and the
+    command-line ``option`` that takes the folder."""
     spec = str(weights)
     local = Path(spec).expanduser()
     if local.exists():
@@ -72,7 +73,7 @@ def load_hub_model(cls, weights: str | Path, what: str, default_id: str):
         f"machine with internet with `huggingface-cli download {spec if '/' in spec else default_id}` (or "
         f"`python -c \"from transformers import {cls.__name__} as M; M.from_pretrained('{default_id}')"
         f".save_pretrained('{what.lower()}-weights')\"`), then copy the cache or pass the folder with "
-        f"--extractor-weights. ({type(reason).__name__}: {str(reason).splitlines()[0][:200]})"
+        f"{option}. ({type(reason).__name__}: {str(reason).splitlines()[0][:200]})"
     )
 
 

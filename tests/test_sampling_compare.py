@@ -65,6 +65,9 @@ def test_the_feature_space_is_dinov2_when_its_weights_are_at_hand(tmp_path, monk
     assert feature_space(None, None, "prompt") == "dinov2"  # a prompt pipeline has no classifier
     assert feature_space(None, "some/folder") == "dinov2"
     assert feature_space("clip", "some/folder") == "clip"
+    assert feature_space(None, None, "class", "mnist") == "classifier"  # a committed classifier's features
+    # a transformers classifier: its logits are no feature space
+    assert feature_space(None, None, "class", "google/vit-base-patch16-224") == "dinov2"
     # a hub cache holding facebook/dinov2-large, laid out as huggingface_hub writes it
     repo = tmp_path / "models--facebook--dinov2-large"
     (repo / "refs").mkdir(parents=True)
@@ -91,5 +94,6 @@ def test_compare_scores_on_dinov2_features(tmp_path):
     )  # fmt: skip
     report = compare(config)
     assert report["extractor"] == "dinov2"
-    assert (tmp_path / "out" / "scores" / "dinov2" / "seed-1").is_dir()
+    (scores,) = (tmp_path / "out" / "scores").glob("dinov2-*")  # keyed by the real images and classifier
+    assert (scores / "seed-1").is_dir()
     assert "DINOv2" in (tmp_path / "out" / "report.md").read_text()

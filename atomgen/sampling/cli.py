@@ -29,13 +29,19 @@ examples:
   atomgen compare runs/cfg/mnist5k/seed0/model --real mnist5k --out runs/compare --scales 1 1.5 2 3 \\
       --method atom:0.05 --method atom:0.1 --method atom:0.2 --method pg:0.1 --seeds 3
   accelerate launch --num_processes 4 -m atomgen compare my-dit/ --real mnist5k --out runs/compare
+  atomgen compare facebook/DiT-XL-2-256 --real imagenet-val.npz --classifier google/vit-base-patch16-224 \\
+      --class-labels 88,207,279,360,387,417,974,979 --samples-per-class 32 --out runs/compare-dit \\
+      --scales 1.5 2.5 4 --method atom:0.1 --method pg:0.1 --steps 50 --dtype fp16
   atomgen compare my-sd/ --prompts prompts.txt --per-prompt 8 --out runs/compare-sd --scales 1.5 3 5 7.5 \\
       --method atom:0.02 --method pg:0.1 --dtype fp16
   atomgen compare my-sd/ --prompts prompts.txt --per-prompt 16 --real samples/reference --out runs/sd
 
-Prompt pipelines are scored on the CLIP score (the adherence axis) and the spread within each prompt;
---real (a folder of `atomgen sample --prompts` with the same prompts) adds precision and recall per
-prompt, and with them the front at matched fidelity.
+Class pipelines are scored per class against --real: a dataset atomgen ships a classifier for, or your
+own labelled images (a .npz with images and labels, a folder of `atomgen sample`) with --classifier,
+whose output index is the class label (DiT's labels are ImageNet-1k ids). Prompt pipelines are scored
+on the CLIP score (the adherence axis) and the spread within each prompt; --real (a folder of `atomgen
+sample --prompts` with the same prompts) adds precision and recall per prompt, and with them the front
+at matched fidelity.
 """
 
 
@@ -82,9 +88,34 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument(
         "--real",
         default=None,
-        metavar="DATASET|FOLDER",
-        help=f"class pipelines (required): the real images and their classifier, one of {', '.join(DATASETS)}; "
-        "prompt pipelines (optional): reference images of every prompt, a folder of `atomgen sample --prompts`",
+        metavar="DATASET|NPZ|FOLDER",
+        help=f"class pipelines (required): the real images, a dataset ({', '.join(DATASETS)}), a .npz with "
+        "images and labels (the pipeline's class ids), or a folder of `atomgen sample` with class labels; at "
+        "least 6 images of every class compared. Prompt pipelines (optional): reference images of every "
+        "prompt, a folder of `atomgen sample --prompts`",
+    )
+    parser.add_argument(
+        "--classifier",
+        default=None,
+        metavar="NAME|PATH|ID",
+        help="class pipelines: the judge of class accuracy, digits, mnist or fashion (atomgen's own) or a "
+        "transformers image classifier, a folder or hub id (e.g. google/vit-base-patch16-224 for an ImageNet "
+        "DiT) whose output index is the class label (default: the dataset's own; required with other --real)",
+    )
+    parser.add_argument(
+        "--real-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="class pipelines: use the first N real images (of a dataset, the fixed subset that training's "
+        "data.limit takes); default: all",
+    )
+    parser.add_argument(
+        "--class-labels",
+        type=_labels,
+        default=None,
+        metavar="L1,L2,…",
+        help="class pipelines: the classes to compare (default: all)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     parser.add_argument(
@@ -114,8 +145,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--extractor",
         choices=EXTRACTORS,
         default=None,
-        help="feature space of the scores (default: dinov2; for class pipelines the classifier's when the "
-        "dinov2 weights are not at hand)",
+        help="feature space of the scores (default: dinov2; for class pipelines with a committed classifier "
+        "its features when the dinov2 weights are not at hand)",
     )
     parser.add_argument("--extractor-weights", default=None, help="a folder or hub id for dinov2 or clip")
     parser.add_argument(
@@ -275,7 +306,8 @@ def _compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             progress=not args.no_progress, extractor=args.extractor, extractor_weights=args.extractor_weights,
             call_options=dict(args.call_options),
             prompts=None if args.prompts is None else read_prompts(args.prompts), per_prompt=args.per_prompt,
-            clip_weights=args.clip_weights,
+            clip_weights=args.clip_weights, classifier=args.classifier, real_limit=args.real_limit,
+            classes=args.class_labels,
         )  # fmt: skip
         compare(config)
     except (ValueError, FileNotFoundError, OSError) as error:

@@ -6,11 +6,14 @@ class-conditional or prompt-conditioned pipeline (Stable Diffusion, SD3, Flux, P
    distributed and resumable): ``samples_per_class`` per class, each batch of one class, or
    ``per_prompt`` per prompt. A seed gives the same noise in every setting (the batches are laid out
    alike, their noise keyed by seed and batch index): settings are paired.
-2. **Scores.** Class pipelines, per class against that class's real images, averaged over classes
-   (:class:`atomgen.benchmark.scoring.ClassScorer`): FID (FD on other features), precision, recall,
-   density, coverage, Vendi, LPIPS diversity, on DINOv2 features when their weights are at hand (a
-   folder, or the hub cache) and otherwise on the dataset classifier's; and class accuracy from the
-   dataset classifier (the adherence axis). Prompt pipelines (:class:`atomgen.benchmark.scoring.PromptScorer`):
+2. **Scores.** Class pipelines, per class against that class's real images (a dataset atomgen ships a
+   classifier for, or your own labelled images: a ``.npz``, a folder of ``atomgen sample``), averaged
+   over the classes compared (:class:`atomgen.benchmark.scoring.ClassScorer`): FID (FD on other
+   features), precision, recall, density, coverage, Vendi, LPIPS diversity, on DINOv2 features when
+   their weights are at hand (a folder, or the hub cache) and otherwise on the committed classifier's;
+   and class accuracy (the adherence axis) from the dataset's classifier or the one named (a committed
+   one, or a transformers image classifier: an ImageNet one for an ImageNet DiT). Prompt pipelines
+   (:class:`atomgen.benchmark.scoring.PromptScorer`):
    the CLIP score (the adherence axis), the diversity within each prompt on DINOv2 features (Vendi and
    the DINO distance, averaged over prompts) and, with reference images per prompt (``real``: a folder
    of ``atomgen sample --prompts``), per-prompt FD, precision, recall, density and coverage.
@@ -24,8 +27,9 @@ class-conditional or prompt-conditioned pipeline (Stable Diffusion, SD3, Flux, P
    score alone, with the spread within a prompt (the DINO distance) as the gain — no diversity against
    a reference, so no gain at matched fidelity can be shown (the report says so).
 
-Writes ``<out>/samples/seed-<k>/<setting>/`` (sample folders), ``<out>/scores/`` (one JSON per scored
-folder, so a rerun scores nothing twice), and ``report.json`` (every score's per-seed values),
+Writes ``<out>/samples/seed-<k>/<setting>/`` (sample folders), ``<out>/scores/<extractor>-<key>/`` (one
+JSON per scored folder, so a rerun scores nothing twice; the key hashes what else decides a score: the
+real images, the classifier, the weights), and ``report.json`` (every score's per-seed values),
 ``report.md`` and ``report.png`` (the front).
 """
 
@@ -70,7 +74,7 @@ PROMPT_METRICS = ("fid", "precision", "recall", "density", "coverage", "vendi", 
                   "cosine_distance", "clip_score")  # fmt: skip
 COLUMNS = tuple(dict.fromkeys((*METRICS, *PROMPT_METRICS)))  # the report's columns, where scored
 EXTRACTORS = ("classifier", "dinov2", "clip", "inception")  # compare's feature spaces
-_FEATURES = {"classifier": "the dataset classifier's", "dinov2": "DINOv2", "clip": "CLIP image",
+_FEATURES = {"classifier": "the committed classifier's", "dinov2": "DINOv2", "clip": "CLIP image",
              "inception": "Inception-v3"}  # fmt: skip
 
 
@@ -81,9 +85,11 @@ class CompareConfig:
     Args:
         pipeline: a class-conditional or prompt-conditioned pipeline: a folder, an atomgen run directory
             or a hub id.
-        real: class pipelines: the real images and classifier, a dataset atomgen ships a classifier for
-            (:data:`DATASETS`). Prompt pipelines: ``None``, or reference images of every prompt, a folder
-            written by ``atomgen sample --prompts`` (its ``manifest.json``).
+        real: class pipelines: the real images, a dataset atomgen ships a classifier for
+            (:data:`DATASETS`), a ``.npz`` with ``images`` and ``labels``, or a folder written by ``atomgen
+            sample`` (its ``manifest.json`` names each image's class label); labels are the pipeline's
+            class ids, and every class compared needs at least 6 real images. Prompt pipelines: ``None``,
+            or reference images of every prompt, a folder written by ``atomgen sample --prompts``.
         out: the output folder (resumable).
         scales: the grid of guidance scales ``w``.
         methods: ``NAME:STRENGTH[,KEY=VALUE…]`` settings; a method's strengths form its sweep.
@@ -94,13 +100,21 @@ class CompareConfig:
             the diversity within a prompt; at least 6 with ``real``, as per-prompt precision and recall
             use 5 nearest neighbours).
         steps: denoising steps (``None``: the pipeline's default).
-        extractor: the feature space of the scores: ``"classifier"`` (the dataset classifier's, class
+        extractor: the feature space of the scores: ``"classifier"`` (a committed classifier's, class
             pipelines only), ``"dinov2"``, ``"clip"`` or ``"inception"``; ``None``: ``dinov2`` for
             prompt pipelines, and for class pipelines when its weights are available offline
-            (``extractor_weights`` or the hub cache), else ``classifier``.
+            (``extractor_weights`` or the hub cache) or the classifier is a transformers one, else
+            ``classifier``.
         extractor_weights: a folder or hub id for ``dinov2``/``clip``.
         clip_weights: prompt pipelines: the CLIP model of the CLIP score, a folder or hub id (default
             ``atomgen eval``'s, :data:`~atomgen.eval.hub_features.CLIP_ID`).
+        classifier: class pipelines: the judge of class accuracy, ``digits``/``mnist``/``fashion`` (the
+            committed ones) or a transformers image classifier (folder or hub id) whose output index is
+            the class label; ``None``: the dataset's own (required when ``real`` is not a dataset).
+        real_limit: class pipelines: use the first ``real_limit`` real images (of a dataset, the fixed
+            subset of that many that training's ``data.limit`` takes); ``None``: all.
+        classes: class pipelines: the classes compared (``None``: all); the others' real images are
+            left out.
         batch_size, dtype, device, call_options, trust_remote_code, allow_pickle, progress: as for
             ``atomgen sample``.
     """
@@ -125,6 +139,9 @@ class CompareConfig:
     prompts: tuple[str, ...] | None = None
     per_prompt: int | None = None
     clip_weights: str | None = None
+    classifier: str | None = None
+    real_limit: int | None = None
+    classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         from atomgen.eval.per_class import PRDC_K
@@ -140,6 +157,14 @@ class CompareConfig:
             raise ValueError(f"scales must be distinct guidance scales, at least one; got {self.scales}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be at least 1, got {self.seeds}")
+        if self.real_limit is not None and self.real_limit < 1:
+            raise ValueError(f"--real-limit must be a positive number of images, got {self.real_limit}")
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+            if not self.classes or len(set(self.classes)) != len(self.classes):
+                raise ValueError(
+                    f"--class-labels must name distinct classes, at least one; got {self.classes}"
+                )
         if self.prompts is None and self.samples_per_class < PRDC_K + 1:
             raise ValueError(
                 f"samples_per_class ≥ {PRDC_K + 1} (precision and recall use {PRDC_K} nearest neighbours "
@@ -155,6 +180,7 @@ class CompareConfig:
         Raises:
             ValueError: naming the option that does not fit the pipeline, and what to pass instead.
         """
+        from atomgen.eval.hub_classifier import IMAGENET_CLASSIFIER_ID
         from atomgen.eval.per_class import PRDC_K
 
         if kind == "class":
@@ -163,12 +189,30 @@ class CompareConfig:
                     f"{pipeline} is class-conditional: it takes class labels, not prompts; leave out --prompts "
                     "and --per-prompt (--samples-per-class sets the images per class)"
                 )
-            if self.real not in DATASETS:
+            if self.real is None:
                 raise ValueError(
-                    f"--real {self.real!r}: a class-conditional pipeline is scored against a dataset whose "
-                    f"classifier atomgen ships ({', '.join(DATASETS)}); class accuracy needs one"
+                    f"{pipeline}: a class-conditional pipeline is scored against a dataset atomgen ships a "
+                    f"classifier for ({', '.join(DATASETS)}) or against real images of its classes (a .npz "
+                    "with 'images' and 'labels', or a folder written by `atomgen sample`): pass --real"
+                )
+            if self.classifier_name is None:
+                raise ValueError(
+                    f"--real {self.real}: class accuracy, the adherence axis, needs a classifier: pass "
+                    "--classifier (digits, mnist or fashion, atomgen's own, or a transformers image "
+                    "classifier, a folder or hub id whose output index is the class label, e.g. "
+                    f"{IMAGENET_CLASSIFIER_ID} for an ImageNet DiT)"
                 )
         elif kind == "prompt":
+            given = {
+                "--classifier": self.classifier,
+                "--real-limit": self.real_limit,
+                "--class-labels": self.classes,
+            }
+            if named := [flag for flag, value in given.items() if value is not None]:
+                raise ValueError(
+                    f"{', '.join(named)}: options of class-conditional pipelines; {pipeline} is conditioned "
+                    "on text (its adherence axis is the CLIP score): leave them out"
+                )
             if not self.prompts:
                 raise ValueError(
                     f"{pipeline} is conditioned on text: pass --prompts FILE (one prompt a line) and "
@@ -193,6 +237,14 @@ class CompareConfig:
                 f"compare needs a class-conditional or prompt-conditioned pipeline (guidance needs a condition "
                 f"to follow); {pipeline} is {kind}: sample it with `atomgen sample`, score it with `atomgen eval`"
             )
+
+    @property
+    def classifier_name(self) -> str | None:
+        """The judge of class accuracy: ``classifier``, else the dataset's own (``None`` for real images of
+        one's own)."""
+        from atomgen.eval.plan import CLASSIFIER_OF_DATASET
+
+        return self.classifier or CLASSIFIER_OF_DATASET.get(str(self.real))
 
 
 @dataclass(frozen=True)
@@ -220,14 +272,15 @@ def compare(config: CompareConfig) -> dict[str, Any] | None:
                 allow_pickle=config.allow_pickle)  # fmt: skip
     call = PipelineCall.of(pipe)
     config.check(call.kind, call.pipeline)
-    extractor = feature_space(config.extractor, config.extractor_weights, call.kind)
+    extractor = feature_space(config.extractor, config.extractor_weights, call.kind, config.classifier_name)
     axes, gain = front_axes(call.kind, config.real, extractor)
     if call.kind == "prompt" and config.real is not None:
         from atomgen.benchmark.scoring import reference_prompts
 
         reference_prompts(config.real, config.prompts)  # a reference folder lacking a prompt fails now
+    reference = class_reference(config, call) if call.kind == "class" else None  # its errors come now
     logger.info("scores on %s features", extractor)
-    score = _scorer(config, call.kind, extractor, pipe)
+    score = _scorer(config, call.kind, extractor, pipe, reference)
     scores = _scores_folder(config, extractor)
 
     def rows(setting: Setting) -> list[dict[str, float]]:
@@ -248,18 +301,67 @@ def compare(config: CompareConfig) -> dict[str, Any] | None:
     specs = {s: parse_method(s) for s in config.methods}
     report = build_report(config, grid, w_star, methods, specs, axes=axes, gain=gain)
     report["extractor"] = extractor
+    if reference is not None:
+        report["classifier"] = reference.classifier.name
+        report["real_images"] = int(np.isin(reference.labels, reference.classes).sum())
     report["machine"] = machine(pipe.device)
     write_reports(report, "report", [config.out], markdown, lambda path: plot(report, path))
     logger.info("wrote %s", config.out / "report.md")
     return report
 
 
+@dataclass(frozen=True)
+class ClassReference:
+    """What a class pipeline is scored against, checked before anything is sampled.
+
+    Attributes:
+        labels: the real images' labels (:func:`~atomgen.benchmark.scoring.real_labels`; the scorer
+            reads the images, :func:`~atomgen.benchmark.scoring.open_real`).
+        classifier: the judge of class accuracy, its logits (:func:`atomgen.eval.load_classifier_logits`).
+        classes: the classes compared.
+    """
+
+    labels: np.ndarray
+    classifier: Any
+    classes: tuple[int, ...]
+
+
+def class_reference(config: CompareConfig, call: PipelineCall) -> ClassReference:
+    """The real images and classifier of a class pipeline, checked: the classes compared within the
+    pipeline's, real labels within them with at least ``PRDC_K + 1`` images of every class compared, and
+    a classifier with an output for every class compared.
+
+    Raises:
+        ValueError: naming what does not fit, and what to do.
+    """
+    from atomgen.benchmark.scoring import check_real_classes, real_labels
+    from atomgen.eval import load_classifier_logits
+
+    count, name = call.num_classes, config.classifier_name
+    assert count is not None and config.real is not None and name is not None  # CompareConfig.check
+    classes = config.classes if config.classes is not None else tuple(range(count))
+    if outside := sorted(c for c in classes if not 0 <= c < count):
+        raise ValueError(
+            f"--class-labels {outside}: out of range; {call.pipeline} has {count} classes, 0…{count - 1}"
+        )
+    labels = real_labels(config.real, config.real_limit)
+    check_real_classes(labels, classes, count, config.real)
+    classifier = load_classifier_logits(name)
+    if classifier.dim <= max(classes):
+        raise ValueError(
+            f"--classifier {name} has {classifier.dim} outputs, but class {max(classes)} is compared: its "
+            "output index must be the pipeline's class label (an ImageNet-1k classifier for an ImageNet DiT)"
+        )
+    return ClassReference(labels, classifier, classes)
+
+
 def _scorer(
-    config: CompareConfig, kind: str, extractor: str, pipe: Any
+    config: CompareConfig, kind: str, extractor: str, pipe: Any, reference: ClassReference | None = None
 ) -> Callable[[torch.Tensor, np.ndarray], dict[str, float]]:
-    """The score of one sample folder's images and their class labels or prompts; the models are loaded
-    on first use, so a finished run reads its cached scores only."""
-    from atomgen.benchmark.scoring import ClassScorer, PromptScorer
+    """The score of one sample folder's images and their class labels or prompts; the models (but a class
+    pipeline's classifier, loaded with its ``reference``) are loaded on first use, so a finished run
+    reads its cached scores only."""
+    from atomgen.benchmark.scoring import ClassScorer, PromptScorer, open_real
 
     scorer: Callable[[torch.Tensor, np.ndarray], dict[str, float]] | None = None
 
@@ -272,10 +374,12 @@ def _scorer(
                 reference=config.real,
             )  # fmt: skip
         elif scorer is None:
-            assert config.real is not None
-            scorer = ClassScorer.for_dataset(
-                config.real, images.shape[-1], None, pipe.device,
-                extractor=None if extractor == "classifier" else extractor, weights=config.extractor_weights,
+            assert reference is not None and config.real is not None
+            features = config.classifier_name if extractor == "classifier" else extractor
+            resolution = images.shape[-1]  # a dataset's images at the samples' side, as training loads them
+            scorer = ClassScorer.load(
+                open_real(config.real, config.real_limit, resolution), reference.classifier, resolution,
+                pipe.device, features, config.extractor_weights, classes=reference.classes,
             )  # fmt: skip
         return scorer(images, labels)
 
@@ -323,7 +427,8 @@ def _sample_config(config: CompareConfig, call: PipelineCall, folder: Path, seed
         conditioning: dict[str, Any] = {"prompts": config.prompts, "per_prompt": config.per_prompt}
     else:
         assert call.num_classes is not None
-        conditioning = {"num_samples": call.num_classes * config.samples_per_class}
+        count = call.num_classes if config.classes is None else len(config.classes)
+        conditioning = {"num_samples": count * config.samples_per_class, "class_labels": config.classes}
     return SampleConfig(
         config.pipeline, folder, **conditioning, guidance_scale=setting.scale, steps=config.steps,
         dtype=config.dtype, device=config.device, batch_size=config.batch_size, seed=seed,
@@ -332,11 +437,16 @@ def _sample_config(config: CompareConfig, call: PipelineCall, folder: Path, seed
     )  # fmt: skip
 
 
-def feature_space(name: str | None, weights: str | None, kind: str = "class") -> str:
+def feature_space(
+    name: str | None, weights: str | None, kind: str = "class", classifier: str | None = None
+) -> str:
     """The extractor the scores use: ``name``, or by default DINOv2 for a prompt pipeline (``kind``), and
     for a class pipeline when its weights are at hand offline (``weights``, or
-    :data:`~atomgen.eval.hub_features.DINOV2_ID` in the hub cache), else the dataset classifier's
-    features."""
+    :data:`~atomgen.eval.hub_features.DINOV2_ID` in the hub cache) or its ``classifier`` is a
+    transformers one, else the committed classifier's features."""
+    from atomgen.eval.classifier import WEIGHTS
+
+    committed = classifier is None or classifier in WEIGHTS
     if name is not None:
         if name not in EXTRACTORS:
             raise ValueError(f"extractor must be one of {EXTRACTORS}, got {name!r}")
@@ -345,8 +455,15 @@ def feature_space(name: str | None, weights: str | None, kind: str = "class") ->
                 "--extractor classifier: the dataset classifier's features are for class pipelines; score "
                 "a prompt pipeline on dinov2 (the default), clip or inception features"
             )
+        if name == "classifier" and not committed:
+            raise ValueError(
+                "--extractor classifier: the features of atomgen's committed classifiers "
+                f"({', '.join(WEIGHTS)}: their feature layer); --classifier {classifier} is a transformers "
+                "classifier, whose outputs are class scores, not a feature space to measure FD, precision "
+                "and recall in: score on dinov2 (the default), clip or inception features"
+            )
         return name
-    if weights is not None or kind == "prompt":
+    if weights is not None or kind == "prompt" or not committed:
         return "dinov2"
     from huggingface_hub import try_to_load_from_cache
 
@@ -357,15 +474,28 @@ def feature_space(name: str | None, weights: str | None, kind: str = "class") ->
 
 
 def _scores_folder(config: CompareConfig, extractor: str) -> Path:
-    """One folder of score files per feature space (and for prompts per CLIP model and reference
-    folder): scores on other features, or against other references, are never mixed."""
-    if config.prompts is None:
-        return config.out / "scores" / extractor
+    """One folder of score files per feature space and per what else decides a score: for class
+    pipelines the real images (and their limit), the classifier and the extractor's weights, for prompts
+    the CLIP model and the reference folder. Scores on other features, against other real images or
+    from another classifier are never mixed."""
     from atomgen.eval.hub_features import CLIP_ID
 
-    real = None if config.real is None else str(Path(config.real).resolve())
-    key = hashlib.sha256(json.dumps([config.clip_weights or CLIP_ID, real]).encode()).hexdigest()[:8]
+    if config.prompts is None:
+        identity = [_identity(config.real), config.real_limit, _identity(config.classifier_name),
+                    _identity(config.extractor_weights)]  # fmt: skip
+    else:
+        identity = [config.clip_weights or CLIP_ID, _identity(config.real)]
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:8]
     return config.out / "scores" / f"{extractor}-{key}"
+
+
+def _identity(spec: str | None) -> str | None:
+    """What a dataset, committed classifier or hub id is named, or the absolute path of a file or folder."""
+    from atomgen.eval.classifier import WEIGHTS
+
+    if spec is None or spec in DATASETS or spec in WEIGHTS or not Path(spec).exists():
+        return spec
+    return str(Path(spec).resolve())
 
 
 def _scores_path(scores: Path, seed: int, setting: Setting) -> Path:
@@ -519,10 +649,14 @@ def _setup(report: dict[str, Any]) -> str:
         "is not a result. report.json holds every score's per-seed values."
     )
     if not config.get("prompts"):
+        classes = f" of classes {', '.join(map(str, config['classes']))}" if config.get("classes") else ""
+        real = f" ({report['real_images']} images)" if "real_images" in report else ""
+        judge = report.get("classifier", "the dataset classifier")
         return (
-            f"{config['seeds']} seed(s), {config['samples_per_class']} samples per class per setting; the same "
-            f"noise in every setting of a seed. Per-class scores on {features} features, averaged over classes; "
-            f"accuracy = the dataset classifier agrees with the requested label. {paired}"
+            f"{config['seeds']} seed(s), {config['samples_per_class']} samples per class{classes} per setting; "
+            f"the same noise in every setting of a seed. Per-class scores against {config['real']}{real} on "
+            f"{features} features, averaged over classes; accuracy = {judge} agrees with the requested label. "
+            f"{paired}"
         )
     from atomgen.eval.hub_features import CLIP_ID
 
@@ -572,9 +706,11 @@ __all__ = [
     "DATASETS",
     "METRICS",
     "PROMPT_METRICS",
+    "ClassReference",
     "CompareConfig",
     "Setting",
     "build_report",
+    "class_reference",
     "compare",
     "feature_space",
     "front_axes",
