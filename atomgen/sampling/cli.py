@@ -80,7 +80,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     """The options of ``atomgen compare``."""
     from atomgen.eval.hub_features import CLIP_ID
 
-    from .compare import DATASETS, EXTRACTORS
+    from .compare_config import DATASETS, EXTRACTORS
 
     parser.add_argument(
         "pipeline", help="a class-conditional or prompt pipeline: a folder, an atomgen run, a hub id"

@@ -30,7 +30,8 @@ class-conditional or prompt-conditioned pipeline (Stable Diffusion, SD3, Flux, P
 Writes ``<out>/samples/seed-<k>/<setting>/`` (sample folders), ``<out>/scores/<extractor>-<key>/`` (one
 JSON per scored folder, so a rerun scores nothing twice; the key hashes what else decides a score: the
 real images, the classifier, the weights), and ``report.json`` (every score's per-seed values),
-``report.md`` and ``report.png`` (the front).
+``report.md`` and ``report.png`` (the front). The options are in :mod:`.compare_config`, the report in
+:mod:`.compare_report`.
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,219 +48,18 @@ import numpy as np
 import PIL.Image
 import torch
 
-from atomgen.benchmark.report import MACHINE, Series, cell, front_plot, machine, summary, table, write_reports
-from atomgen.benchmark.stats import (
-    AXES,
-    PROMPT_AXES,
-    RISES,
-    benchmark_scale,
-    choose_strength,
-    front_gaps,
-    grid_by_seed,
-    grid_end,
-)
+from atomgen.benchmark.report import machine, write_reports
+from atomgen.benchmark.stats import AXES, PROMPT_AXES, RISES, benchmark_scale
 from atomgen.io import write_json
 
 from .calls import PipelineCall
+from .compare_config import DATASETS, EXTRACTORS, CompareConfig, Setting
+from .compare_report import COLUMNS, METRICS, PROMPT_METRICS, build_report, markdown, plot
 from .loading import load
 from .processes import Processes, wait_until
 from .sampler import SampleConfig, sample
 
 logger = logging.getLogger(__name__)
-
-DATASETS = ("digits", "mnist5k", "fashion-mnist")  # the datasets whose classifier atomgen ships
-METRICS = ("fid", "precision", "recall", "density", "coverage", "vendi", "lpips", "accuracy")
-PROMPT_METRICS = ("fid", "precision", "recall", "density", "coverage", "vendi", "dino_distance",
-                  "cosine_distance", "clip_score")  # fmt: skip
-COLUMNS = tuple(dict.fromkeys((*METRICS, *PROMPT_METRICS)))  # the report's columns, where scored
-EXTRACTORS = ("classifier", "dinov2", "clip", "inception")  # compare's feature spaces
-_FEATURES = {"classifier": "the committed classifier's", "dinov2": "DINOv2", "clip": "CLIP image",
-             "inception": "Inception-v3"}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """The options of ``atomgen compare``.
-
-    Args:
-        pipeline: a class-conditional or prompt-conditioned pipeline: a folder, an atomgen run directory
-            or a hub id.
-        real: class pipelines: the real images, a dataset atomgen ships a classifier for
-            (:data:`DATASETS`), a ``.npz`` with ``images`` and ``labels``, or a folder written by ``atomgen
-            sample`` (its ``manifest.json`` names each image's class label); labels are the pipeline's
-            class ids, and every class compared needs at least 6 real images. Prompt pipelines: ``None``,
-            or reference images of every prompt, a folder written by ``atomgen sample --prompts``.
-        out: the output folder (resumable).
-        scales: the grid of guidance scales ``w``.
-        methods: ``NAME:STRENGTH[,KEY=VALUE…]`` settings; a method's strengths form its sweep.
-        seeds: sampling seeds ``0 … seeds − 1``.
-        samples_per_class: class pipelines: images per class, per setting and seed.
-        prompts: prompt pipelines: the prompts (distinct).
-        per_prompt: prompt pipelines: images per prompt, per setting and seed (at least 2, the pairs of
-            the diversity within a prompt; at least 6 with ``real``, as per-prompt precision and recall
-            use 5 nearest neighbours).
-        steps: denoising steps (``None``: the pipeline's default).
-        extractor: the feature space of the scores: ``"classifier"`` (a committed classifier's, class
-            pipelines only), ``"dinov2"``, ``"clip"`` or ``"inception"``; ``None``: ``dinov2`` for
-            prompt pipelines, and for class pipelines when its weights are available offline
-            (``extractor_weights`` or the hub cache) or the classifier is a transformers one, else
-            ``classifier``.
-        extractor_weights: a folder or hub id for ``dinov2``/``clip``.
-        clip_weights: prompt pipelines: the CLIP model of the CLIP score, a folder or hub id (default
-            ``atomgen eval``'s, :data:`~atomgen.eval.hub_features.CLIP_ID`).
-        classifier: class pipelines: the judge of class accuracy, ``digits``/``mnist``/``fashion`` (the
-            committed ones) or a transformers image classifier (folder or hub id) whose output index is
-            the class label; ``None``: the dataset's own (required when ``real`` is not a dataset).
-        real_limit: class pipelines: use the first ``real_limit`` real images (of a dataset, the fixed
-            subset of that many that training's ``data.limit`` takes); ``None``: all.
-        classes: class pipelines: the classes compared (``None``: all); the others' real images are
-            left out.
-        batch_size, dtype, device, call_options, trust_remote_code, allow_pickle, progress: as for
-            ``atomgen sample``.
-    """
-
-    pipeline: str
-    real: str | None
-    out: Path
-    scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
-    methods: tuple[str, ...] = ()
-    seeds: int = 3
-    samples_per_class: int = 50
-    steps: int | None = None
-    batch_size: int = 16
-    dtype: str = "fp32"
-    device: str | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    progress: bool = True
-    extractor: str | None = None
-    extractor_weights: str | None = None
-    call_options: dict[str, Any] = field(default_factory=dict)
-    prompts: tuple[str, ...] | None = None
-    per_prompt: int | None = None
-    clip_weights: str | None = None
-    classifier: str | None = None
-    real_limit: int | None = None
-    classes: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        from atomgen.eval.per_class import PRDC_K
-        from atomgen.pipelines.methods import parse_method
-
-        object.__setattr__(self, "out", Path(self.out))
-        if self.prompts is not None:
-            object.__setattr__(self, "prompts", tuple(self.prompts))
-            if len(set(self.prompts)) != len(self.prompts):
-                twice = next(p for p in self.prompts if self.prompts.count(p) > 1)
-                raise ValueError(f"--prompts names {twice!r} twice: each prompt is one group of the scores")
-        if not self.scales or len(set(self.scales)) != len(self.scales):
-            raise ValueError(f"scales must be distinct guidance scales, at least one; got {self.scales}")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
-        if self.real_limit is not None and self.real_limit < 1:
-            raise ValueError(f"--real-limit must be a positive number of images, got {self.real_limit}")
-        if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-            if not self.classes or len(set(self.classes)) != len(self.classes):
-                raise ValueError(
-                    f"--class-labels must name distinct classes, at least one; got {self.classes}"
-                )
-        if self.prompts is None and self.samples_per_class < PRDC_K + 1:
-            raise ValueError(
-                f"samples_per_class ≥ {PRDC_K + 1} (precision and recall use {PRDC_K} nearest neighbours "
-                f"per class) needed, got {self.samples_per_class}"
-            )
-        for method in self.methods:
-            if parse_method(method).scale is None:
-                raise ValueError(f"--method {method!r} gives no strength: write NAME:STRENGTH, e.g. atom:0.1")
-
-    def check(self, kind: str, pipeline: str) -> None:
-        """The options against the pipeline's kind (``class``, ``prompt`` or ``unconditional``).
-
-        Raises:
-            ValueError: naming the option that does not fit the pipeline, and what to pass instead.
-        """
-        from atomgen.eval.hub_classifier import IMAGENET_CLASSIFIER_ID
-        from atomgen.eval.per_class import PRDC_K
-
-        if kind == "class":
-            if self.prompts is not None or self.per_prompt is not None:
-                raise ValueError(
-                    f"{pipeline} is class-conditional: it takes class labels, not prompts; leave out --prompts "
-                    "and --per-prompt (--samples-per-class sets the images per class)"
-                )
-            if self.real is None:
-                raise ValueError(
-                    f"{pipeline}: a class-conditional pipeline is scored against a dataset atomgen ships a "
-                    f"classifier for ({', '.join(DATASETS)}) or against real images of its classes (a .npz "
-                    "with 'images' and 'labels', or a folder written by `atomgen sample`): pass --real"
-                )
-            if self.classifier_name is None:
-                raise ValueError(
-                    f"--real {self.real}: class accuracy, the adherence axis, needs a classifier: pass "
-                    "--classifier (digits, mnist or fashion, atomgen's own, or a transformers image "
-                    "classifier, a folder or hub id whose output index is the class label, e.g. "
-                    f"{IMAGENET_CLASSIFIER_ID} for an ImageNet DiT)"
-                )
-        elif kind == "prompt":
-            given = {
-                "--classifier": self.classifier,
-                "--real-limit": self.real_limit,
-                "--class-labels": self.classes,
-            }
-            if named := [flag for flag, value in given.items() if value is not None]:
-                raise ValueError(
-                    f"{', '.join(named)}: options of class-conditional pipelines; {pipeline} is conditioned "
-                    "on text (its adherence axis is the CLIP score): leave them out"
-                )
-            if not self.prompts:
-                raise ValueError(
-                    f"{pipeline} is conditioned on text: pass --prompts FILE (one prompt a line) and "
-                    "--per-prompt K" + ("; the file has no prompt" if self.prompts is not None else "")
-                )
-            if self.real in DATASETS:
-                raise ValueError(
-                    f"--real {self.real}: a dataset of class images, which a prompt pipeline is not scored "
-                    "against; for reference images per prompt pass a folder written by `atomgen sample "
-                    "--prompts` with the same prompts, or leave --real out"
-                )
-            least = PRDC_K + 1 if self.real is not None else 2
-            if self.per_prompt is None or self.per_prompt < least:
-                why = (
-                    f"per-prompt precision and recall against --real use {PRDC_K} nearest neighbours"
-                    if self.real is not None
-                    else "the diversity within a prompt needs pairs of its images"
-                )
-                raise ValueError(f"--per-prompt must be at least {least} ({why}), got {self.per_prompt}")
-        else:
-            raise ValueError(
-                f"compare needs a class-conditional or prompt-conditioned pipeline (guidance needs a condition "
-                f"to follow); {pipeline} is {kind}: sample it with `atomgen sample`, score it with `atomgen eval`"
-            )
-
-    @property
-    def classifier_name(self) -> str | None:
-        """The judge of class accuracy: ``classifier``, else the dataset's own (``None`` for real images of
-        one's own)."""
-        from atomgen.eval.plan import CLASSIFIER_OF_DATASET
-
-        return self.classifier or CLASSIFIER_OF_DATASET.get(str(self.real))
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One sampled setting: plain CFG at ``scale`` (``method`` None) or one method spec at ``scale``."""
-
-    scale: float
-    method: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.method or 'cfg'} w={self.scale:g}"
-
-    @property
-    def folder(self) -> str:
-        return re.sub(r"[^\w.=-]+", "_", self.name)
 
 
 def compare(config: CompareConfig) -> dict[str, Any] | None:
@@ -529,181 +328,10 @@ def read_samples(folder: Path) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, labels
 
 
-def build_report(
-    config: CompareConfig,
-    grid: dict[float, list[dict[str, float]]],
-    w_star: float,
-    methods: dict[str, list[dict[str, float]]],
-    specs: dict[str, Any],
-    axes: Sequence[str] = AXES,
-    gain: str = "recall",
-) -> dict[str, Any]:
-    """The report: per-seed values of every score, w*, the chosen strengths, paired differences to
-    plain CFG at w* and the gaps to CFG's front on each of ``axes`` (fidelity, then adherence), with
-    ``gain`` the metric the front trades."""
-    reference = grid[w_star]
-
-    def row(setting: Setting, rows: list[dict[str, float]], paired: bool) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "setting": setting.name,
-            "method": setting.method or "cfg",
-            "scale": setting.scale,
-        }
-        for metric in (m for m in COLUMNS if m in rows[0]):
-            values = [r[metric] for r in rows]
-            entry[metric] = summary(values, [r[metric] for r in reference] if paired else None)
-        return entry
-
-    sweeps: dict[str, list[str]] = {}
-    for spec_text, spec in specs.items():
-        key = f"{spec.name}{json.dumps(spec.options, sort_keys=True) if spec.options else ''}"
-        sweeps.setdefault(key, []).append(spec_text)
-    mean = lambda rows: {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}  # noqa: E731
-    chosen = {}
-    for key, members in sweeps.items():
-        strengths = {specs[m].scale: m for m in members}
-        best = choose_strength(
-            {s: mean(methods[m]) for s, m in strengths.items()}, mean(reference), axes, gain
-        )
-        chosen[key] = {
-            "setting": strengths[best],
-            "strength": best,
-            "grid_end": grid_end(best, list(strengths)),
-        }
-    front_grid = grid_by_seed(grid)
-    return {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "axes": list(axes),
-        "gain": gain,
-        "benchmark_scale": w_star,
-        "grid": [row(Setting(w), rows, paired=False) for w, rows in sorted(grid.items())],
-        "methods": [
-            row(Setting(w_star, m), rows, paired=True) | {"strength": specs[m].scale}
-            for m, rows in methods.items()
-        ],
-        "chosen": chosen,
-        "front": {
-            Setting(w_star, m).name: {
-                axis: gap.to_dict() for axis, gap in front_gaps(front_grid, rows, axes, gain).items()
-            }
-            for m, rows in methods.items()
-        },
-    }
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown."""
-    config = report["config"]
-    axes, gain = report.get("axes", AXES), report.get("gain", "recall")
-    shown = [m for m in COLUMNS if report["grid"] and m in report["grid"][0]]
-    lines = [
-        f"# atomgen compare: {config['pipeline']}" + (f" against {config['real']}" if config["real"] else ""),
-        "",
-        _setup(report),
-        "",
-        "## The CFG grid",
-        "",
-        *table(["setting", *shown], [[r["setting"], *(cell(r[m]) for m in shown)] for r in report["grid"]]),
-        "",
-        f"Benchmark scale w* = {report['benchmark_scale']:g}.",
-    ]
-    if report["methods"]:
-        lines += [
-            "",
-            "## Methods at w*",
-            "",
-            *table(
-                ["setting", *shown],
-                [[r["setting"], *(cell(r[m], diff=True) for m in shown)] for r in report["methods"]],
-            ),
-            "",
-            f"Chosen strengths (the largest {gain} at matched {' and '.join(axes)}): "
-            + ", ".join(
-                f"{key} → {c['strength']:g}"
-                + (f" (at the {c['grid_end']} of its sweep: extend it)" if c["grid_end"] else "")
-                for key, c in report["chosen"].items()
-            ),
-            "",
-            "## Against CFG's own front",
-            "",
-        ]
-        body = []
-        for name, gaps in report["front"].items():
-            for axis in axes:
-                gap = gaps[axis]
-                other = _interval(gap["other_diff"]) if gap["other_diff"] is not None else "— (one axis)"
-                body.append([name, axis, _interval(gap["gain"]), other, "yes" if gap["beats"] else "no"])
-        lines += table(["setting", "front on", f"{gain} gain", "other axis Δ", "beats the front"], body)
-    if "machine" in report:
-        lines += ["", MACHINE.format(**report["machine"])]
-    return "\n".join(lines) + "\n"
-
-
-def _setup(report: dict[str, Any]) -> str:
-    """The report's first paragraph: what was sampled and how each score is taken."""
-    config, gain = report["config"], report.get("gain", "recall")
-    extractor = report.get("extractor", "classifier")
-    features = _FEATURES[extractor] + (" (FD_DINOv2 in the FID column)" if extractor == "dinov2" else "")
-    paired = (
-        "Δ = paired difference to plain CFG at w*, [95 % t-interval over seeds]; an interval containing 0 "
-        "is not a result. report.json holds every score's per-seed values."
-    )
-    if not config.get("prompts"):
-        classes = f" of classes {', '.join(map(str, config['classes']))}" if config.get("classes") else ""
-        real = f" ({report['real_images']} images)" if "real_images" in report else ""
-        judge = report.get("classifier", "the dataset classifier")
-        return (
-            f"{config['seeds']} seed(s), {config['samples_per_class']} samples per class{classes} per setting; "
-            f"the same noise in every setting of a seed. Per-class scores against {config['real']}{real} on "
-            f"{features} features, averaged over classes; accuracy = {judge} agrees with the requested label. "
-            f"{paired}"
-        )
-    from atomgen.eval.hub_features import CLIP_ID
-
-    text = (
-        f"{config['seeds']} seed(s), {len(config['prompts'])} prompts × {config['per_prompt']} images per "
-        "setting; the same noise in every setting of a seed. clip_score = 100 × max(cos, 0) of the CLIP "
-        f"image and prompt embeddings ({config.get('clip_weights') or CLIP_ID}), the mean over images: the "
-        f"adherence axis. Diversity within each prompt on {_FEATURES[extractor]} features, averaged over "
-        "prompts: vendi, and the mean pairwise cosine distance "
-        f"({'dino_distance' if extractor == 'dinov2' else 'cosine_distance'})."
-    )
-    if config["real"]:
-        return (
-            f"{text} Against {config['real']}: each prompt's samples against that prompt's reference images "
-            f"on {features} features (FD, precision, recall, density, coverage; 5 neighbours), averaged over "
-            f"prompts. {paired}"
-        )
-    return (
-        f"{text} {paired}\n\n**No reference images (--real): no fidelity axis, no recall.** The front is on "
-        f"the CLIP score alone, and its gain, {gain}, is the spread of the images within a prompt, not "
-        "diversity against a reference: images scattered off the data raise it too, so this report cannot "
-        "show a diversity gain at matched fidelity. Pass --real (a folder of `atomgen sample --prompts` with "
-        "reference images of every prompt) for precision and recall."
-    )
-
-
-def _interval(value: dict[str, Any]) -> str:
-    from atomgen.benchmark.stats import format_interval
-
-    return format_interval(value["mean"], value["low"], value["high"])
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    """The gain (recall) against each axis of the front: CFG's grid as a line, the methods as markers."""
-    gain, panels = report.get("gain", "recall"), []
-    for axis in report.get("axes", AXES):
-        grid = report["grid"]
-        series = [Series("CFG", [r[axis]["mean"] for r in grid], [r[gain]["mean"] for r in grid], True,
-                         [f"w={r['scale']:g}" for r in grid])]  # fmt: skip
-        series += [Series(r["setting"], [r[axis]["mean"]], [r[gain]["mean"]]) for r in report["methods"]]
-        panels.append((report["config"]["pipeline"], axis, series))
-    front_plot(panels, path, ylabel=gain)
-
-
 __all__ = [
     "COLUMNS",
     "DATASETS",
+    "EXTRACTORS",
     "METRICS",
     "PROMPT_METRICS",
     "ClassReference",
@@ -714,6 +342,7 @@ __all__ = [
     "compare",
     "feature_space",
     "front_axes",
+    "markdown",
     "read_samples",
     "sample_and_score",
 ]
