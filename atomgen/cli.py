@@ -226,7 +226,7 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import RunLocked, train
     from .train.config import ConfigError, ExperimentConfig
 
     try:
@@ -234,6 +234,9 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         run = train(config, resume=args.resume, dry_run=args.dry_run)
     except (ConfigError, FileNotFoundError) as error:
         parser.error(str(error))
+    except RunLocked as error:  # not a usage error: the run is busy
+        print(f"atomgen train: {error}", file=sys.stderr)
+        return 1
     print(f"{'checked' if args.dry_run else 'trained'}: {run}")
     return 0
 

@@ -6,5 +6,6 @@ imports from it; nothing in the library imports from here.
 
 from .config import ConfigError, ExperimentConfig
 from .loop import TrainingDiverged, train
+from .run_lock import RunLocked
 
-__all__ = ["ConfigError", "ExperimentConfig", "TrainingDiverged", "train"]
+__all__ = ["ConfigError", "ExperimentConfig", "RunLocked", "TrainingDiverged", "train"]

@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from ..separation import AtomOutput, AtomSeparation
 from . import checkpoints
 from .config import ExperimentConfig
 from .models import build_model, build_scheduler, build_separation, probe_site, site_of
+from .run_lock import run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,24 @@ def train(
     and, at the end, ``pipeline/`` (a ``DDPMPipeline``, or an ``AtomClassConditionalPipeline`` for a
     class-conditional UNet or a DiT, with the separation module in ``pipeline/separation``) or ``vae/``
     (an ``AutoencoderKL``). A flow model's pipeline holds a ``FlowMatchEulerDiscreteScheduler``.
+
+    Raises:
+        RunLocked: another live process is training the same run directory
+            (:mod:`atomgen.train.run_lock`).
     """
+    if int(os.environ.get("RANK", "0")) != 0:  # the main process (rank 0) holds the run's lock for all
+        return _train(config, resume, dry_run, on_step_end, progress)
+    with run_lock(config.train.output_dir):
+        return _train(config, resume, dry_run, on_step_end, progress)
+
+
+def _train(
+    config: ExperimentConfig,
+    resume: str | None,
+    dry_run: bool,
+    on_step_end: StepCallback | None,
+    progress: bool,
+) -> Path:
     cfg = config.train
     run_dir = Path(cfg.output_dir)
     accelerator = Accelerator(

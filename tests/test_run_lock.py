@@ -1,0 +1,61 @@
+"""One training per run directory: a live trainer's lock refuses a second one; a dead one's is taken over."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+from test_train import tiny
+
+from atomgen.train import RunLocked, train
+from atomgen.train.run_lock import LOCK, run_lock
+
+
+def _lock(run, pid: int, host: str | None = None) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / LOCK).write_text(f"{host or socket.gethostname()} {pid}")
+
+
+def test_a_live_trainer_refuses_a_second_one(tmp_path):
+    config = tiny(tmp_path)
+    run = tmp_path / "run"
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            _lock(run, other.pid)
+            with pytest.raises(RunLocked, match=f"being trained by process {other.pid}"):
+                train(config, dry_run=True)
+            assert not (run / "config.yaml").exists()  # refused before anything is written
+        finally:
+            other.kill()
+
+
+def test_a_dead_trainers_lock_is_taken_over_and_released(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    run = tmp_path / "run"
+    _lock(run, int(finished.stdout))
+    train(tiny(tmp_path), dry_run=True)
+    assert (run / "config.yaml").is_file() and not (run / LOCK).exists()
+
+
+def test_another_hosts_lock_is_respected_and_says_how_to_clear_it(tmp_path):
+    _lock(tmp_path, 1, host="elsewhere.example")
+    with pytest.raises(RunLocked, match=r"if it has stopped, delete .*\.train\.lock"), run_lock(tmp_path):
+        pass
+
+
+def test_the_command_line_says_so_and_fails(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(tiny(tmp_path).to_yaml())
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            _lock(tmp_path / "run", other.pid)
+            done = subprocess.run(
+                [sys.executable, "-m", "atomgen", "train", str(config), "--dry-run"],
+                capture_output=True,
+                text=True,
+            )
+        finally:
+            other.kill()
+    assert done.returncode == 1 and f"being trained by process {other.pid}" in done.stderr
