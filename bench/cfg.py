@@ -49,7 +49,7 @@ steps at 0.65 s, two trainings side by side), a model with atom separation in ab
 on mnist5k the 3 baselines, the 3 variants on seed 0 and the chosen one on seeds 1–2; on Fashion-MNIST
 the 3 baselines and the chosen variant on 3 seeds: about 11 core-hours. Settings: about 107 on mnist5k
 (on 3 seeds: 6 grid points, 7 methods, 6 autoguidance settings, atom + interval, the chosen variant's 4
-grid points; on seed 0: 25 sweep points, the other variants, atom + APG and atom + autoguidance) and
+grid points; on seed 0: 26 sweep points, the other variants, atom + APG and atom + autoguidance) and
 about 74 on Fashion-MNIST: about 6 core-hours. About 9 hours on 2 cores in all.
 """
 
@@ -110,7 +110,7 @@ class Preset:
     strengths: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("interval", (0.1, 0.2, 0.4)),
         ("apg", (0.0, 0.5)),
-        ("cads", (0.1, 0.25, 0.5, 1.0)),
+        ("cads", (0.1, 0.25, 0.5, 1.0, 2.0)),
         ("pg", (0.02, 0.05, 0.1, 0.2)),
         ("atom", (0.01, 0.02, 0.05, 0.1)),
         ("atom-feature", (0.2, 0.4, 0.8, 1.6)),
