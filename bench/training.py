@@ -17,7 +17,8 @@ import torch
 
 logger = logging.getLogger("bench.training")
 
-HELD_OUT_SEED = 0  # the order in which held-out images are taken: the same for every model seed
+HELD_OUT_SEED = 0
+LOCK_POLL_SECONDS = 60.0  # how often a benchmark looks again at a model another process is training  # the order in which held-out images are taken: the same for every model seed
 
 
 def dataset_overrides(overrides: tuple[tuple[str, tuple[str, ...]], ...], dataset: str) -> tuple[str, ...]:
@@ -34,7 +35,8 @@ def dataset_overrides(overrides: tuple[tuple[str, tuple[str, ...]], ...], datase
 
 def train_once(config: Any, export: str, *, progress: bool = True) -> Path:
     """The exported model ``<train.output_dir>/<export>`` of ``config`` (an ``ExperimentConfig``),
-    trained first when it is missing, and resumed from the latest checkpoint when one exists.
+    trained first when it is missing, and resumed from the latest checkpoint when one exists. When
+    another process is training it (``atomgen.train.run_lock``), waits for that model instead.
 
     The seconds this invocation trained go to ``train.json`` beside the run directory.
 
@@ -48,7 +50,7 @@ def train_once(config: Any, export: str, *, progress: bool = True) -> Path:
             would mix two experiments.
     """
     from atomgen.io import write_json
-    from atomgen.train import ExperimentConfig, train
+    from atomgen.train import ExperimentConfig, RunLocked, train
 
     run = Path(config.train.output_dir)
     if (run / "config.yaml").is_file():
@@ -59,11 +61,16 @@ def train_once(config: Any, export: str, *, progress: bool = True) -> Path:
                 f"{run} holds a model trained with another config (another preset?); use another --out"
             )
     folder = run / export
-    if not (folder / ("model_index.json" if export == "pipeline" else "config.json")).is_file():
+    while not (folder / ("model_index.json" if export == "pipeline" else "config.json")).is_file():
         resume = "latest" if (run / "checkpoints").is_dir() else None
         logger.info("training %s%s", run, " (resuming)" if resume else "")
         started = time.perf_counter()
-        train(config, resume=resume, progress=progress)
+        try:
+            train(config, resume=resume, progress=progress)
+        except RunLocked as busy:  # another process (a training queue) trains it: use its model
+            logger.info("%s; waiting for it", busy)
+            time.sleep(LOCK_POLL_SECONDS)
+            continue
         seconds = time.perf_counter() - started  # of this invocation only, when it resumed
         write_json(run.parent / "train.json", {"seconds": seconds, "resumed": bool(resume)})
     return folder

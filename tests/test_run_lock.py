@@ -59,3 +59,27 @@ def test_the_command_line_says_so_and_fails(tmp_path):
         finally:
             other.kill()
     assert done.returncode == 1 and f"being trained by process {other.pid}" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_benchmark_waits_for_the_model_another_process_trains(tmp_path, monkeypatch):
+    """bench/training.train_once on a run that `atomgen train` is training: it waits, then uses that
+    model, training nothing itself (one metrics line per step, not two runs' worth)."""
+    import time
+
+    from bench_scripts import load_bench
+
+    training = load_bench("training")
+    monkeypatch.setattr(training, "LOCK_POLL_SECONDS", 0.2)
+    config = tiny(tmp_path, "train.steps=6")
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    run = tmp_path / "run"
+    with subprocess.Popen([sys.executable, "-m", "atomgen", "train", str(path)]) as other:
+        while not (run / LOCK).exists() and other.poll() is None:
+            time.sleep(0.05)
+        assert other.poll() is None, "the training ended before the benchmark could meet its lock"
+        folder = training.train_once(config, "pipeline", progress=False)
+        assert other.wait() == 0
+    assert folder == run / "pipeline" and (folder / "model_index.json").is_file()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 6
