@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-all demo bench sweep cfg attribution vae lint format clean
+.PHONY: test test-all demo bench sweep cfg cfg-models attribution vae lint format clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,9 +37,19 @@ sweep: $(STAMP)
 	$(PY) bench/sweep.py --out runs/sweep
 
 # The classifier-free guidance benchmark (bench/cfg.py's docstring gives its hours on 2 CPU cores;
-# resumable: run it again to go on).
+# resumable: run it again to go on): the models; mnist5k's seed 0, whose sweeps choose the strengths and
+# the trained variant; the chosen variant's models; then every setting and the report.
 cfg: $(STAMP)
-	$(PY) bench/cfg.py --out runs/cfg --results results
+	$(MAKE) cfg-models
+	OMP_NUM_THREADS=1 $(PY) bench/cfg.py --out runs/cfg --datasets mnist5k --seeds 1
+	$(MAKE) cfg-models
+	OMP_NUM_THREADS=1 $(PY) bench/cfg.py --out runs/cfg --results results
+
+# The models the scores written so far call for, in two training workers, one per core.
+cfg-models: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) bench/cfg.py --out runs/cfg --train-only --shard 0/2 & first=$$!; \
+	OMP_NUM_THREADS=1 $(PY) bench/cfg.py --out runs/cfg --train-only --shard 1/2 \
+	  && wait $$first || { kill $$first 2>/dev/null; exit 1; }
 
 # The attribution benchmark (about 2 hours on 2 CPU cores, resumable: run it again to go on).
 attribution: $(STAMP)

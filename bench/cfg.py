@@ -4,6 +4,7 @@ mnist5k, confirmed untouched on Fashion-MNIST.
 
     python bench/cfg.py --out runs/cfg                       # the CPU preset, staged and resumable
     python bench/cfg.py --out runs/cfg --datasets mnist5k --seeds 1   # one stage of it
+    python bench/cfg.py --out runs/cfg --train-only --shard 1/2       # one of two training workers
     python bench/cfg.py --out /tmp/cfg --dry-run             # every code path at toy sizes
     python bench/cfg.py --out runs/cfg-gpu --preset gpu      # bench/gpu.sh: larger sets, more steps
 
@@ -419,6 +420,27 @@ class Bench:
         }
         return part
 
+    def models(self, datasets: tuple[str, ...]) -> list[tuple[str, int, str]]:
+        """Every model the benchmark samples, as ``(dataset, seed, variant)``, in the order it needs them:
+        the baselines, the variants of the tuning seeds, then the chosen variant on every seed where the
+        scores written so far choose one (until then it cannot be known)."""
+        preset, tune = self.preset, _at_most(self.preset.variant_tune_seeds, self.preset.seeds)
+        models = [(d, k, "") for d in datasets for k in range(preset.seeds)]
+        models += [(datasets[0], k, v) for k in range(tune) for v in preset.variants]
+        if preset.variants:
+            scored = Bench(self.out, preset, False, self.model, cached_only=True)
+            chosen = scored.run(datasets[:1])["datasets"]
+            variant = next(iter(chosen.values()), {}).get("variant")
+            if variant:
+                models += [(d, k, variant) for d in datasets for k in range(preset.seeds)]
+        return list(dict.fromkeys(models))
+
+    def train(self, datasets: tuple[str, ...], shard: int = 0, shards: int = 1) -> None:
+        """Train this shard's share of :meth:`models` (every ``shards``-th, from ``shard`` on): shards run
+        side by side, and beside the benchmark, which waits for a model another process trains."""
+        for dataset, seed, variant in self.models(datasets)[shard::shards]:
+            train_once(self.config(dataset, seed, variant), "pipeline", progress=self.progress)
+
     def variants(
         self, dataset: str, tuned: dict[str, Any], by_scale: dict[float, list[dict[str, float]]], seeds: int
     ) -> Table:
@@ -522,6 +544,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="an interim report from the scores written so far (never trains or samples)",
     )
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="only train the models (the chosen variant's too, once the scores choose it); with --shard",
+    )
+    parser.add_argument(
+        "--shard", default="0/1", metavar="K/N", help="with --train-only: the K-th of N workers (default 0/1)"
+    )
     parser.add_argument("--results", type=Path, help="also write the tables and the plot here (results/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -540,6 +570,12 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(
         args.out, preset, not args.dry_run, args.model, grid_only=args.grid_only, cached_only=args.cached_only
     )
+    if args.train_only:
+        shard, _, shards = args.shard.partition("/")
+        if not (shard.isdigit() and shards.isdigit() and int(shard) < int(shards)):
+            parser.error(f"--shard {args.shard!r}: expected K/N with 0 ≤ K < N, e.g. 1/2")
+        bench.train(tuple(args.datasets), int(shard), int(shards))
+        return 0
     report = bench.run(tuple(args.datasets))
     stem = "cfg" if args.model == "cfg" else f"cfg-{args.model}"
     text = write_reports(

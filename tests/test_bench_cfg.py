@@ -197,3 +197,27 @@ def test_cfg_dry_run_on_the_flow_transformer(tmp_path):
     methods = {row["method"] for row in report["datasets"]["mnist5k"]["methods"]}
     assert {"interval", "apg", "cads", "pg", "atom", "atom-feature", "atom+interval", "atom+apg"} <= methods
     assert not any(row["model"] for row in report["datasets"]["mnist5k"]["methods"])  # no trained variants
+
+
+@pytest.mark.slow
+def test_train_only_shards_train_every_model_once(tmp_path):
+    """`--train-only --shard K/N`: the workers share the models (baselines, then the tuning seed's variants)
+    side by side; the chosen variant's other seeds wait until the scores choose it."""
+    command = [sys.executable, str(ROOT / "bench" / "cfg.py"), "--out", str(tmp_path), "--dry-run"]
+    command += ["--datasets", "mnist5k", "--train-only", "--shard"]
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    workers = [
+        subprocess.Popen([*command, f"{k}/2"], stderr=subprocess.PIPE, text=True, env=env) for k in (0, 1)
+    ]
+    for worker in workers:
+        assert worker.wait(timeout=600) == 0, worker.stderr.read()[-2000:]
+    trained = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/*/*/pipeline"))
+    assert trained == [
+        "mnist5k/seed0/model",
+        "mnist5k/seed0/model-atom-class0.3",
+        "mnist5k/seed0/model-atom0.3",
+        "mnist5k/seed1/model",
+    ]
+    assert not list(tmp_path.glob("*/*/scores"))  # trains only
+    with pytest.raises(subprocess.CalledProcessError, match="exit status 2"):
+        run([*command, "2/2"])  # no such worker
