@@ -312,12 +312,17 @@ class FrontGap:
     gain_metric: str = "recall"
 
     @property
-    def beats(self) -> bool:
-        """Above the front on ``axis``: the gain's interval clear of zero and the other axis no worse
-        than the front's by more than its slack (:data:`OTHER_AXIS_SLACKS`, mean over seeds)."""
+    def other_matched(self) -> bool:
+        """The other axis no worse than the front's by more than its slack (:data:`OTHER_AXIS_SLACKS`,
+        mean over seeds); true for a front on one axis."""
         if self.other is None or self.other_diff is None:
-            return self.gain.above_zero
-        return self.gain.above_zero and self.other_diff.mean >= -OTHER_AXIS_SLACKS[self.other]
+            return True
+        return self.other_diff.mean >= -OTHER_AXIS_SLACKS[self.other]
+
+    @property
+    def beats(self) -> bool:
+        """Above the front on ``axis``: the gain's interval clear of zero, the other axis matched."""
+        return self.gain.above_zero and self.other_matched
 
     def to_dict(self) -> dict[str, Any]:
         return {
