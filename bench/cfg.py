@@ -62,7 +62,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import statistics
 import sys
 import time
@@ -385,10 +384,8 @@ class Bench:
         autoguidance = [Setting("autoguidance", g_w, guide=g) for g in guides for g_w in preset.guide_scales]
         table |= self.scores(dataset, autoguidance, seeds)
         if autoguidance and "guide" not in tuned and all(table[s] for s in autoguidance):
-            best = max(
-                autoguidance,
-                key=lambda s: stats.front_gap(stats.grid_by_seed(by_scale), table[s], "precision").gain.mean,
-            )
+            front = stats.grid_by_seed(by_scale)
+            best = max(autoguidance, key=lambda s: stats.best_front_gain(front, table[s]))
             tuned["guide"] = (best.guide, best.scale)  # the combinations' guide and w: the best front gain
         for name, count in preset.combined:
             parts = tuple((p, chosen[p]) for p in name.split("+") if p != "autoguidance")
@@ -448,7 +445,7 @@ class Bench:
     ) -> Table:
         """The trained variants over :attr:`Preset.variant_scales`: every one on the tuning seeds of the
         first dataset, then the one with the largest mean recall gain over CFG's front there (on either
-        axis, at any of its ``w``, with the other axis matched) on every seed and on the other datasets,
+        axis, at any of its ``w``, where the gain is comparable: :func:`~atomgen.benchmark.stats.best_front_gain`) on every seed and on the other datasets,
         as the methods' strengths are chosen and confirmed."""
         preset = self.preset
 
@@ -464,9 +461,7 @@ class Bench:
             front = stats.grid_by_seed(by_scale)
 
             def gain(variant: str) -> float:
-                gaps = [g for s in settings(variant) for g in stats.front_gaps(front, trials[s]).values()]
-                matched = [g.gain.mean for g in gaps if g.other_matched]
-                return max(matched, default=-math.inf)
+                return max(stats.best_front_gain(front, trials[s]) for s in settings(variant))
 
             tuned["variant"] = max(preset.variants, key=gain)
         if "variant" not in tuned:

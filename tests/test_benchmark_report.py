@@ -76,6 +76,17 @@ def test_guidance_report_shows_both_axes_and_writes_json_markdown_and_plot(tmp_p
     assert line.count("**yes**") == 2  # on both axes: at accuracy 0.94 the front has recall 0.80 too
 
 
+def test_a_setting_below_the_fronts_range_is_flagged_and_never_above_it(tmp_path):
+    report = synthetic_report()
+    part = report["datasets"]["mnist5k"]
+    grid = [[scores(0.90, 0.90, 0.90), scores(0.96, 0.70, 0.98)]] * 2
+    looser = [scores(0.88, 0.95, 0.88)] * 2  # less precise and less accurate than w = 1, more recall
+    part["front"]["pg-0.2-w2"] = {a: g.to_dict() for a, g in front_gaps(grid, looser).items()}
+    text = guidance_report.markdown(report)
+    line = next(x for x in text.splitlines() if x.startswith("| pg-0.2-w2 |"))
+    assert "**yes**" not in line and line.count("no (2 seed(s) below its range)") == 2
+
+
 def test_front_plot_writes_nothing_without_panels(tmp_path):
     front_plot([], tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()

@@ -99,14 +99,15 @@ GRID = [row(0.90, 0.90, 0.90), row(0.94, 0.80, 0.96), row(0.96, 0.70, 0.98), row
 
 def test_front_is_interpolated_along_the_w_grid_on_either_axis():
     # precision 0.92 is half-way from w = 1 to 1.5: recall 0.85, accuracy 0.93 there
-    recall, accuracy, inside = front_at(GRID, 0.92, "precision", "accuracy")
-    assert (recall, accuracy, inside) == (pytest.approx(0.85), pytest.approx(0.93), True)
+    recall, accuracy, side = front_at(GRID, 0.92, "precision", "accuracy")
+    assert (recall, accuracy, side) == (pytest.approx(0.85), pytest.approx(0.93), "within")
     # accuracy 0.97 is half-way from w = 1.5 to 2 on the accuracy axis: recall 0.75, precision 0.95
-    recall, precision, inside = front_at(GRID, 0.97, "accuracy", "precision")
-    assert (recall, precision, inside) == (pytest.approx(0.75), pytest.approx(0.95), True)
-    # beyond the ends the front is held, and the point counts as outside it
-    assert front_at(GRID, 0.99, "precision", "accuracy") == (0.70, 0.98, False)
-    assert front_at(GRID, 0.85, "precision", "accuracy") == (0.90, 0.90, False)
+    recall, precision, side = front_at(GRID, 0.97, "accuracy", "precision")
+    assert (recall, precision, side) == (pytest.approx(0.75), pytest.approx(0.95), "within")
+    # beyond the ends the front is held, and the side says which end
+    assert front_at(GRID, 0.99, "precision", "accuracy") == (0.70, 0.98, "above")
+    assert front_at(GRID, 0.85, "precision", "accuracy") == (0.90, 0.90, "below")
+    assert front_at(GRID, 0.90, "precision", "accuracy")[2] == "within"
 
 
 def test_a_setting_beats_the_front_only_with_an_interval_above_zero_and_the_other_axis_held():
@@ -115,7 +116,7 @@ def test_a_setting_beats_the_front_only_with_an_interval_above_zero_and_the_othe
     better = [row(0.92, 0.85 + gain, 0.935) for gain in (0.03, 0.04, 0.05)]
     gap = front_gap(grids, better, "precision")
     assert gap.gain.mean == pytest.approx(0.04) and gap.gains == pytest.approx([0.03, 0.04, 0.05])
-    assert gap.other_diff.mean == pytest.approx(0.005) and gap.beats and gap.outside == 0
+    assert gap.other_diff.mean == pytest.approx(0.005) and gap.beats and gap.below == gap.above == 0
     # the same recall with class accuracy 0.02 below the front's: not above it on the precision axis
     assert not front_gap(grids, [row(0.92, r["recall"], 0.91) for r in better], "precision").beats
     # a gain whose interval contains zero is no result
@@ -128,6 +129,17 @@ def test_a_setting_beats_the_front_only_with_an_interval_above_zero_and_the_othe
     assert both["accuracy"].to_dict()["gains"] == pytest.approx(both["accuracy"].gains)
     with pytest.raises(ValueError, match="axis must be one of"):
         front_gap(grids, better, "recall")
+
+
+def test_a_gain_below_the_fronts_range_is_no_evidence_and_one_above_it_is():
+    grids = [GRID, GRID, GRID]
+    # less precise than w = 1 (0.90) with more recall: a smaller w might reach it, so it is not above
+    below = front_gap(grids, [row(0.88, 0.95, 0.90)] * 3, "precision")
+    assert below.gain.mean == pytest.approx(0.05) and below.below == 3 and not below.beats
+    assert below.to_dict()["below"] == 3 and not below.to_dict()["beats"]
+    # more precise than w = 2 (0.96) with more recall: it beats that grid point on both, so it is above
+    above = front_gap(grids, [row(0.97, 0.72 + g, 0.98) for g in (0.01, 0.02, 0.03)], "precision")
+    assert above.above == 3 and above.below == 0 and above.beats
 
 
 def test_prompt_pipelines_use_the_clip_score_with_its_own_thresholds():

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from atomgen.benchmark.report import MACHINE, Series, cell, table
+from atomgen.benchmark.report import MACHINE, Series, beyond_ends, cell, table
 from atomgen.benchmark.report import front_plot as draw
 from atomgen.benchmark.stats import ACCURACY_RISE, AXES, OTHER_AXIS_SLACK, format_interval
 
@@ -142,7 +142,8 @@ def front_table(front: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         "along w; the gain is the setting's recall minus the front's at the setting's own value of the "
         "axis (held at the front's ends beyond them), averaged over seeds with a paired 95 % interval. "
         "**Above** the front on an axis: the interval clear of zero and the other axis no worse than the "
-        f"front's there by more than {OTHER_AXIS_SLACK:g}. Seeds outside the front's range are counted.",
+        f"front's there by more than {OTHER_AXIS_SLACK:g}, and no seed below the front's range (less "
+        "guided than w = 1, where the front is unmeasured). Seeds beyond either end are counted.",
         "",
     ]
     header = ["setting"]
@@ -154,7 +155,7 @@ def front_table(front: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         cells = [name]
         for axis in AXES:
             gap = gaps[axis]
-            outside = f" ({gap['outside']} seed(s) outside)" if gap["outside"] else ""
+            outside = beyond_ends(gap)
             cells += [
                 format_interval(gap["gain"]["mean"], gap["gain"]["low"], gap["gain"]["high"]),
                 f"{gap['other_diff']['mean']:+.3f}",

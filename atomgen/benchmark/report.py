@@ -45,6 +45,12 @@ def cell(value: dict[str, Any], spec: str = ".3f", diff: bool = False) -> str:
     return text
 
 
+def beyond_ends(gap: dict[str, Any]) -> str:
+    """A note to a front verdict: the seeds beyond the ends of CFG's front (``FrontGap.to_dict``)."""
+    ends = [f"{gap[end]} seed(s) {end}" for end in ("below", "above") if gap[end]]
+    return f" ({', '.join(ends)} its range)" if ends else ""
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     """A Markdown table's lines."""
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
@@ -150,6 +156,7 @@ def write_reports(
 __all__ = [
     "MACHINE",
     "Series",
+    "beyond_ends",
     "cell",
     "front_plot",
     "machine",

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -255,7 +256,7 @@ def _pareto_indices(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def front_at(
     grid: Sequence[Row], value: float, axis: str, other: str | None, gain: str = "recall"
-) -> tuple[float, float | None, bool]:
+) -> tuple[float, float | None, str]:
     """CFG's front of one seed at ``axis = value``: its ``gain`` metric (recall) and its ``other`` axis
     there (``None`` for a front on one axis).
 
@@ -263,20 +264,27 @@ def front_at(
     joined in order of the axis (along ``w``, as guidance raises it); a value between two of them takes
     the gain and the other axis at the same fraction of the segment, and beyond the ends they are held.
 
+    Held, the two ends mean different things. Above the front's highest point on the axis, a setting with
+    more recall than that point beats it on both coordinates. Below its lowest point (the least guided),
+    the front is unmeasured: a smaller ``w`` would trade on towards more recall, so a gain there is no
+    evidence of lying above the front.
+
     Returns:
-        the gain metric, the other axis, and whether ``value`` lies within the front's range.
+        the gain metric, the other axis, and where ``value`` lies: ``"below"`` the front's range,
+        ``"within"`` it or ``"above"`` it.
     """
     indices = _pareto_indices([(row[axis], row[gain]) for row in grid])
     points = [(grid[i][axis], grid[i][gain], None if other is None else grid[i][other]) for i in indices]
     low, high = points[0], points[-1]
     if value <= low[0] or value >= high[0]:
         end = low if value <= low[0] else high
-        return end[1], end[2], low[0] <= value <= high[0]
+        side = "within" if low[0] <= value <= high[0] else "below" if value < low[0] else "above"
+        return end[1], end[2], side
     for left, right in itertools.pairwise(points):
         if left[0] <= value <= right[0]:
             fraction = (value - left[0]) / (right[0] - left[0])
             between = None if other is None else left[2] + fraction * (right[2] - left[2])
-            return left[1] + fraction * (right[1] - left[1]), between, True
+            return left[1] + fraction * (right[1] - left[1]), between, "within"
     raise AssertionError("unreachable: the value lies within the front's range")
 
 
@@ -298,7 +306,9 @@ class FrontGap:
         other_diff: the setting's ``other`` minus the front's there (``None`` without another axis).
         gains: the per-seed values of ``gain``.
         other_diffs: the per-seed values of ``other_diff`` (empty without another axis).
-        outside: seeds on which the setting's ``axis`` lies beyond the front's range (its ends held).
+        below: seeds on which the setting's ``axis`` lies below the front's range, where the front is
+            unmeasured (:func:`front_at`): no such seed's gain is evidence of lying above the front.
+        above: seeds on which it lies above the front's range (its highest point held).
         gain_metric: what ``gain`` measures (``recall``, or a spread within a prompt).
     """
 
@@ -308,7 +318,8 @@ class FrontGap:
     other_diff: Interval | None
     gains: list[float]
     other_diffs: list[float]
-    outside: int
+    below: int
+    above: int
     gain_metric: str = "recall"
 
     @property
@@ -320,9 +331,15 @@ class FrontGap:
         return self.other_diff.mean >= -OTHER_AXIS_SLACKS[self.other]
 
     @property
+    def comparable(self) -> bool:
+        """The gain is evidence about the front: the other axis matched and no seed below the front's
+        range."""
+        return self.other_matched and not self.below
+
+    @property
     def beats(self) -> bool:
-        """Above the front on ``axis``: the gain's interval clear of zero, the other axis matched."""
-        return self.gain.above_zero and self.other_matched
+        """Above the front on ``axis``: the gain's interval clear of zero, and :attr:`comparable`."""
+        return self.gain.above_zero and self.comparable
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -333,7 +350,8 @@ class FrontGap:
             "other_diff": None if self.other_diff is None else self.other_diff.to_dict(),
             "gains": self.gains,
             "other_diffs": self.other_diffs,
-            "outside": self.outside,
+            "below": self.below,
+            "above": self.above,
             "beats": self.beats,
         }
 
@@ -361,15 +379,18 @@ def front_gap(
         raise ValueError(f"{len(rows)} seeds to pair with a CFG grid of {len(grid)} seeds")
     others = [a for a in axes if a != axis]
     other = others[0] if others else None
-    gains, other_diffs, outside = [], [], 0
+    gains, other_diffs, sides = [], [], []
     for seed_grid, row in zip(grid, rows, strict=False):
-        front, other_value, inside = front_at(seed_grid, row[axis], axis, other, gain)
+        front, other_value, side = front_at(seed_grid, row[axis], axis, other, gain)
         gains.append(float(row[gain]) - front)
         if other is not None:
             other_diffs.append(float(row[other]) - other_value)
-        outside += not inside
+        sides.append(side)
     other_diff = paired_interval(other_diffs) if other is not None else None
-    return FrontGap(axis, other, paired_interval(gains), other_diff, gains, other_diffs, outside, gain)
+    return FrontGap(
+        axis, other, paired_interval(gains), other_diff, gains, other_diffs,
+        sides.count("below"), sides.count("above"), gain,
+    )  # fmt: skip
 
 
 def front_gaps(
@@ -377,6 +398,13 @@ def front_gaps(
 ) -> dict[str, FrontGap]:
     """:func:`front_gap` on every axis of ``axes``, keyed by axis."""
     return {axis: front_gap(grid, rows, axis, axes, gain) for axis in axes}
+
+
+def best_front_gain(grid: Sequence[Sequence[Row]], rows: Sequence[Row], axes: Sequence[str] = AXES) -> float:
+    """A setting's largest mean gain over CFG's front among the axes where it is :attr:`FrontGap.comparable`
+    (``-inf`` on none): how a benchmark picks one of several candidates on its tuning seeds."""
+    gaps = front_gaps(grid, rows, axes).values()
+    return max((g.gain.mean for g in gaps if g.comparable), default=-math.inf)
 
 
 __all__ = [
@@ -396,6 +424,7 @@ __all__ = [
     "Row",
     "admissible",
     "benchmark_scale",
+    "best_front_gain",
     "choose_strength",
     "format_interval",
     "front_at",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from atomgen.benchmark.report import MACHINE, Series, cell, front_plot, summary, table
+from atomgen.benchmark.report import MACHINE, Series, beyond_ends, cell, front_plot, summary, table
 from atomgen.benchmark.stats import AXES, choose_strength, front_gaps, grid_by_seed, grid_end
 
 from .compare_config import CompareConfig, Setting
@@ -128,7 +128,8 @@ def markdown(report: dict[str, Any]) -> str:
             for axis in axes:
                 gap = gaps[axis]
                 other = _interval(gap["other_diff"]) if gap["other_diff"] is not None else "— (one axis)"
-                body.append([name, axis, _interval(gap["gain"]), other, "yes" if gap["beats"] else "no"])
+                verdict = ("yes" if gap["beats"] else "no") + beyond_ends(gap)
+                body.append([name, axis, _interval(gap["gain"]), other, verdict])
         lines += table(["setting", "front on", f"{gain} gain", "other axis Δ", "beats the front"], body)
     if "machine" in report:
         lines += ["", MACHINE.format(**report["machine"])]
