@@ -22,11 +22,14 @@ Stages, each resumable (a finished model, batch of samples or score file is neve
    precision is within 0.01 of plain CFG's and whose class accuracy is at most 1 point lower. A chosen
    strength at an end of its sweep is flagged in the report. Then the combinations (atom guidance with
    the interval, APG and autoguidance), **autoguidance** over its own ``w`` grid (guided by the same
-   seed's baseline snapshot at step 500 or 1000 instead of the unconditional prediction), and the
-   **trained variants** with plain CFG from ``w = 1`` (CFG off) to past ``w*``
-   (:attr:`Preset.variant_scales`), paired by seed with the baseline models: every variant on the tuning
-   seed, then the one with the largest recall gain over CFG's front on all seeds (:meth:`Bench.variants`).
-4. **Confirmation**: the chosen strengths, unchanged, at the other dataset's own ``w*``.
+   seed's baseline snapshot at step 500 or 1000 instead of the unconditional prediction: both guides on
+   the tuning seed, then the one with the largest gain over CFG's front on all seeds,
+   :meth:`Bench.autoguidance`), and the **trained variants** with plain CFG from ``w = 1`` (CFG off) to
+   past ``w*`` (:attr:`Preset.variant_scales`), paired by seed with the baseline models: every variant on
+   the tuning seed, then the one with the largest recall gain over CFG's front on all seeds
+   (:meth:`Bench.variants`).
+4. **Confirmation**: the chosen strengths, guide and variant, unchanged, at the other dataset's own
+   ``w*``.
 
 Every setting is sampled and scored exactly as ``atomgen compare --extractor classifier --call-option
 eta=1`` samples and scores one (:func:`atomgen.sampling.compare.sample_and_score`): ``atomgen sample``
@@ -42,18 +45,18 @@ report gives mean ± std over seeds, the per-seed values in the JSON, the paired
 at the same ``w`` with a 95 % t-interval, and every setting's recall gain over CFG's front on both axes,
 precision and class accuracy (:mod:`atomgen.benchmark.stats`).
 
-Cost of the CPU preset, measured on this project's 2-core machine while it ran about six other jobs (load
-6.6–7.5): sampling 200 images of one class at w = 1.5 with 15 steps took 33 s on one thread, scoring
-2,000 images 20 s; on a free core about a third of that, so a guided setting (2,000 images) costs about
-2 minutes and an unguided one about 1. A baseline model trains in about 33 minutes on one core (3,000
-steps at 0.65 s, two trainings side by side), a model with atom separation in about 1.7 times that
-(1.0 s a step against 0.6 at OMP_NUM_THREADS=1 beside other jobs, the rate the progress bar of
-``atomgen train configs/mnist5k-cfg.yaml --set train.steps=12 --set separation.method=atom`` shows). Models:
-on mnist5k the 3 baselines, the 3 variants on seed 0 and the chosen one on seeds 1–2; on Fashion-MNIST
-the 3 baselines and the chosen variant on 3 seeds: about 11 core-hours. Settings: about 107 on mnist5k
-(on 3 seeds: 6 grid points, 7 methods, 6 autoguidance settings, atom + interval, the chosen variant's 4
-grid points; on seed 0: 26 sweep points, the other variants, atom + APG and atom + autoguidance) and
-about 74 on Fashion-MNIST: about 6 core-hours. About 9 hours on 2 cores in all.
+Cost of the CPU preset, measured on this project's 2-core machine with one training beside the
+benchmark (``bench-*.log`` timings): a setting of plain CFG, the interval, APG, CADS, Particle Guidance
+or autoguidance (2,000 images sampled with 15 steps, then scored) takes 2–4 minutes; one with atom
+guidance 7–13 (its exact pair energy over the 200 samples of a class at every step). A baseline model
+trains in about 33 minutes on one core (3,000 steps at 0.65 s), a model with atom separation in about 50
+(1.0 s a step, the rate the progress bar of ``atomgen train configs/mnist5k-cfg.yaml --set train.steps=12
+--set separation.method=atom`` shows). Models: on mnist5k the 3 baselines, the 3 variants on seed 0 and
+the chosen one on seeds 1–2; on Fashion-MNIST the 3 baselines and the chosen variant on 3 seeds: about 10
+core-hours. Settings: per dataset and seed 21 (6 grid points, 7 methods, the chosen guide's 3
+autoguidance settings, atom + interval, the chosen variant's 4 grid points), about 80 minutes; on the
+tuning seed 32 more (the other sweep points, guide and variants, atom + APG, atom + autoguidance), about
+2 hours: about 10 core-hours. About 10 hours on 2 cores in all.
 """
 
 from __future__ import annotations
@@ -380,13 +383,7 @@ class Bench:
             tuned |= {"on": dataset, "chosen": chosen}
         chosen = tuned["chosen"]
         table = self.scores(dataset, [Setting(m, w, chosen[m]) for m, _ in preset.strengths], seeds)
-        guides = self.guides(dataset)
-        autoguidance = [Setting("autoguidance", g_w, guide=g) for g in guides for g_w in preset.guide_scales]
-        table |= self.scores(dataset, autoguidance, seeds)
-        if autoguidance and "guide" not in tuned and all(table[s] for s in autoguidance):
-            front = stats.grid_by_seed(by_scale)
-            best = max(autoguidance, key=lambda s: stats.best_front_gain(front, table[s]))
-            tuned["guide"] = (best.guide, best.scale)  # the combinations' guide and w: the best front gain
+        table |= self.autoguidance(dataset, tuned, by_scale, seeds)
         for name, count in preset.combined:
             parts = tuple((p, chosen[p]) for p in name.split("+") if p != "autoguidance")
             if "autoguidance" in name and "guide" not in tuned:
@@ -439,6 +436,31 @@ class Bench:
         side by side, and beside the benchmark, which waits for a model another process trains."""
         for dataset, seed, variant in self.models(datasets)[shard::shards]:
             train_once(self.config(dataset, seed, variant), "pipeline", progress=self.progress)
+
+    def autoguidance(
+        self, dataset: str, tuned: dict[str, Any], by_scale: dict[float, list[dict[str, float]]], seeds: int
+    ) -> Table:
+        """Autoguidance over :attr:`Preset.guide_scales` with every guide of :attr:`Preset.guides` on the
+        tuning seeds of the first dataset; then the guide and ``w`` with the largest gain over CFG's
+        front there (:func:`~atomgen.benchmark.stats.best_front_gain`: the combinations' guide and
+        ``w``), that guide's ``w`` grid on every seed and on the other datasets."""
+
+        def settings(guide: int) -> list[Setting]:
+            return [Setting("autoguidance", w, guide=guide) for w in self.preset.guide_scales]
+
+        trials: Table = {}
+        guides = self.guides(dataset)
+        if guides and "guide" not in tuned:
+            tune = _at_most(self.preset.tune_seeds, seeds)
+            trials = self.scores(dataset, [s for g in guides for s in settings(g)], tune)
+            if any(not rows for rows in trials.values()):
+                return trials  # --cached-only, and the trials are not all scored yet
+            front = stats.grid_by_seed(by_scale)
+            best = max(trials, key=lambda s: stats.best_front_gain(front, trials[s]))
+            tuned["guide"] = (best.guide, best.scale)
+        if "guide" not in tuned:
+            return trials
+        return trials | self.scores(dataset, settings(tuned["guide"][0]), seeds)
 
     def variants(
         self, dataset: str, tuned: dict[str, Any], by_scale: dict[float, list[dict[str, float]]], seeds: int
