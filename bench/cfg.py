@@ -19,8 +19,11 @@ Stages, each resumable (a finished model, batch of samples or score file is neve
    (:func:`~atomgen.benchmark.stats.benchmark_scale`).
 3. **The methods at w\\***, each with its own strength sweep on the tuning dataset (mnist5k), chosen by
    :func:`~atomgen.benchmark.stats.choose_strength`: the largest mean recall among the strengths whose
-   precision is within 0.01 of plain CFG's and whose class accuracy is at most 1 point lower. A chosen
-   strength at an end of its sweep is flagged in the report. Then the combinations (atom guidance with
+   precision is within 0.01 of plain CFG's and whose class accuracy is at most 1 point lower (the
+   recall it wins back at w\\*). Beside it, for the question whether a method lies above CFG's front,
+   the strength with the largest gain over that front on the tuning seed
+   (:func:`~atomgen.benchmark.stats.best_front_gain`); both run on every seed. A chosen strength at an
+   end of its sweep is flagged in the report. Then the combinations (atom guidance with
    the interval, APG and autoguidance), **autoguidance** over its own ``w`` grid (guided by the same
    seed's baseline snapshot at step 500 or 1000 instead of the unconditional prediction: both guides on
    the tuning seed, then the one with the largest gain over CFG's front on all seeds,
@@ -96,7 +99,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "atom0.1": ("separation.method=atom", "separation.weight=0.1"),
     "atom-class0.3": ("separation.method=atom", "separation.weight=0.3", "separation.within_class=true"),
 }
-RANGE_ENDS = {"apg": 0.0}  # a strength at the end of the method's own range: its sweep cannot go further
+# the ends of a method's own range, where its sweep cannot go further (APG's η: 0 drops the update's
+# parallel part, 1 keeps all of it)
+RANGE_ENDS = {"apg": (0.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -114,12 +119,12 @@ class Preset:
     # that the chosen strength lies inside it
     strengths: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("interval", (0.1, 0.2, 0.4)),
-        ("apg", (0.0, 0.5)),
+        ("apg", (0.0, 0.5, 1.0)),
         ("cads", (0.1, 0.25, 0.5, 1.0, 2.0)),
         ("pg", (0.02, 0.05, 0.1, 0.2)),
         ("atom", (0.01, 0.02, 0.05, 0.1)),
         ("atom-feature", (0.2, 0.4, 0.8, 1.6)),
-        ("atom-sparse", (0.02, 0.05, 0.1, 0.2)),  # hard-core: only pairs closer than the radius repel
+        ("atom-sparse", (0.02, 0.05, 0.1, 0.2, 0.4)),  # hard-core: only pairs closer than the radius repel
     )
     # the combined methods and their seeds (None: all); a combination with autoguidance takes its
     # chosen guide and w
@@ -376,13 +381,17 @@ class Bench:
             if any(not rows for rows in sweeps.values()):
                 return part  # --cached-only, and the sweeps are not all scored yet
             plain = {m: _mean(by_scale[w][:tune], m) for m in METRICS}
-            chosen = {}
+            front = stats.grid_by_seed(by_scale)
+            chosen, for_front = {}, {}
             for method, strengths in preset.strengths:
-                means = {s: {m: _mean(sweeps[Setting(method, w, s)], m) for m in METRICS} for s in strengths}
+                rows = {s: sweeps[Setting(method, w, s)] for s in strengths}
+                means = {s: {m: _mean(rows[s], m) for m in METRICS} for s in strengths}
                 chosen[method] = stats.choose_strength(means, plain)
-            tuned |= {"on": dataset, "chosen": chosen}
-        chosen = tuned["chosen"]
-        table = self.scores(dataset, [Setting(m, w, chosen[m]) for m, _ in preset.strengths], seeds)
+                for_front[method] = max(strengths, key=lambda s: stats.best_front_gain(front, rows[s]))
+            tuned |= {"on": dataset, "chosen": chosen, "for_front": for_front}
+        chosen, for_front = tuned["chosen"], tuned["for_front"]
+        picked = [Setting(m, w, strengths[m]) for strengths in (chosen, for_front) for m in strengths]
+        table = self.scores(dataset, list(dict.fromkeys(picked)), seeds)
         table |= self.autoguidance(dataset, tuned, by_scale, seeds)
         for name, count in preset.combined:
             parts = tuple((p, chosen[p]) for p in name.split("+") if p != "autoguidance")
@@ -398,13 +407,19 @@ class Bench:
             "tuned_on": tuned["on"],
             "chosen": chosen,
             "ends": _ends(chosen, preset.strengths),
+            "for_front": for_front,
+            "front_ends": _ends(for_front, preset.strengths),
             "guide": tuned.get("guide"),
             "variant": tuned.get("variant"),
             "methods": _rows(shown, by_scale),
             "targets": stats.recovery(
                 by_scale[min(by_scale)],
                 by_scale[w],
-                {s.method: rows for s, rows in table.items() if not s.model and s.guide is None},
+                {
+                    s.method: rows
+                    for s, rows in table.items()
+                    if not s.model and s.guide is None and chosen.get(s.method, s.strength) == s.strength
+                },
                 PEERS,
             ),
             "front": {
@@ -496,7 +511,7 @@ def _ends(chosen: dict[str, float], strengths: tuple[tuple[str, tuple[float, ...
     ends = {}
     for method, grid in strengths:
         end = stats.grid_end(chosen[method], grid)
-        if end is not None and RANGE_ENDS.get(method) != chosen[method]:
+        if end is not None and chosen[method] not in RANGE_ENDS.get(method, ()):
             ends[method] = end
     return ends
 

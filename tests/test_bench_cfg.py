@@ -98,8 +98,9 @@ def test_rows_keep_per_seed_values_and_flag_unbracketed_sweeps(cfg):
     assert (recall["diff"], recall["low"], recall["high"]) == tuple(again)
     (far,) = cfg._rows({cfg.Setting("autoguidance", 1.75, guide=500): scores([0.9] * 3)}, by_scale)
     assert "diff" not in far["recall"]  # no plain CFG at that w: nothing to pair with
-    strengths = (("atom", (0.01, 0.02)), ("apg", (0.0, 0.5)), ("pg", (0.02, 0.05, 0.1)))
+    strengths = (("atom", (0.01, 0.02)), ("apg", (0.0, 0.5, 1.0)), ("pg", (0.02, 0.05, 0.1)))
     assert cfg._ends({"atom": 0.02, "apg": 0.0, "pg": 0.05}, strengths) == {"atom": "top"}
+    assert cfg._ends({"atom": 0.01, "apg": 1.0, "pg": 0.05}, strengths) == {"atom": "bottom"}  # APG's η ≤ 1
 
 
 def test_preset_keeps_only_the_methods_asked_for(cfg):
@@ -134,6 +135,14 @@ def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
     assert f"Trained variant on every seed: {part['variant']}" in (tmp_path / "cfg.md").read_text()
     assert (tmp_path / "mnist5k" / "seed1" / f"model-{part['variant']}" / "pipeline").is_dir()
     assert {"atom", "atom-feature", "atom+interval", "atom+apg"} <= set(part["targets"])
+    # both strengths of every method on every seed: the strength rule's and the front's
+    w, seeds_of = (
+        part["benchmark_scale"],
+        {row["setting"]: len(row["recall"]["values"]) for row in part["methods"]},
+    )
+    assert part["for_front"].keys() == part["chosen"].keys()
+    for picked in (part["chosen"], part["for_front"]):
+        assert all(seeds_of[f"{m}-{s:g}-w{w:g}"] == 2 for m, s in picked.items())
     assert f"trained-{part['variant']}-cfg-w1" in part["front"] and "autoguidance-step2-w2" in part["front"]
     assert any(name.startswith("atom+interval-") for name in part["front"])
     for gaps in part["front"].values():

@@ -81,10 +81,18 @@ def choices(part: dict[str, Any]) -> list[str]:
     text = f"Strengths tuned on {part['tuned_on']}: " + ", ".join(
         f"{m} {s:g}" for m, s in part["chosen"].items()
     )
-    lines = [text + "."]
-    if part.get("ends"):
-        ends = ", ".join(f"{m} (at the {end} of its sweep)" for m, end in part["ends"].items())
-        lines += ["", f"**Not bracketed**: {ends}; extend the sweep before trusting the choice."]
+    lines = [text + " (the largest recall at w* with precision and class accuracy matched to CFG's)."]
+    if part.get("for_front"):
+        lines += [
+            "",
+            "Strengths for the front: "
+            + ", ".join(f"{m} {s:g}" for m, s in part["for_front"].items())
+            + " (the largest gain over CFG's front on the tuning seeds, on an axis where it counts).",
+        ]
+    ends = {**part.get("front_ends", {}), **part.get("ends", {})}
+    if ends:
+        where = ", ".join(f"{m} (at the {end} of its sweep)" for m, end in ends.items())
+        lines += ["", f"**Not bracketed**: {where}; extend the sweep before trusting the choice."]
     if part.get("variant"):
         lines += [
             "",
@@ -95,8 +103,8 @@ def choices(part: dict[str, Any]) -> list[str]:
         step, scale = part["guide"]
         lines += [
             "",
-            f"Autoguidance in the combinations: guided by the step-{step} snapshot at w = {scale:g} "
-            "(its largest mean recall gain over CFG's front on the precision axis).",
+            f"Autoguidance: guided by the step-{step} snapshot on every seed, at w = {scale:g} in the "
+            "combinations (of the guides and w on the tuning seeds, the largest gain over CFG's front).",
         ]
     return lines
 
