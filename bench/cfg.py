@@ -96,8 +96,8 @@ PEERS = ("interval", "apg", "cads", "pg")  # what atom guidance must beat at mat
 # The trained variants: the ``--set`` overrides added to the baseline's training command.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "atom0.3": ("separation.method=atom", "separation.weight=0.3"),
-    "atom0.1": ("separation.method=atom", "separation.weight=0.1"),
     "atom-class0.3": ("separation.method=atom", "separation.weight=0.3", "separation.within_class=true"),
+    "atom0.1": ("separation.method=atom", "separation.weight=0.1"),
 }
 # the ends of a method's own range, where its sweep cannot go further (APG's η: 0 drops the update's
 # parallel part, 1 keeps all of it)
