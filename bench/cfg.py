@@ -118,7 +118,7 @@ class Preset:
     # each method's strength sweep (the interval: the step fraction where guidance starts), wide enough
     # that the chosen strength lies inside it
     strengths: tuple[tuple[str, tuple[float, ...]], ...] = (
-        ("interval", (0.1, 0.2, 0.4)),
+        ("interval", (0.1, 0.2, 0.4, 0.6)),
         ("apg", (0.0, 0.5, 1.0)),
         ("cads", (0.1, 0.25, 0.5, 1.0, 2.0)),
         ("pg", (0.02, 0.05, 0.1, 0.2)),
@@ -387,7 +387,9 @@ class Bench:
                 rows = {s: sweeps[Setting(method, w, s)] for s in strengths}
                 means = {s: {m: _mean(rows[s], m) for m in METRICS} for s in strengths}
                 chosen[method] = stats.choose_strength(means, plain)
-                for_front[method] = max(strengths, key=lambda s: stats.best_front_gain(front, rows[s]))
+                # no strength comparable with the front anywhere: the strength rule's
+                gain = {s: (stats.best_front_gain(front, rows[s]), s == chosen[method]) for s in strengths}
+                for_front[method] = max(strengths, key=gain.__getitem__)
             tuned |= {"on": dataset, "chosen": chosen, "for_front": for_front}
         chosen, for_front = tuned["chosen"], tuned["for_front"]
         picked = [Setting(m, w, strengths[m]) for strengths in (chosen, for_front) for m in strengths]

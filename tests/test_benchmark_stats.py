@@ -4,6 +4,7 @@ the front interpolated along the w grid, and the verdict on two axes."""
 from __future__ import annotations
 
 import doctest
+import math
 
 import pytest
 
@@ -17,6 +18,7 @@ from atomgen.benchmark.stats import (
     Interval,
     admissible,
     benchmark_scale,
+    best_front_gain,
     choose_strength,
     format_interval,
     front_at,
@@ -131,15 +133,23 @@ def test_a_setting_beats_the_front_only_with_an_interval_above_zero_and_the_othe
         front_gap(grids, better, "recall")
 
 
-def test_a_gain_below_the_fronts_range_is_no_evidence_and_one_above_it_is():
+def test_a_gain_beyond_the_fronts_range_is_no_evidence():
     grids = [GRID, GRID, GRID]
     # less precise than w = 1 (0.90) with more recall: a smaller w might reach it, so it is not above
     below = front_gap(grids, [row(0.88, 0.95, 0.90)] * 3, "precision")
     assert below.gain.mean == pytest.approx(0.05) and below.below == 3 and not below.beats
     assert below.to_dict()["below"] == 3 and not below.to_dict()["beats"]
-    # more precise than w = 2 (0.96) with more recall: it beats that grid point on both, so it is above
-    above = front_gap(grids, [row(0.97, 0.72 + g, 0.98) for g in (0.01, 0.02, 0.03)], "precision")
-    assert above.above == 3 and above.below == 0 and above.beats
+    # a hair more precise than w = 2 (0.96): compared with w = 2's recall, the front's lowest, it would
+    # gain 0.08 over a front that falls 0.10 in recall for 0.02 of precision: unmeasured, not counted
+    above = front_gap(grids, [row(0.961, 0.78, 0.98)] * 3, "precision")
+    assert above.gain.mean == pytest.approx(0.08) and above.above == 3 and above.below == 0
+    assert not above.comparable and not above.beats
+    # within the range on both axes, the other matched: comparable, and best_front_gain takes the larger
+    inside = [row(0.92, 0.88, 0.935)] * 3
+    gaps = front_gaps(grids, inside)
+    assert all(g.comparable for g in gaps.values())
+    assert best_front_gain(grids, inside) == pytest.approx(max(g.gain.mean for g in gaps.values()))
+    assert best_front_gain(grids, [row(0.961, 0.78, 0.99)] * 3) == -math.inf
 
 
 def test_prompt_pipelines_use_the_clip_score_with_its_own_thresholds():

@@ -97,7 +97,7 @@ def choices(part: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"Trained variant on every seed: {part['variant']} (of the variants trained on the tuning seed, "
-            "the largest mean recall gain over CFG's front, on either axis with the other matched).",
+            "the largest mean recall gain over CFG's front, on an axis where it counts).",
         ]
     if part.get("guide"):
         step, scale = part["guide"]
@@ -150,8 +150,8 @@ def front_table(front: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         "along w; the gain is the setting's recall minus the front's at the setting's own value of the "
         "axis (held at the front's ends beyond them), averaged over seeds with a paired 95 % interval. "
         "**Above** the front on an axis: the interval clear of zero and the other axis no worse than the "
-        f"front's there by more than {OTHER_AXIS_SLACK:g}, and no seed below the front's range (less "
-        "guided than w = 1, where the front is unmeasured). Seeds beyond either end are counted.",
+        f"front's there by more than {OTHER_AXIS_SLACK:g}, and every seed within the front's range "
+        "(beyond its ends the front is unmeasured; such seeds are counted).",
         "",
     ]
     header = ["setting"]

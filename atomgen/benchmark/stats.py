@@ -264,10 +264,11 @@ def front_at(
     joined in order of the axis (along ``w``, as guidance raises it); a value between two of them takes
     the gain and the other axis at the same fraction of the segment, and beyond the ends they are held.
 
-    Held, the two ends mean different things. Above the front's highest point on the axis, a setting with
-    more recall than that point beats it on both coordinates. Below its lowest point (the least guided),
-    the front is unmeasured: a smaller ``w`` would trade on towards more recall, so a gain there is no
-    evidence of lying above the front.
+    Beyond either end the front is unmeasured, so a gain there is no evidence of lying above it. Below its
+    lowest point (the least guided) a smaller ``w`` would trade on towards more recall. Above its highest,
+    no ``w`` of the grid reaches the value: a setting there is compared with the end point, whose
+    recall is the front's lowest, and where the front is steep a difference of a few samples on the axis
+    would count as a large gain in recall.
 
     Returns:
         the gain metric, the other axis, and where ``value`` lies: ``"below"`` the front's range,
@@ -308,7 +309,7 @@ class FrontGap:
         other_diffs: the per-seed values of ``other_diff`` (empty without another axis).
         below: seeds on which the setting's ``axis`` lies below the front's range, where the front is
             unmeasured (:func:`front_at`): no such seed's gain is evidence of lying above the front.
-        above: seeds on which it lies above the front's range (its highest point held).
+        above: seeds on which it lies above the front's range, unmeasured as well.
         gain_metric: what ``gain`` measures (``recall``, or a spread within a prompt).
     """
 
@@ -332,9 +333,9 @@ class FrontGap:
 
     @property
     def comparable(self) -> bool:
-        """The gain is evidence about the front: the other axis matched and no seed below the front's
-        range."""
-        return self.other_matched and not self.below
+        """The gain is evidence about the front: the other axis matched and every seed within the
+        front's range."""
+        return self.other_matched and not (self.below or self.above)
 
     @property
     def beats(self) -> bool:
