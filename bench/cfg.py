@@ -406,6 +406,8 @@ class Bench:
         table = {s: rows for s, rows in table.items() if rows}  # none yet: --cached-only
         shown = {**sweeps, **table} if dataset == tuned["on"] else table
         part |= {
+            # the seeds of the chosen strengths: fewer than the grid's in an interim report
+            "method_seeds": min((len(table.get(s, [])) for s in picked), default=seeds),
             "tuned_on": tuned["on"],
             "chosen": chosen,
             "ends": _ends(chosen, preset.strengths),

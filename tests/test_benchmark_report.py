@@ -92,3 +92,11 @@ def test_front_plot_writes_nothing_without_panels(tmp_path):
     assert not (tmp_path / "none.png").exists()
     front_plot([("d", "precision", [Series("CFG", [0.9, 0.95], [0.9, 0.8], line=True)])], tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_an_interim_report_says_on_how_many_seeds_the_methods_are_scored():
+    report = synthetic_report()
+    assert "Interim" not in guidance_report.markdown(report)  # grid and methods on both seeds
+    report["datasets"]["mnist5k"]["method_seeds"] = 1
+    text = guidance_report.markdown(report)
+    assert "**Interim: of 2 model seeds, the CFG grid is scored on 2 and the methods on 1 so far**" in text

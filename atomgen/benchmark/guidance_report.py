@@ -48,10 +48,12 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for dataset, part in report["datasets"].items():
         lines += ["", f"## {dataset}", ""]
-        if part["seeds"] < preset["seeds"]:
+        methods = part.get("method_seeds", part["seeds"])
+        if min(part["seeds"], methods) < preset["seeds"]:
             lines += [
-                f"**Interim: {part['seeds']} of {preset['seeds']} model seeds scored so far** "
-                "(`--cached-only`; the methods on the seeds that have all of them).",
+                f"**Interim: of {preset['seeds']} model seeds, the CFG grid is scored on {part['seeds']} "
+                f"and the methods on {methods} so far** (`--cached-only`: the seeds that have all of "
+                "them; the plot's CFG line is the grid's mean, its points the methods').",
                 "",
             ]
         lines += ["### The CFG grid", "", *scores_table(part["grid"], diffs=False), ""]
