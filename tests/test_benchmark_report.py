@@ -99,4 +99,4 @@ def test_an_interim_report_says_on_how_many_seeds_the_methods_are_scored():
     assert "Interim" not in guidance_report.markdown(report)  # grid and methods on both seeds
     report["datasets"]["mnist5k"]["method_seeds"] = 1
     text = guidance_report.markdown(report)
-    assert "**Interim: of 2 model seeds, the CFG grid is scored on 2 and the methods on 1 so far**" in text
+    assert "**Interim: of 2 model seeds, the CFG grid is scored on 2 and the methods on 1**" in text

@@ -52,7 +52,7 @@ def markdown(report: dict[str, Any]) -> str:
         if min(part["seeds"], methods) < preset["seeds"]:
             lines += [
                 f"**Interim: of {preset['seeds']} model seeds, the CFG grid is scored on {part['seeds']} "
-                f"and the methods on {methods} so far** (`--cached-only`: the seeds that have all of "
+                f"and the methods on {methods}** (`--cached-only`: the seeds that have all of "
                 "them; the plot's CFG line is the grid's mean, its points the methods').",
                 "",
             ]
