@@ -56,10 +56,10 @@ trains in about 33 minutes on one core (3,000 steps at 0.65 s), a model with ato
 (1.0 s a step, the rate the progress bar of ``atomgen train configs/mnist5k-cfg.yaml --set train.steps=12
 --set separation.method=atom`` shows). Models: on mnist5k the 3 baselines, the 3 variants on seed 0 and
 the chosen one on seeds 1–2; on Fashion-MNIST the 3 baselines and the chosen variant on 3 seeds: about 10
-core-hours. Settings: per dataset and seed 21 (6 grid points, 7 methods, the chosen guide's 3
-autoguidance settings, atom + interval, the chosen variant's 4 grid points), about 80 minutes; on the
-tuning seed 32 more (the other sweep points, guide and variants, atom + APG, atom + autoguidance), about
-2 hours: about 10 core-hours. About 10 hours on 2 cores in all.
+core-hours. Settings: per dataset and seed about 26 (6 grid points, 7 methods at one or two strengths,
+the chosen guide's 3 autoguidance settings, atom + interval, the chosen variant's 4 grid points), about
+100 minutes; on the tuning seed about 30 more (the other sweep points, guide and variants, atom + APG,
+atom + autoguidance), about 2 hours: about 12 core-hours. About 11 hours on 2 cores in all.
 """
 
 from __future__ import annotations
