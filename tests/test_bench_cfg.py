@@ -190,7 +190,10 @@ def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
     (tmp_path / "mnist5k" / "seed1" / "scores" / "classifier" / "cfg-w2.json").unlink()
     run([*command, "--cached-only"])
     part = json.loads((tmp_path / "cfg.json").read_text())["datasets"]["mnist5k"]
-    assert part["seeds"] == 1 and "Interim: 1 of 2 model seeds" in (tmp_path / "cfg.md").read_text()
+    assert (
+        part["seeds"] == 1
+        and "Interim: of 2 model seeds, the CFG grid is scored on 1" in (tmp_path / "cfg.md").read_text()
+    )
     assert not (tmp_path / "mnist5k" / "seed1" / "scores" / "classifier" / "cfg-w2.json").exists()
 
 
