@@ -437,8 +437,8 @@ class Bench:
 
     def models(self, datasets: tuple[str, ...]) -> list[tuple[str, int, str]]:
         """Every model the benchmark samples, as ``(dataset, seed, variant)``, in the order it needs them:
-        the baselines, the variants of the tuning seeds, then the chosen variant on every seed where the
-        scores written so far choose one (until then it cannot be known)."""
+        the baselines, the variants of the tuning seeds, then the chosen variant on every seed once the
+        written scores choose one (until then it cannot be known)."""
         preset, tune = self.preset, _at_most(self.preset.variant_tune_seeds, self.preset.seeds)
         models = [(d, k, "") for d in datasets for k in range(preset.seeds)]
         models += [(datasets[0], k, v) for k in range(tune) for v in preset.variants]
@@ -486,8 +486,8 @@ class Bench:
     ) -> Table:
         """The trained variants over :attr:`Preset.variant_scales`: every one on the tuning seeds of the
         first dataset, then the one with the largest mean recall gain over CFG's front there (on either
-        axis, at any of its ``w``, where the gain is comparable: :func:`~atomgen.benchmark.stats.best_front_gain`) on every seed and on the other datasets,
-        as the methods' strengths are chosen and confirmed."""
+        axis, at any of its ``w``, where the gain counts: :func:`~atomgen.benchmark.stats.best_front_gain`)
+        on every seed and on the other datasets, as the methods' strengths are chosen and confirmed."""
         preset = self.preset
 
         def settings(variant: str) -> list[Setting]:

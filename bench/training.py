@@ -17,8 +17,8 @@ import torch
 
 logger = logging.getLogger("bench.training")
 
-HELD_OUT_SEED = 0
-LOCK_POLL_SECONDS = 60.0  # how often a benchmark looks again at a model another process is training  # the order in which held-out images are taken: the same for every model seed
+HELD_OUT_SEED = 0  # the order in which held-out images are taken: the same for every model seed
+LOCK_POLL_SECONDS = 60.0  # how often a benchmark looks again at a model another process is training
 
 
 def dataset_overrides(overrides: tuple[tuple[str, tuple[str, ...]], ...], dataset: str) -> tuple[str, ...]:
