@@ -15,7 +15,7 @@ from typing import Any
 
 from atomgen.benchmark.report import MACHINE, Series, beyond_ends, cell, table
 from atomgen.benchmark.report import front_plot as draw
-from atomgen.benchmark.stats import ACCURACY_RISE, AXES, OTHER_AXIS_SLACK, format_interval
+from atomgen.benchmark.stats import ACCURACY_RISE, AXES, SLACKS, format_interval
 
 SHOWN = ("fid", "precision", "recall", "coverage", "density", "vendi", "lpips", "accuracy")
 AXIS_LABELS = {"precision": "precision (fidelity)", "accuracy": "class accuracy (adherence)"}
@@ -152,7 +152,7 @@ def front_table(front: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         "along w; the gain is the setting's recall minus the front's at the setting's own value of the "
         "axis (held at the front's ends beyond them), averaged over seeds with a paired 95 % interval. "
         "**Above** the front on an axis: the interval clear of zero and the other axis no worse than the "
-        f"front's there by more than {OTHER_AXIS_SLACK:g}, and every seed within the front's range "
+        f"front's there by more than {SLACKS['precision']:g}, and every seed within the front's range "
         "(beyond its ends the front is unmeasured; such seeds are counted).",
         "",
     ]
