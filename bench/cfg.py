@@ -5,10 +5,13 @@ mnist5k, confirmed untouched on Fashion-MNIST.
     python bench/cfg.py --out runs/cfg                       # the CPU preset, staged and resumable
     python bench/cfg.py --out runs/cfg --datasets mnist5k --seeds 1   # one stage of it
     python bench/cfg.py --out runs/cfg --train-only --shard 1/2       # one of two training workers
+    python bench/cfg.py --out runs/cfg & python bench/cfg.py --out runs/cfg   # two workers share it
     python bench/cfg.py --out /tmp/cfg --dry-run             # every code path at toy sizes
     python bench/cfg.py --out runs/cfg-gpu --preset gpu      # bench/gpu.sh: larger sets, more steps
 
-Stages, each resumable (a finished model, batch of samples or score file is never redone):
+Stages, each resumable (a finished model, batch of samples or score file is never redone). Processes
+on the same ``--out`` share the settings: each scores those no other live process has claimed, then waits
+for the rest (:meth:`Bench.scores`; ``make cfg`` runs two); a model another process trains is waited for.
 
 1. **Models**: per dataset and seed ``k``, ``<out>/<dataset>/seed<k>/model``, exactly what
    ``atomgen train configs/<dataset>-cfg.yaml --set train.seed=<k> --set train.output_dir=<that folder>``
@@ -83,10 +86,11 @@ from atomgen.benchmark.report import machine, summary, write_reports
 from atomgen.benchmark.scoring import ClassScorer
 from atomgen.sampling import SampleConfig
 from atomgen.sampling.compare import sample_and_score
+from atomgen.train.run_lock import acquire_lock, release_lock
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is scripts, not a package
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training import train_once
+from training import LOCK_POLL_SECONDS, train_once
 
 logger = logging.getLogger("bench.cfg")
 
@@ -335,15 +339,37 @@ class Bench:
 
     def scores(self, dataset: str, settings: list[Setting], seeds: int | None = None) -> Table:
         """Every setting on the first ``seeds`` seeds (default: all). With ``cached_only``, the first
-        seeds that have every setting scored already."""
-        table: Table = {s: [] for s in settings}
-        for seed in range(min(seeds or self.preset.seeds, self.preset.seeds)):
-            if self.cached_only and not all(self.path(dataset, seed, s).is_file() for s in settings):
-                break  # the seeds stay consecutive, so that every table is paired
-            pipes: dict[str, Any] = {}
-            for setting in settings:
-                table[setting].append(self.score(dataset, seed, setting, pipes))
-        return table
+        seeds that have every setting scored already.
+
+        Benchmark processes on the same ``out`` share the work: each scores the settings that no other
+        is scoring (a claim per setting and seed), then waits for the others' scores, and takes over
+        the claim of a process that has stopped."""
+        count = min(seeds or self.preset.seeds, self.preset.seeds)
+        if self.cached_only:  # the seeds stay consecutive, so that every table is paired
+            complete = (all(self.path(dataset, k, s).is_file() for s in settings) for k in range(count))
+            count = next((k for k, done in enumerate(complete) if not done), count)
+        others = []
+        for seed in range(count):
+            pipes: dict[str, Any] = {}  # loaded once per seed and model, only when something is missing
+            others += [(seed, s) for s in settings if not self.claim_and_score(dataset, seed, s, pipes)]
+        while others:
+            logger.info("%s: waiting for %d setting(s) that other processes score", dataset, len(others))
+            time.sleep(LOCK_POLL_SECONDS)
+            others = [(k, s) for k, s in others if not self.claim_and_score(dataset, k, s, {})]
+        return {s: [self.score(dataset, k, s, {}) for k in range(count)] for s in settings}
+
+    def claim_and_score(self, dataset: str, seed: int, setting: Setting, pipes: dict[str, Any]) -> bool:
+        """Score the setting unless another live process is scoring it (``False``)."""
+        if self.path(dataset, seed, setting).is_file():
+            return True
+        claim = self.out / dataset / f"seed{seed}" / "claims" / f"{setting.name}.lock"
+        if acquire_lock(claim) is not None:
+            return False
+        try:
+            self.score(dataset, seed, setting, pipes)  # scores nothing when it was scored meanwhile
+        finally:
+            release_lock(claim)
+        return True
 
     def run(self, datasets: tuple[str, ...]) -> dict[str, Any]:
         report: dict[str, Any] = {

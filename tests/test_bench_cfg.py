@@ -5,15 +5,20 @@ its dry run covers every stage end to end."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from bench_scripts import load_bench
 
 from atomgen.benchmark.stats import paired_interval
+from atomgen.io import write_json
 from atomgen.train.config import ExperimentConfig
+from atomgen.train.run_lock import acquire_lock, release_lock
 
 ROOT = Path(__file__).parent.parent
 
@@ -101,6 +106,44 @@ def test_rows_keep_per_seed_values_and_flag_unbracketed_sweeps(cfg):
     strengths = (("atom", (0.01, 0.02)), ("apg", (0.0, 0.5, 1.0)), ("pg", (0.02, 0.05, 0.1)))
     assert cfg._ends({"atom": 0.02, "apg": 0.0, "pg": 0.05}, strengths) == {"atom": "top"}
     assert cfg._ends({"atom": 0.01, "apg": 1.0, "pg": 0.05}, strengths) == {"atom": "bottom"}  # APG's η ≤ 1
+
+
+def test_processes_share_the_scoring_through_claims(cfg, tmp_path, monkeypatch):
+    """A setting another live process has claimed is waited for, not scored twice; the claim of a
+    process that has stopped is taken over."""
+    bench = cfg.Bench(tmp_path, cfg.Preset.named("dry-run"), progress=False)
+    scored = []
+
+    def score(dataset, seed, setting, pipes):  # the scheduling under test; sampling is the slow tests'
+        path = bench.path(dataset, seed, setting)
+        if not path.is_file():
+            scored.append((seed, setting.name))
+            write_json(path, {"recall": seed})
+        return json.loads(path.read_text())
+
+    monkeypatch.setattr(bench, "score", score)
+    monkeypatch.setattr(cfg, "LOCK_POLL_SECONDS", 0.05)
+    low, high = cfg.Setting("cfg", 1.0), cfg.Setting("cfg", 2.0)
+    claims = tmp_path / "mnist5k" / "seed{}" / "claims"
+    busy = Path(str(claims).format(1)) / f"{high.name}.lock"
+    assert acquire_lock(busy) is None  # held by this process, which is alive: another scorer's claim
+    stopped = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    stale = Path(str(claims).format(0)) / f"{low.name}.lock"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(f"{socket.gethostname()} {int(stopped.stdout)}")
+
+    def other_process() -> None:
+        time.sleep(0.5)
+        write_json(bench.path("mnist5k", 1, high), {"recall": 7})
+        release_lock(busy)
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    table = bench.scores("mnist5k", [low, high])
+    thread.join()
+    assert [row["recall"] for row in table[high]] == [0, 7]
+    assert sorted(scored) == [(0, low.name), (0, high.name), (1, low.name)]
+    assert not busy.exists() and not stale.exists()
 
 
 def test_preset_keeps_only_the_methods_asked_for(cfg):

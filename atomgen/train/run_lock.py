@@ -3,7 +3,8 @@
 Two ``atomgen train`` commands on the same ``train.output_dir`` (a queue and a benchmark that both resume
 a missing model, say) would write each other's checkpoints and exports. The second one is refused, with
 the first one's process named. A lock whose process is gone (killed, crashed) is taken over: a killed
-run resumes with ``--resume latest`` without any cleanup.
+run resumes with ``--resume latest`` without any cleanup. :func:`acquire_lock` and :func:`release_lock`
+are the same lock on any file, for other work that processes share.
 """
 
 from __future__ import annotations
@@ -32,8 +33,25 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
             assumed alive; delete the lock file once that training is known to have stopped).
     """
     path = Path(run_dir) / LOCK
+    owner = acquire_lock(path)
+    if owner is not None:
+        host, pid = owner
+        raise RunLocked(
+            f"{run_dir} is being trained by process {pid} on {host} ({path}): wait for it to finish "
+            "or stop it, then resume with --resume latest"
+            + ("" if host == socket.gethostname() else f"; if it has stopped, delete {path}")
+        )
+    try:
+        yield path
+    finally:
+        release_lock(path)
+
+
+def acquire_lock(path: str | Path) -> tuple[str, int] | None:
+    """Take the lock file ``path`` for this process (its folders are made): ``None`` once taken, else the
+    ``(host, pid)`` of the live process that holds it. A lock whose process is gone is taken over."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = f"{socket.gethostname()} {os.getpid()}"
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -42,23 +60,24 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
             if owner is None and _fresh(path):
                 owner = ("", 0)  # being written by a process that has just taken it
             if owner is not None and _alive(owner):
-                host, pid = owner
-                raise RunLocked(
-                    f"{run_dir} is being trained by process {pid} on {host} ({path}): wait for it to finish "
-                    "or stop it, then resume with --resume latest"
-                    + ("" if host == socket.gethostname() else f"; if it has stopped, delete {path}")
-                ) from None
+                return owner
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # the lock of a process that is gone
             continue
         with os.fdopen(fd, "w") as file:
-            file.write(me)
-        break
-    try:
-        yield path
-    finally:
-        if _read(path) == _parse(me):
-            path.unlink()
+            file.write(_me())
+        return None
+
+
+def release_lock(path: str | Path) -> None:
+    """Give back the lock file ``path`` when this process holds it (else leave it)."""
+    path = Path(path)
+    if _read(path) == _parse(_me()):
+        path.unlink()
+
+
+def _me() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
 
 
 def _parse(text: str) -> tuple[str, int] | None:
@@ -91,4 +110,4 @@ def _alive(owner: tuple[str, int]) -> bool:
     return True
 
 
-__all__ = ["LOCK", "RunLocked", "run_lock"]
+__all__ = ["LOCK", "RunLocked", "acquire_lock", "release_lock", "run_lock"]
