@@ -81,7 +81,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from atomgen.benchmark import guidance_report, stats
+from atomgen.benchmark import guidance_report, stats, verdict
 from atomgen.benchmark.report import machine, summary, write_reports
 from atomgen.benchmark.scoring import ClassScorer
 from atomgen.sampling import SampleConfig
@@ -382,6 +382,7 @@ class Bench:
             part = self.dataset(dataset, tuned)
             if part is not None:
                 report["datasets"][dataset] = part
+        report["verdict"] = {"standings": verdict.standings(report), "goal": verdict.goal(report)}
         report["machine"] = machine(self.device)
         return report
 

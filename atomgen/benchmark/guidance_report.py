@@ -1,6 +1,6 @@
-"""The report of a guidance benchmark (``bench/cfg.py``): the CFG grid, the methods at ``w*``, autoguidance,
-the trained variants, the targets, and every setting against CFG's front on both axes, as Markdown and as
-the front plot.
+"""The report of a guidance benchmark (``bench/cfg.py``): the verdict, then per dataset the CFG grid, the
+methods at ``w*``, autoguidance, the trained variants, the targets, and every setting against CFG's front
+on both axes, as Markdown and as the front plot.
 
 It renders the report dict ``bench/cfg.py`` builds. Per dataset: ``grid`` and ``methods`` are lists of rows
 (``setting``, ``method``, ``scale``, ``strength``, ``parts``, ``model``, ``guide``, and per metric a
@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from atomgen.benchmark import verdict
 from atomgen.benchmark.report import MACHINE, Series, beyond_ends, cell, table
 from atomgen.benchmark.report import front_plot as draw
 from atomgen.benchmark.stats import ACCURACY_RISE, AXES, SLACKS, format_interval
@@ -46,6 +47,8 @@ def markdown(report: dict[str, Any]) -> str:
         "interval containing 0 is not a result. The JSON holds every score's per-seed values.",
         MACHINE.format(**report["machine"]),
     ]
+    if any("front" in part for part in report["datasets"].values()):
+        lines += ["", "## Verdict: above CFG's front", "", *verdict_section(report)]
     for dataset, part in report["datasets"].items():
         lines += ["", f"## {dataset}", ""]
         methods = part.get("method_seeds", part["seeds"])
@@ -76,6 +79,73 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "### Targets", "", *targets(part["targets"])]
         lines += ["", "### Against CFG's own front, on both axes", "", *front_table(part["front"])]
     return "\n".join(lines) + "\n"
+
+
+def verdict_section(report: dict[str, Any]) -> list[str]:
+    """The settings above CFG's front on some dataset, on every dataset and against autoguidance, and
+    whether atom separation meets the benchmark's goal (:mod:`atomgen.benchmark.verdict`)."""
+    datasets = list(report["datasets"])
+    entries = verdict.standings(report)
+    lines = [
+        "Every setting that lies above CFG's front on an axis on some dataset, the same setting on every "
+        "dataset (a method at that dataset's own w*): Δ recall over the front at its own value of the axis, "
+        "paired 95 % interval, **above** as in each dataset's last table; then its paired Δ recall over "
+        "the autoguidance setting with the largest gain that counts on that axis and dataset (–: none "
+        "counts there, or the setting is autoguidance).",
+        "",
+    ]
+    header = ["setting", "axis", *datasets, *(f"Δ vs autoguidance, {d}" for d in datasets)]
+    body = []
+    for entry in entries:
+        cells = [entry["setting"], entry["axis"]]
+        for dataset in datasets:
+            gap = entry["gaps"][dataset]
+            cells.append(
+                "not run"
+                if gap is None
+                else format_interval(gap["gain"]["mean"], gap["gain"]["low"], gap["gain"]["high"])
+                + (" **above**" if gap["beats"] else " not above")
+                + beyond_ends(gap)
+            )
+        for dataset in datasets:
+            versus = entry["versus_autoguidance"][dataset]
+            cells.append(
+                "–"
+                if versus is None
+                else f"{format_interval(*versus['diff'].values())} (vs {versus['autoguidance']})"
+            )
+        body.append(cells)
+    lines += table(header, body) if body else ["No setting lies above CFG's front on any axis."]
+    anchors = [
+        f"{e['setting']} ({e['axis']} axis; "
+        + ", ".join(d for d in datasets if (e["gaps"][d] or {}).get("beats"))
+        + ")"
+        for e in entries
+        if e["setting"].startswith("autoguidance")
+    ]
+    lines += [
+        "",
+        "Autoguidance, the anchor, lies above CFG's front "
+        + (f"with: {'; '.join(anchors)}." if anchors else "on no axis of any dataset."),
+        "",
+    ]
+    if len(datasets) < 2:
+        lines.append(
+            "The goal (atom separation above CFG's front on an axis on the tuning dataset, confirmed "
+            "untouched on the other, tying or beating autoguidance) needs both datasets; this report has "
+            f"{datasets[0]} only."
+        )
+    else:
+        met = verdict.goal(report)
+        lines.append(
+            "**Goal met** (atom separation above CFG's front on every dataset, not below autoguidance): "
+            + "; ".join(f"{e['setting']} on the {e['axis']} axis" for e in met)
+            + "."
+            if met
+            else "**No variant of atom separation meets the goal**: none lies above CFG's front on one "
+            "axis on every dataset while tying or beating autoguidance there."
+        )
+    return lines
 
 
 def choices(part: dict[str, Any]) -> list[str]:

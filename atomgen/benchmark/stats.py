@@ -348,6 +348,7 @@ class FrontGap:
             "other_diffs": self.other_diffs,
             "below": self.below,
             "above": self.above,
+            "comparable": self.comparable,
             "beats": self.beats,
         }
 
