@@ -190,6 +190,8 @@ def test_cfg_dry_run_writes_the_report_and_resumes(tmp_path):
     assert any(name.startswith("atom+interval-") for name in part["front"])
     for gaps in part["front"].values():
         assert set(gaps) == {"precision", "accuracy"}
+    assert report["verdict"]["goal"] == []  # one dataset: nothing is confirmed
+    assert "## Verdict: above CFG's front" in (tmp_path / "cfg.md").read_text()
     # Every interval recomputes from the stored per-seed values (paired with plain CFG at the same w).
     grid = {row["scale"]: row for row in part["grid"]}
     for row in part["methods"]:
