@@ -498,11 +498,9 @@ class Bench:
         guides = self.guides(dataset)
         if guides and "guide" not in tuned:
             tune = _at_most(self.preset.tune_seeds, seeds)
-            trials = self.scores(dataset, [s for g in guides for s in settings(g)], tune)
-            if any(not rows for rows in trials.values()):
-                return trials  # --cached-only, and the trials are not all scored yet
-            front = stats.grid_by_seed(by_scale)
-            best = max(trials, key=lambda s: stats.best_front_gain(front, trials[s]))
+            trials, best = self.trials(dataset, [s for g in guides for s in settings(g)], tune, by_scale)
+            if best is None:
+                return trials
             tuned["guide"] = (best.guide, best.scale)
         if "guide" not in tuned:
             return trials
@@ -523,18 +521,27 @@ class Bench:
         trials: Table = {}
         if preset.variants and "variant" not in tuned:
             tune = _at_most(preset.variant_tune_seeds, seeds)
-            trials = self.scores(dataset, [s for v in preset.variants for s in settings(v)], tune)
-            if any(not rows for rows in trials.values()):
-                return trials  # --cached-only, and the trials are not all scored yet
-            front = stats.grid_by_seed(by_scale)
-
-            def gain(variant: str) -> float:
-                return max(stats.best_front_gain(front, trials[s]) for s in settings(variant))
-
-            tuned["variant"] = max(preset.variants, key=gain)
+            trials, best = self.trials(
+                dataset, [s for v in preset.variants for s in settings(v)], tune, by_scale
+            )
+            if best is None:
+                return trials
+            tuned["variant"] = best.model
         if "variant" not in tuned:
             return trials
         return trials | self.scores(dataset, settings(tuned["variant"]), seeds)
+
+    def trials(
+        self, dataset: str, settings: list[Setting], seeds: int, by_scale: dict[float, list[dict[str, float]]]
+    ) -> tuple[Table, Setting | None]:
+        """The settings on the first ``seeds`` seeds, and the one with the largest gain over CFG's front
+        (:func:`~atomgen.benchmark.stats.best_front_gain`; ties: the first), ``None`` with
+        ``--cached-only`` while some are not scored yet."""
+        table = self.scores(dataset, settings, seeds)
+        if any(not rows for rows in table.values()):
+            return table, None
+        front = stats.grid_by_seed(by_scale)
+        return table, max(settings, key=lambda s: stats.best_front_gain(front, table[s]))
 
 
 def _ends(chosen: dict[str, float], strengths: tuple[tuple[str, tuple[float, ...]], ...]) -> dict[str, str]:
