@@ -91,7 +91,9 @@ def verdict_section(report: dict[str, Any]) -> list[str]:
         "dataset (a method at that dataset's own w*): Δ recall over the front at its own value of the axis, "
         "paired 95 % interval, **above** as in each dataset's last table; then its paired Δ recall over "
         "the autoguidance setting with the largest gain that counts on that axis and dataset (–: none "
-        "counts there, or the setting is autoguidance).",
+        "counts there, or the setting is autoguidance). With no true gain, a setting's interval lies "
+        "above zero by chance one time in 40 on each axis, and this report tests many settings: an "
+        "**above** on one dataset alone is a lead; the confirmation on the other is the test.",
         "",
     ]
     header = ["setting", "axis", *datasets, *(f"Δ vs autoguidance, {d}" for d in datasets)]
