@@ -83,3 +83,9 @@ def test_a_benchmark_waits_for_the_model_another_process_trains(tmp_path, monkey
         assert other.wait() == 0
     assert folder == run / "pipeline" and (folder / "model_index.json").is_file()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_a_lock_being_written_is_respected(tmp_path):
+    (tmp_path / LOCK).touch()  # taken a moment ago; its process has not written its name yet
+    with pytest.raises(RunLocked, match="another process has just taken"), run_lock(tmp_path):
+        pass

@@ -34,6 +34,8 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     """
     path = Path(run_dir) / LOCK
     owner = acquire_lock(path)
+    if owner == ("", 0):
+        raise RunLocked(f"{run_dir} is being trained: another process has just taken {path}")
     if owner is not None:
         host, pid = owner
         raise RunLocked(
@@ -49,7 +51,8 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
 
 def acquire_lock(path: str | Path) -> tuple[str, int] | None:
     """Take the lock file ``path`` for this process (its folders are made): ``None`` once taken, else the
-    ``(host, pid)`` of the live process that holds it. A lock whose process is gone is taken over."""
+    ``(host, pid)`` of the live process that holds it (``("", 0)`` while that one is still writing its
+    name). A lock whose process is gone is taken over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
