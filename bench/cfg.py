@@ -422,6 +422,7 @@ class Bench:
         picked = [Setting(m, w, strengths[m]) for strengths in (chosen, for_front) for m in strengths]
         table = self.scores(dataset, list(dict.fromkeys(picked)), seeds)
         table |= self.autoguidance(dataset, tuned, by_scale, seeds)
+        everywhere = [*picked, *(self.guided(tuned["guide"][0]) if "guide" in tuned else ())]
         for name, count in preset.combined:
             parts = tuple((p, chosen[p]) for p in name.split("+") if p != "autoguidance")
             if "autoguidance" in name and "guide" not in tuned:
@@ -429,12 +430,14 @@ class Bench:
             guide, scale = tuned["guide"] if "autoguidance" in name else (None, w)
             setting = Setting(name, scale, parts=parts, guide=guide)
             table |= self.scores(dataset, [setting], _at_most(count, seeds))
+            everywhere += [setting] if count is None else []
         table |= self.variants(dataset, tuned, by_scale, seeds)
+        everywhere += self.trained(tuned["variant"]) if "variant" in tuned else []
         table = {s: rows for s, rows in table.items() if rows}  # none yet: --cached-only
         shown = {**sweeps, **table} if dataset == tuned["on"] else table
         part |= {
-            # the seeds of the chosen strengths: fewer than the grid's in an interim report
-            "method_seeds": min((len(table.get(s, [])) for s in picked), default=seeds),
+            # the seeds of every setting meant for all of them: fewer than the grid's in an interim report
+            "method_seeds": min((len(table.get(s, [])) for s in everywhere), default=seeds),
             "tuned_on": tuned["on"],
             "chosen": chosen,
             "ends": _ends(chosen, preset.strengths),
@@ -490,21 +493,17 @@ class Bench:
         tuning seeds of the first dataset; then the guide and ``w`` with the largest gain over CFG's
         front there (:func:`~atomgen.benchmark.stats.best_front_gain`: the combinations' guide and
         ``w``), that guide's ``w`` grid on every seed and on the other datasets."""
-
-        def settings(guide: int) -> list[Setting]:
-            return [Setting("autoguidance", w, guide=guide) for w in self.preset.guide_scales]
-
         trials: Table = {}
         guides = self.guides(dataset)
         if guides and "guide" not in tuned:
             tune = _at_most(self.preset.tune_seeds, seeds)
-            trials, best = self.trials(dataset, [s for g in guides for s in settings(g)], tune, by_scale)
+            trials, best = self.trials(dataset, [s for g in guides for s in self.guided(g)], tune, by_scale)
             if best is None:
                 return trials
             tuned["guide"] = (best.guide, best.scale)
         if "guide" not in tuned:
             return trials
-        return trials | self.scores(dataset, settings(tuned["guide"][0]), seeds)
+        return trials | self.scores(dataset, self.guided(tuned["guide"][0]), seeds)
 
     def variants(
         self, dataset: str, tuned: dict[str, Any], by_scale: dict[float, list[dict[str, float]]], seeds: int
@@ -514,22 +513,26 @@ class Bench:
         axis, at any of its ``w``, where the gain counts: :func:`~atomgen.benchmark.stats.best_front_gain`)
         on every seed and on the other datasets, as the methods' strengths are chosen and confirmed."""
         preset = self.preset
-
-        def settings(variant: str) -> list[Setting]:
-            return [Setting("cfg", w, model=variant) for w in preset.variant_scales]
-
         trials: Table = {}
         if preset.variants and "variant" not in tuned:
             tune = _at_most(preset.variant_tune_seeds, seeds)
             trials, best = self.trials(
-                dataset, [s for v in preset.variants for s in settings(v)], tune, by_scale
+                dataset, [s for v in preset.variants for s in self.trained(v)], tune, by_scale
             )
             if best is None:
                 return trials
             tuned["variant"] = best.model
         if "variant" not in tuned:
             return trials
-        return trials | self.scores(dataset, settings(tuned["variant"]), seeds)
+        return trials | self.scores(dataset, self.trained(tuned["variant"]), seeds)
+
+    def guided(self, guide: int) -> list[Setting]:
+        """Autoguidance by the snapshot at step ``guide`` over :attr:`Preset.guide_scales`."""
+        return [Setting("autoguidance", w, guide=guide) for w in self.preset.guide_scales]
+
+    def trained(self, variant: str) -> list[Setting]:
+        """The trained variant under plain CFG over :attr:`Preset.variant_scales`."""
+        return [Setting("cfg", w, model=variant) for w in self.preset.variant_scales]
 
     def trials(
         self, dataset: str, settings: list[Setting], seeds: int, by_scale: dict[float, list[dict[str, float]]]

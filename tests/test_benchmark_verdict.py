@@ -31,12 +31,12 @@ def part(w_star: float, sparse_recall: float) -> dict:
         row = {"setting": name, "method": method, "strength": strength, "parts": [], "model": model}
         methods.append({**row, "guide": guide, "scale": scale})
         front[name] = {a: g.to_dict() for a, g in stats.front_gaps(grid(), values).items()}
-    return {"methods": methods, "front": front}
+    return {"seeds": 3, "method_seeds": 3, "methods": methods, "front": front}
 
 
 def report(confirmed_recall: float = 0.880) -> dict:
     datasets = {"mnist5k": part(1.5, 0.880), "fashion-mnist": part(2.0, confirmed_recall)}
-    return {"datasets": datasets}
+    return {"preset": {"seeds": 3}, "datasets": datasets}
 
 
 def test_a_setting_above_the_front_is_matched_across_datasets_and_set_against_autoguidance():
@@ -64,7 +64,9 @@ def test_the_goal_needs_the_confirmation_and_says_so():
     one = copy.deepcopy(report())
     del one["datasets"]["fashion-mnist"]
     assert verdict.goal(one) == []
-    assert "needs both datasets; this report has mnist5k only" in "\n".join(
-        guidance_report.verdict_section(one)
-    )
+    assert "this report has mnist5k on 3." in "\n".join(guidance_report.verdict_section(one))
+    interim = report()
+    interim["datasets"]["fashion-mnist"]["method_seeds"] = 1  # the goal is not judged on part of the seeds
+    text = "\n".join(guidance_report.verdict_section(interim))
+    assert "this report has mnist5k on 3, fashion-mnist on 1." in text and "**Goal met**" not in text
     assert "**Goal met**" in "\n".join(guidance_report.verdict_section(report()))

@@ -131,11 +131,15 @@ def verdict_section(report: dict[str, Any]) -> list[str]:
         + (f"with: {'; '.join(anchors)}." if anchors else "on no axis of any dataset."),
         "",
     ]
-    if len(datasets) < 2:
+    seeds = report["preset"]["seeds"]
+    scored = [min(p["seeds"], p.get("method_seeds", 0)) for p in report["datasets"].values()]
+    if len(datasets) < 2 or min(scored) < seeds:
         lines.append(
             "The goal (atom separation above CFG's front on an axis on the tuning dataset, confirmed "
-            "untouched on the other, tying or beating autoguidance) needs both datasets; this report has "
-            f"{datasets[0]} only."
+            "untouched on the other, tying or beating autoguidance) is judged once both datasets have "
+            f"every setting scored on {seeds} seeds; this report has "
+            + ", ".join(f"{d} on {k}" for d, k in zip(datasets, scored, strict=True))
+            + "."
         )
     else:
         met = verdict.goal(report)
