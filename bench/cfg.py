@@ -434,6 +434,8 @@ class Bench:
         table |= self.variants(dataset, tuned, by_scale, seeds)
         everywhere += self.trained(tuned["variant"]) if "variant" in tuned else []
         table = {s: rows for s, rows in table.items() if rows}  # none yet: --cached-only
+        if not table:
+            return part | {"method_seeds": 0}  # --cached-only, before any setting of this dataset
         shown = {**sweeps, **table} if dataset == tuned["on"] else table
         part |= {
             # the seeds of every setting meant for all of them: fewer than the grid's in an interim report

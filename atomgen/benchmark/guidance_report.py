@@ -103,7 +103,7 @@ def verdict_section(report: dict[str, Any]) -> list[str]:
         for dataset in datasets:
             gap = entry["gaps"][dataset]
             cells.append(
-                "not run"
+                "not scored"
                 if gap is None
                 else format_interval(gap["gain"]["mean"], gap["gain"]["low"], gap["gain"]["high"])
                 + (" **above**" if gap["beats"] else " not above")
