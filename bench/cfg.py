@@ -347,29 +347,39 @@ class Bench:
         count = min(seeds or self.preset.seeds, self.preset.seeds)
         if self.cached_only:  # the seeds stay consecutive, so that every table is paired
             complete = (all(self.path(dataset, k, s).is_file() for s in settings) for k in range(count))
-            count = next((k for k, done in enumerate(complete) if not done), count)
-        others = []
+            count = next((k for k, whole in enumerate(complete) if not whole), count)
+        done: dict[tuple[int, Setting], dict[str, float]] = {}
+        waiting = []
         for seed in range(count):
             pipes: dict[str, Any] = {}  # loaded once per seed and model, only when something is missing
-            others += [(seed, s) for s in settings if not self.claim_and_score(dataset, seed, s, pipes)]
-        while others:
-            logger.info("%s: waiting for %d setting(s) that other processes score", dataset, len(others))
+            for setting in settings:
+                scores = self.claim_and_score(dataset, seed, setting, pipes)
+                if scores is None:
+                    waiting.append((seed, setting))
+                else:
+                    done[seed, setting] = scores
+        while waiting:
+            logger.info("%s: waiting for %d setting(s) that other processes score", dataset, len(waiting))
             time.sleep(LOCK_POLL_SECONDS)
-            others = [(k, s) for k, s in others if not self.claim_and_score(dataset, k, s, {})]
-        return {s: [self.score(dataset, k, s, {}) for k in range(count)] for s in settings}
+            for seed, setting in list(waiting):
+                if (scores := self.claim_and_score(dataset, seed, setting, {})) is not None:
+                    done[seed, setting] = scores
+                    waiting.remove((seed, setting))
+        return {s: [done[k, s] for k in range(count)] for s in settings}
 
-    def claim_and_score(self, dataset: str, seed: int, setting: Setting, pipes: dict[str, Any]) -> bool:
-        """Score the setting unless another live process is scoring it (``False``)."""
+    def claim_and_score(
+        self, dataset: str, seed: int, setting: Setting, pipes: dict[str, Any]
+    ) -> dict[str, float] | None:
+        """The setting's scores, scored here unless another live process is scoring it (``None``)."""
         if self.path(dataset, seed, setting).is_file():
-            return True
+            return self.score(dataset, seed, setting, pipes)  # read back
         claim = self.out / dataset / f"seed{seed}" / "claims" / f"{setting.name}.lock"
         if acquire_lock(claim) is not None:
-            return False
+            return None
         try:
-            self.score(dataset, seed, setting, pipes)  # scores nothing when it was scored meanwhile
+            return self.score(dataset, seed, setting, pipes)  # read back when scored meanwhile
         finally:
             release_lock(claim)
-        return True
 
     def run(self, datasets: tuple[str, ...]) -> dict[str, Any]:
         report: dict[str, Any] = {
@@ -382,7 +392,8 @@ class Bench:
             part = self.dataset(dataset, tuned)
             if part is not None:
                 report["datasets"][dataset] = part
-        report["verdict"] = {"standings": verdict.standings(report), "goal": verdict.goal(report)}
+        standings = verdict.standings(report)
+        report["verdict"] = {"standings": standings, "goal": verdict.goal(standings)}
         report["machine"] = machine(self.device)
         return report
 

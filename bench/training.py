@@ -18,7 +18,7 @@ import torch
 logger = logging.getLogger("bench.training")
 
 HELD_OUT_SEED = 0  # the order in which held-out images are taken: the same for every model seed
-LOCK_POLL_SECONDS = 60.0  # how often a benchmark looks again at a model another process is training
+LOCK_POLL_SECONDS = 60.0  # how often a benchmark looks again at a model or setting another process has
 
 
 def dataset_overrides(overrides: tuple[tuple[str, tuple[str, ...]], ...], dataset: str) -> tuple[str, ...]:

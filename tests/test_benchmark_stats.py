@@ -195,18 +195,22 @@ def test_a_front_on_the_clip_score_alone_and_on_precision_with_the_clip_score_he
         front_gap([grid] * 3, better, "accuracy", PROMPT_AXES)
 
 
-def test_recovery_pairs_each_atom_method_with_plain_cfg_and_its_peers():
+def test_recovery_pairs_each_method_with_plain_cfg_and_the_peers():
     peers = ("interval", "apg", "cads", "pg")
     unguided = [row(0.9, 0.96, 0.95)] * 3
     plain = [row(0.9, r, 0.95) for r in (0.80, 0.82, 0.84)]  # CFG lost 0.14 recall
     methods = {peer: [row(0.9, r, 0.95) for r in (0.81, 0.83, 0.85)] for peer in peers}
     methods["atom"] = [row(0.895, r, 0.95) for r in (0.87, 0.89, 0.91)]
     result = recovery(unguided, plain, methods, peers)
-    assert result["recall_lost"] == pytest.approx(0.14) and set(result) == {"recall_lost", "atom"}
+    assert result["recall_lost"] == pytest.approx(0.14) and list(result) == ["recall_lost", "atom", *peers]
     assert result["atom"]["recovered"] == pytest.approx(0.5) and result["atom"]["matched"]
     recall = result["atom"]["peers"]["apg"]["recall"]
     assert recall["mean"] == pytest.approx(0.06) and recall["low"] == pytest.approx(0.06)  # no spread
     assert result["atom"]["peers"]["apg"]["precision_diff"] == pytest.approx(-0.005)
+    # each peer gets its own row, compared with the other peers only
+    assert result["pg"]["recovered"] == pytest.approx(0.01 / 0.14) and set(result["pg"]["peers"]) == set(
+        peers[:3]
+    )
     # a method on its first seed only is paired with those; peers that did not run are left out
     alone = recovery(unguided, plain, {"atom": methods["atom"][:1]}, peers)
     assert alone["atom"]["peers"] == {} and alone["atom"]["recovered"] == pytest.approx((0.87 - 0.80) / 0.16)

@@ -47,10 +47,14 @@ def test_a_setting_above_the_front_is_matched_across_datasets_and_set_against_au
     assert versus["autoguidance"] == "autoguidance-0-w2"  # the only one that counts on this axis
     assert versus["diff"]["low"] > 0  # recall 0.88 against 0.92, each at its own accuracy
     auto = entries["autoguidance-0-w2", "accuracy"]
-    assert not auto["atom"] and auto["versus_autoguidance"] == {"mnist5k": None, "fashion-mnist": None}
+    assert (
+        auto["anchor"]
+        and not auto["atom"]
+        and auto["versus_autoguidance"] == {"mnist5k": None, "fashion-mnist": None}
+    )
     assert ("autoguidance-0-w2", "precision") not in entries  # its accuracy is 0.013 below the front's
     assert not any(name.startswith("trained") for name, _ in entries)  # on CFG's front, not above
-    assert [(e["setting"], e["axis"]) for e in verdict.goal(report())] == [
+    assert [(e["setting"], e["axis"]) for e in verdict.goal(verdict.standings(report()))] == [
         ("atom-sparse-0.2-w1.5", "precision"),
         ("atom-sparse-0.2-w1.5", "accuracy"),
     ]
@@ -58,12 +62,12 @@ def test_a_setting_above_the_front_is_matched_across_datasets_and_set_against_au
 
 def test_the_goal_needs_the_confirmation_and_says_so():
     unconfirmed = report(confirmed_recall=0.830)
-    assert verdict.goal(unconfirmed) == []
+    assert verdict.goal(verdict.standings(unconfirmed)) == []
     text = "\n".join(guidance_report.verdict_section(unconfirmed))
     assert "**No variant of atom separation meets the goal**" in text
     one = copy.deepcopy(report())
     del one["datasets"]["fashion-mnist"]
-    assert verdict.goal(one) == []
+    assert verdict.goal(verdict.standings(one)) == []
     assert "this report has mnist5k on 3." in "\n".join(guidance_report.verdict_section(one))
     interim = report()
     interim["datasets"]["fashion-mnist"]["method_seeds"] = 1  # the goal is not judged on part of the seeds

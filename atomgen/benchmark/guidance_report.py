@@ -114,7 +114,8 @@ def verdict_section(report: dict[str, Any]) -> list[str]:
             cells.append(
                 "–"
                 if versus is None
-                else f"{format_interval(*versus['diff'].values())} (vs {versus['autoguidance']})"
+                else f"{format_interval(versus['diff']['mean'], versus['diff']['low'], versus['diff']['high'])} "
+                f"(vs {versus['autoguidance']})"
             )
         body.append(cells)
     lines += table(header, body) if body else ["No setting lies above CFG's front on any axis."]
@@ -123,7 +124,7 @@ def verdict_section(report: dict[str, Any]) -> list[str]:
         + ", ".join(d for d in datasets if (e["gaps"][d] or {}).get("beats"))
         + ")"
         for e in entries
-        if e["setting"].startswith("autoguidance")
+        if e["anchor"]
     ]
     lines += [
         "",
@@ -142,7 +143,7 @@ def verdict_section(report: dict[str, Any]) -> list[str]:
             + "."
         )
     else:
-        met = verdict.goal(report)
+        met = verdict.goal(entries)
         lines.append(
             "**Goal met** (atom separation above CFG's front on every dataset, not below autoguidance): "
             + "; ".join(f"{e['setting']} on the {e['axis']} axis" for e in met)
@@ -196,7 +197,8 @@ def scores_table(rows: list[dict[str, Any]], diffs: bool) -> list[str]:
 
 
 def targets(result: dict[str, Any]) -> list[str]:
-    """The atom guidance methods' recovered share of CFG's recall loss and their gaps to the peers."""
+    """Each method's recovered share of CFG's recall loss (atom guidance, then the peers) and its gaps to
+    the peers."""
     methods = {m: row for m, row in result.items() if m != "recall_lost"}
     peers = list(dict.fromkeys(p for row in methods.values() for p in row["peers"]))
     lines = [
@@ -212,6 +214,8 @@ def targets(result: dict[str, Any]) -> list[str]:
             f"{format_interval(p['recall']['mean'], p['recall']['low'], p['recall']['high'])} "
             f"({p['precision_diff']:+.3f})"
             if (p := row["peers"].get(peer))
+            else "—"
+            if peer == method
             else "n/a"
             for peer in peers
         ]

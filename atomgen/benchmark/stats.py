@@ -187,18 +187,18 @@ def recovery(
     peers: Sequence[str],
     prefix: str = "atom",
 ) -> dict[str, Any]:
-    """For every method whose name starts with ``prefix``, run at ``w*``: the share of the recall CFG lost
-    from ``w = 1`` to ``w*`` that it recovers over plain CFG, whether its fidelity is matched
-    (:func:`admissible`), and its paired recall difference to each of ``peers`` that ran, with the
-    precision difference that says whether the two were matched (±0.01). A method scored on fewer seeds
-    is compared on its seeds only: the first ones, paired.
+    """For every method whose name starts with ``prefix``, then every peer that ran, at ``w*``: the share
+    of the recall CFG lost from ``w = 1`` to ``w*`` that it recovers over plain CFG, whether its fidelity
+    is matched (:func:`admissible`), and its paired recall difference to each other one of ``peers``
+    that ran, with the precision difference that says whether the two were matched (±0.01). A method
+    scored on fewer seeds is compared on its seeds only: the first ones, paired.
 
     Args:
         unguided: per seed, plain CFG's row at ``w = 1``.
         cfg: per seed, plain CFG's row at ``w*``.
         methods: method name → its per-seed rows at ``w*``.
         peers: the methods each one is compared with.
-        prefix: which methods get a row.
+        prefix: which methods get a row beside the peers.
 
     Returns:
         ``recall_lost`` (on all seeds), and per method ``recovered`` (``None`` when CFG lost no recall on
@@ -212,7 +212,8 @@ def recovery(
         return mean(unguided[:seeds], "recall") - mean(cfg[:seeds], "recall")
 
     result: dict[str, Any] = {"recall_lost": lost_on(len(cfg))}
-    for name in (m for m in methods if m.startswith(prefix)):
+    named = [m for m in methods if m.startswith(prefix) and m not in peers]
+    for name in named + [p for p in peers if p in methods]:
         mine, seeds = methods[name], len(methods[name])
         means = {m: mean(mine, m) for m in ("precision", "recall", "accuracy")}
         plain = {m: mean(cfg[:seeds], m) for m in ("precision", "recall", "accuracy")}
@@ -222,7 +223,7 @@ def recovery(
                 "precision_diff": means["precision"] - mean(methods[peer][:seeds], "precision"),
             }
             for peer in peers
-            if peer in methods
+            if peer in methods and peer != name
         }
         lost = lost_on(seeds)
         result[name] = {

@@ -61,7 +61,13 @@ def standings(report: dict[str, Any]) -> list[dict[str, Any]]:
         for key, row in by_key.items():
             for axis in AXES:
                 if parts[dataset]["front"][row["setting"]][axis]["beats"]:
-                    found.setdefault((key, axis), {"setting": row["setting"], "atom": is_atom(row)})
+                    entry = {
+                        "setting": row["setting"],
+                        "atom": is_atom(row),
+                        "anchor": row["method"] == "autoguidance",
+                    }
+                    found.setdefault((key, axis), entry)
+    anchors = {(d, axis): anchor(part, axis) for d, part in parts.items() for axis in AXES}
     result = []
     for (key, axis), entry in found.items():
         gaps, versus = {}, {}
@@ -69,8 +75,8 @@ def standings(report: dict[str, Any]) -> list[dict[str, Any]]:
             row = by_key.get(key)
             gap = None if row is None else parts[dataset]["front"][row["setting"]][axis]
             gaps[dataset] = gap
-            best = anchor(parts[dataset], axis)
-            if gap is None or best is None or row["method"] == "autoguidance":
+            best = anchors[dataset, axis]
+            if gap is None or best is None or entry["anchor"]:
                 versus[dataset] = None
                 continue
             diff = paired_difference(gap["gains"], parts[dataset]["front"][best][axis]["gains"])
@@ -79,20 +85,19 @@ def standings(report: dict[str, Any]) -> list[dict[str, Any]]:
     return result
 
 
-def goal(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The standings that meet the benchmark's goal: atom separation above CFG's front on an axis on
-    every dataset of the report (two at least: tuned, then confirmed untouched), and nowhere clearly
+def goal(standings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The :func:`standings` that meet the benchmark's goal: atom separation above CFG's front on an axis
+    on every dataset of the report (two at least: tuned, then confirmed untouched), and nowhere clearly
     below autoguidance's best there (the paired interval of the difference not wholly below zero)."""
-    if len(report["datasets"]) < 2:
-        return []
 
     def ties_or_beats(versus: dict[str, Any] | None) -> bool:
         return versus is None or versus["diff"]["high"] is None or versus["diff"]["high"] >= 0
 
     return [
         entry
-        for entry in standings(report)
+        for entry in standings
         if entry["atom"]
+        and len(entry["gaps"]) >= 2
         and all(gap is not None and gap["beats"] for gap in entry["gaps"].values())
         and all(ties_or_beats(v) for v in entry["versus_autoguidance"].values())
     ]
